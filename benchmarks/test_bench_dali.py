@@ -1,0 +1,155 @@
+"""DALI vs the torchvision loader: training-epoch throughput on the real photos at 224 px.
+
+Each round iterates one loader's training split once (RandomResizedCrop + flip, with or without
+RandAugment) over ``HARNESS_BENCH_DALI_PHOTOS`` real photos (default 256) in batches of 64; the
+loader is built (and the torchvision cache filled) before the warm-up round. Photos come from
+``HARNESS_BENCH_DATA``, ``HARNESS_FLOWERS`` or ``../shared/data/flower_photos``, linked into a prepared directory with
+TFRecords (``harness.prepare.tfrecord.write_tfrecords``) so both DALI readers read the same photos.
+Images/s is in each benchmark's ``extra_info["throughput_img_s"]`` (photos per median round).
+
+    pytest benchmarks/test_bench_dali.py --benchmark-json=dali.json
+
+``test_dali_cpu_tuning`` sweeps DALI's CPU threads, prefetch depth and IDCT; ``decode=gpu`` cases
+run only where CUDA is present (mixed nvJPEG decode + GPU augmentation vs CPU decode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.api import DataSpec, DeviceInfo
+from harness.datasets import discover, select
+
+SIZE = 224
+BATCH = 64
+PHOTOS = int(os.environ.get("HARNESS_BENCH_DALI_PHOTOS", "256"))
+ROUNDS = int(os.environ.get("HARNESS_BENCH_DALI_ROUNDS", "3"))
+FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flower_photos"
+FLOWERS = Path(os.environ.get("HARNESS_FLOWERS", FLOWERS))
+
+
+def _dali_missing() -> str | None:
+    from harness_plugins.dali_loader import DaliLoader
+
+    return DaliLoader().can_run(DeviceInfo("cpu", "cpu"), {})
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+needs_dali = pytest.mark.skipif(_dali_missing() is not None, reason=str(_dali_missing()))
+needs_cuda = pytest.mark.skipif(not _cuda(), reason="decode=gpu needs CUDA; this machine has none")
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``PHOTOS`` training photos (and a quarter as many for validation) linked + written as TFRecords."""
+    from harness.prepare.tfrecord import write_tfrecords
+
+    source = Path(os.environ.get("HARNESS_BENCH_DATA") or FLOWERS)
+    if not source.is_dir():
+        pytest.skip(f"{source}: no photos (set HARNESS_BENCH_DATA)")
+    raw = discover(source)
+    out = tmp_path_factory.mktemp("bench-photos")
+    for split, samples in select(raw, PHOTOS, seed=0).items():
+        for s in samples:
+            dest = out / split / raw.classes[s.label] / s.path.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.symlink_to(s.path.resolve())
+    write_tfrecords(discover(out), out)
+    return out
+
+
+def _device(decode: str = "cpu") -> DeviceInfo:
+    if decode == "gpu":
+        import torch
+
+        return DeviceInfo("cuda", torch.cuda.get_device_name(), torch.cuda.get_device_capability(), True)
+    return DeviceInfo("cpu", "cpu")
+
+
+def _run(
+    benchmark: Any, loader: Any, root: Path, randaugment: bool, params: dict[str, Any], decode: str = "cpu"
+) -> None:
+    spec = DataSpec(root=root, image_size=SIZE, batch_size=BATCH, randaugment=randaugment, seed=0,
+                    device=_device(decode), params=params)  # fmt: skip
+    splits = loader.build(spec)
+    seconds: list[float] = []
+    epoch = 0
+
+    def one_epoch() -> int:
+        nonlocal epoch
+        epoch += 1
+        if hasattr(splits.train, "set_epoch"):
+            splits.train.set_epoch(epoch)
+        start, images = time.perf_counter(), 0
+        for batch, labels in splits.train:
+            assert batch.shape[-1] == SIZE and batch.shape[0] == labels.shape[0]
+            images += int(labels.shape[0])
+        if decode == "gpu":
+            import torch
+
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+        return images
+
+    images = benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
+    timed = sorted(seconds[1:] or seconds)
+    benchmark.extra_info.update({
+        "throughput_img_s": images / timed[len(timed) // 2], "images_per_round": images, "image_size": SIZE,
+        "batch_size": BATCH, "randaugment": randaugment, "params": params, "cpu_count": os.cpu_count(),
+        "info": getattr(splits, "info", None),
+    })  # fmt: skip
+    assert images == splits.train_size // BATCH * BATCH
+
+
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+@pytest.mark.parametrize("cache", [True, False], ids=["cache", "nocache"])
+def test_torchvision(benchmark: Any, photos: Path, randaugment: bool, cache: bool) -> None:
+    from harness_plugins.torchvision_loader import TorchvisionLoader
+
+    benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
+    _run(benchmark, TorchvisionLoader(), photos, randaugment, {"cache": cache})
+
+
+@needs_dali
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+@pytest.mark.parametrize("reader", ["file", "tfrecord"])
+def test_dali_cpu(benchmark: Any, photos: Path, randaugment: bool, reader: str) -> None:
+    from harness_plugins.dali_loader import DaliLoader
+
+    benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
+    _run(benchmark, DaliLoader(), photos, randaugment, {"reader": reader})
+
+
+@needs_dali
+@pytest.mark.parametrize(
+    "params",
+    [{"num_threads": 1}, {"num_threads": 2}, {"num_threads": 4}, {"prefetch": 1}, {"prefetch": 4},
+     {"fast_idct": True}],
+    ids=lambda p: "-".join(f"{k}{v}" for k, v in p.items()),
+)  # fmt: skip
+def test_dali_cpu_tuning(benchmark: Any, photos: Path, params: dict[str, Any]) -> None:
+    from harness_plugins.dali_loader import DaliLoader
+
+    benchmark.group = "dali-cpu-tuning"
+    _run(benchmark, DaliLoader(), photos, False, {"reader": "file", **params})
+
+
+@needs_dali
+@needs_cuda
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_dali_decode(benchmark: Any, photos: Path, randaugment: bool, decode: str) -> None:
+    from harness_plugins.dali_loader import DaliLoader
+
+    benchmark.group = f"dali-decode-{'randaugment' if randaugment else 'plain'}"
+    _run(benchmark, DaliLoader(), photos, randaugment, {"reader": "file", "decode": decode}, decode)

@@ -1,0 +1,235 @@
+"""Public types shared by the harness and its plugins.
+
+Plugins import from here and from :mod:`harness.hookspecs` only. Heavy libraries
+(torch, DALI, Colossal-AI) are never imported at module level here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+#: Version of the hook API. Plugins may declare ``HARNESS_API = ">=1,<2"``.
+API_VERSION = 1
+
+#: Per-channel ImageNet statistics on the 0..255 scale, shared by every loader.
+IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
+IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """What the cell will run on, as far as capability checks need to know."""
+
+    type: str  # "cpu" or "cuda"
+    name: str  # "cpu" model string or e.g. "NVIDIA H100 80GB HBM3"
+    capability: tuple[int, int] | None = None  # CUDA compute capability
+    bf16_native: bool = False
+    count: int = 1  # visible devices of this type
+
+    @property
+    def label(self) -> str:
+        cap = f" (sm_{self.capability[0]}{self.capability[1]})" if self.capability else ""
+        return f"{self.name}{cap}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Optimisation recipe. ``seed`` in :mod:`harness.recipes` is the tutorial's."""
+
+    optimizer: str = "sgd"  # "sgd" or "adamw"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine-epoch"  # "cosine-epoch", "cosine-step" or "constant"
+    warmup_epochs: float = 0.0
+    batch_size: int = 128
+    accumulation: int = 1
+    clip_grad_norm: float | None = None
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    randaugment: bool = False
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Everything a loader needs to build its train and validation iterables."""
+
+    root: Path  # prepared train/ + validation/ folders, or raw class folders
+    image_size: int
+    batch_size: int  # per process
+    randaugment: bool
+    seed: int
+    device: DeviceInfo
+    subset: int | None = None  # at most this many training photos (validation: a quarter), class-balanced
+    rank: int = 0
+    world_size: int = 1
+    params: Mapping[str, Any] = field(default_factory=dict)  # the suite's loader params
+
+
+@dataclass
+class DataSplits:
+    """Batches of ``(images, labels)``.
+
+    ``images`` are uint8 NCHW tensors (the engine normalises them once, on the
+    device, with the ImageNet statistics above) or float tensors already normalised.
+    ``labels`` are int64 class indices into ``classes`` (sorted class names).
+    ``train`` is iterated once per epoch. If it has ``set_epoch(epoch)``, the engine
+    calls it first, so shuffling and augmentation can be a pure function of
+    (seed, epoch): a resumed run then sees exactly the batches an uninterrupted one saw.
+    """
+
+    train: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    validation: Iterable[tuple[torch.Tensor, torch.Tensor]]
+    classes: list[str]
+    train_size: int  # photos in this process's training shard
+    validation_size: int
+
+
+@runtime_checkable
+class LoaderPlugin(Protocol):
+    """A data loader, registered through ``register_loaders``."""
+
+    def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
+        """None if the loader works here with these params, else the reason it cannot."""
+
+    def build(self, spec: DataSpec) -> DataSplits:
+        """Build this process's train and validation iterables."""
+
+
+@runtime_checkable
+class ModelPlugin(Protocol):
+    """A model family, registered through ``register_models``."""
+
+    def knows(self, name: str) -> bool:
+        """Whether this family can build the model ``name``."""
+
+    def build(self, name: str, num_classes: int, image_size: int, **kwargs: Any) -> torch.nn.Module:
+        """Build an untrained model (unless kwargs ask for pretrained weights)."""
+
+
+class Backend(Protocol):
+    """One training run's backend: a thin adapter, as HF Accelerate or Colossal-AI's Booster.
+
+    The engine calls, in order: ``prepare`` once; per step ``autocast()``,
+    ``backward(loss)``, ``no_sync(model)`` while accumulating, ``step(...)``;
+    ``all_reduce`` for metrics; ``save``/``load`` for checkpoints; ``close`` at the end.
+    """
+
+    device: torch.device
+    rank: int
+    world_size: int
+    warnings: list[str]  # caveats the result row should carry (e.g. slow fp16 on this GPU)
+
+    def prepare(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]: ...
+
+    def autocast(self) -> AbstractContextManager[None]: ...
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def no_sync(self, model: torch.nn.Module) -> AbstractContextManager[None]: ...
+
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
+        """Unscale, clip, step and zero the gradients (the scaler may skip the step)."""
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over all processes (identity on one process)."""
+
+    def save(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Write model, optimizer and scaler state into ``directory`` (rank 0 writes; all ranks call)."""
+
+    def load(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Restore what ``save`` wrote."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class BackendPlugin(Protocol):
+    """A training backend family, registered through ``register_backends``."""
+
+    precisions: tuple[str, ...]
+
+    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any]) -> str | None:
+        """None if this backend runs here in ``precision`` on ``nproc`` processes, else why not."""
+
+    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any]) -> Backend:
+        """Set up (process group, device) and return the backend for this process."""
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    """One cell of a suite's matrix, as the cell process receives it."""
+
+    id: str
+    suite: str
+    model: str
+    loader: str  # name as written in the suite (may be a variant of a plugin)
+    backend: str
+    precision: str
+    loader_plugin: str
+    backend_plugin: str
+    epochs: int
+    image_size: int
+    data: str
+    seed: int
+    recipe: Recipe
+    nproc: int = 1
+    subset: int | None = None
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    model_params: Mapping[str, Any] = field(default_factory=dict)
+    loader_params: Mapping[str, Any] = field(default_factory=dict)
+    backend_params: Mapping[str, Any] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)  # tensorboard, checkpoint, ...
+
+    def describe(self) -> dict[str, Any]:
+        """The cell's parameters as plain JSON data."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CellSpec:
+        return cls(**{**data, "recipe": Recipe(**data["recipe"])})
+
+
+@dataclass
+class EpochRecord:
+    """Metrics of one completed epoch; written to the result store as one JSON line."""
+
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_time_s: float  # train + validation wall time
+    train_time_s: float
+    throughput_img_s: float  # training images per second, training loop only
+    data_wait_s: float  # time the training loop spent waiting for batches
+    peak_mem_gb: float  # CUDA max allocated on GPU, process RSS high-water mark on CPU
+    optimizer_steps: int
+    train_images: int
+    wall_time_s: float  # since the cell's training started, for time-to-accuracy
+
+
+class RunContext(Protocol):
+    """What lifecycle hooks receive besides the cell."""
+
+    out_dir: Path  # this cell's directory in the result store
+    rank: int
+    world_size: int
+    env: dict[str, Any]  # the environment fingerprint
+
+    def save_checkpoint(self, directory: Path) -> None:
+        """Save the training state (model, optimizer, scaler) into ``directory``; call on every rank."""
+

@@ -1,0 +1,621 @@
+"""``harness compare BASELINE CANDIDATE``: a noise-aware performance-regression gate.
+
+Each side is a harness output directory (``OUT/cells/<cell_id>/epochs.jsonl``, schema
+version 1) or a pytest-benchmark JSON file (``--benchmark-json``, or ``--benchmark-save``
+with ``--benchmark-save-data``). Measurements are paired by id; a pair's verdict uses its
+raw samples (per-epoch values, per-round times) and needs BOTH a significant difference
+(two-sided Mann-Whitney U, ``p < alpha``) AND an effect of at least the threshold on the
+ratio of medians. Exit status: 0 nothing regressed, 1 a regression, 2 a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: Harness per-epoch metrics compared by default, with their good direction.
+HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": False}
+#: The metric name given to pytest-benchmark's per-round times.
+BENCH_METRIC = "time_s"
+#: Environment keys that are expected to differ between a baseline and a candidate.
+ENV_IGNORED = frozenset({"git_commit", "harness", "cpu.hz_actual", "cpu.hz_actual_friendly"})
+#: Keys that say which machine ran (a difference there means "different machines").
+MACHINE_KEYS = frozenset(
+    {
+        "hostname",
+        "node",
+        "cpu_model",
+        "cpu_count",
+        "memory_gb",
+        "device_name",
+        "device_type",
+        "device_count",
+        "device_capability",
+        "processor",
+        "machine",
+        "cpu.brand_raw",
+        "cpu.count",
+        "cpu.arch",
+    }
+)
+VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
+EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
+
+
+class CompareError(ValueError):
+    """An input cannot be compared; the message names the file or option."""
+
+
+@dataclass
+class Series:
+    """The raw samples of one measurement on one side."""
+
+    key: str  # what pairs a baseline with a candidate: "<cell_id>/<metric>" or a benchmark fullname
+    id: str  # cell id or benchmark fullname
+    metric: str
+    samples: list[float]
+    higher_is_better: bool
+    note: str = ""
+
+
+@dataclass
+class Side:
+    """Everything read from one side of the comparison."""
+
+    path: Path
+    kind: str  # "harness" or "pytest-benchmark"
+    series: dict[str, Series]
+    env: dict[str, set[str]] = field(default_factory=dict)  # flattened fingerprint key -> values seen
+    absent: dict[str, str] = field(default_factory=dict)  # id -> why it has no samples (skipped/failed)
+
+
+@dataclass(frozen=True)
+class Options:
+    """How pairs are judged."""
+
+    threshold: float = 0.10
+    alpha: float = 0.05
+    thresholds_for: tuple[tuple[str, float], ...] = ()
+    directions: tuple[tuple[str, bool], ...] = ()  # (pattern, higher_is_better); last match wins
+    metrics: tuple[str, ...] = tuple(HARNESS_METRICS)
+    keep_warmup: bool = False
+    select: tuple[str, ...] = ()  # glob patterns; empty: compare everything
+
+
+# ---------------------------------------------------------------- reading inputs
+
+
+def load_side(path: Path | str, options: Options = Options()) -> Side:
+    """Read a harness output directory or a pytest-benchmark JSON file."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_harness(path, options)
+    if path.is_file():
+        return _load_benchmark_json(path)
+    raise CompareError(f"{path}: no such file or directory")
+
+
+def _load_harness(path: Path, options: Options) -> Side:
+    cells_dir = path / "cells" if (path / "cells").is_dir() else None
+    if cells_dir is None and (path / "epochs.jsonl").is_file():
+        cell_dirs = [path]  # a single cell directory
+    elif cells_dir is not None:
+        cell_dirs = sorted(p for p in cells_dir.iterdir() if p.is_dir())
+    else:
+        raise CompareError(
+            f"{path}: not a harness output directory (no cells/ folder) nor a pytest-benchmark JSON file"
+        )
+    side = Side(path, "harness", {})
+    for cell_dir in cell_dirs:
+        _load_cell(cell_dir, side, options)
+    if not side.series and not side.absent:
+        raise CompareError(f"{path}: no cells with epochs.jsonl or result.json under {cells_dir or path}")
+    return side
+
+
+def _load_cell(cell_dir: Path, side: Side, options: Options) -> None:
+    status, reason = _cell_status(cell_dir)
+    epochs = _read_epochs(cell_dir / "epochs.jsonl") if (cell_dir / "epochs.jsonl").is_file() else []
+    cell_id = epochs[-1].get("cell_id", cell_dir.name) if epochs else cell_dir.name
+    if status in ("skipped", "failed") or not epochs:
+        side.absent[cell_id] = f"{status or 'no epochs'}{': ' + reason if reason else ''}"
+        return
+    for record in epochs:
+        _add_env(side.env, record.get("env") or {})
+    if len(epochs) > 1 and not options.keep_warmup:
+        epochs = [r for r in epochs if r["epoch"] != min(e["epoch"] for e in epochs)]
+    for metric in options.metrics:
+        values = [r.get(metric) for r in epochs]
+        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
+            raise CompareError(f"{cell_dir / 'epochs.jsonl'}: field {metric!r} missing or not a number")
+        key = f"{cell_id}/{metric}"
+        default = HARNESS_METRICS.get(metric, _guess_higher_is_better(metric))
+        side.series[key] = Series(key, cell_id, metric, [float(v) for v in values], default)
+
+
+def _cell_status(cell_dir: Path) -> tuple[str | None, str | None]:
+    result = cell_dir / "result.json"
+    if not result.is_file():
+        return None, None
+    try:
+        data = json.loads(result.read_text())
+    except json.JSONDecodeError as exc:
+        raise CompareError(f"{result}: not valid JSON ({exc})") from exc
+    _check_schema(result, data)
+    return data.get("status"), data.get("reason")
+
+
+def _read_epochs(path: Path) -> list[dict[str, Any]]:
+    """Epoch records of one cell, the last record of each epoch number (a resumed run may repeat one)."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    with path.open() as fh:
+        lines = fh.read().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):  # a torn last line of a killed run
+                break
+            raise CompareError(f"{path}:{number}: not valid JSON ({exc})") from exc
+        _check_schema(path, record, number)
+        if not isinstance(record.get("epoch"), int):
+            raise CompareError(f"{path}:{number}: field 'epoch' missing or not an integer")
+        by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _check_schema(path: Path, data: Any, line: int | None = None) -> None:
+    where = f"{path}:{line}" if line else str(path)
+    if not isinstance(data, dict):
+        raise CompareError(f"{where}: expected a JSON object")
+    version = data.get("schema_version")
+    if version != 1:
+        raise CompareError(f"{where}: unsupported schema_version {version!r} (this harness reads version 1)")
+
+
+def _load_benchmark_json(path: Path) -> Side:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CompareError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise CompareError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
+    side = Side(path, "pytest-benchmark", {})
+    _add_env(side.env, data.get("machine_info") or {})
+    for i, bench in enumerate(data["benchmarks"]):
+        for series in _benchmark_series(path, i, bench):
+            side.series[series.key] = series
+        _add_env(side.env, (bench.get("extra_info") or {}).get("env") or {})
+    return side
+
+
+def _benchmark_series(path: Path, index: int, bench: Any) -> list[Series]:
+    """The per-round times (key: the fullname) plus any ``extra_info["samples"]`` series (key: fullname/metric).
+
+    ``extra_info["higher_is_better"]`` is a bool for the times or a ``{metric: bool}`` mapping.
+    """
+    where = f"{path}: benchmarks[{index}]"
+    if not isinstance(bench, dict) or not isinstance(bench.get("fullname"), str):
+        raise CompareError(f"{where}: missing 'fullname'")
+    name, extra = bench["fullname"], bench.get("extra_info") or {}
+    where = f"{where} ({name})"
+    data = (bench.get("stats") or {}).get("data")
+    if not data:
+        raise CompareError(
+            f"{where}: no raw timings in stats.data; write the file with --benchmark-json, "
+            "or --benchmark-save together with --benchmark-save-data"
+        )
+    higher = extra.get("higher_is_better", False)
+    directions = higher if isinstance(higher, Mapping) else {BENCH_METRIC: bool(higher)}
+    series = [
+        Series(
+            name, name, BENCH_METRIC, _numbers(data, f"{where}: stats.data"), bool(directions.get(BENCH_METRIC, False))
+        )
+    ]
+    samples = extra.get("samples") or {}
+    if not isinstance(samples, Mapping):
+        raise CompareError(f"{where}: extra_info.samples must map a metric name to a list of numbers")
+    for metric, values in samples.items():
+        values = _numbers(values, f"{where}: extra_info.samples.{metric}")
+        higher_metric = bool(directions.get(metric, _guess_higher_is_better(metric)))
+        series.append(Series(f"{name}/{metric}", name, metric, values, higher_metric))
+    return series
+
+
+def _numbers(values: Any, where: str) -> list[float]:
+    if not isinstance(values, list) or not values:
+        raise CompareError(f"{where}: expected a non-empty list of numbers")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        raise CompareError(f"{where}: holds something other than finite numbers")
+    return [float(v) for v in values]
+
+
+def _add_env(env: dict[str, set[str]], fingerprint: Mapping[str, Any], prefix: str = "") -> None:
+    for key, value in fingerprint.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            _add_env(env, value, f"{name}.")
+        elif name not in ENV_IGNORED:
+            env.setdefault(name, set()).add(json.dumps(value, sort_keys=True, default=str))
+
+
+def _guess_higher_is_better(metric: str) -> bool:
+    """Throughputs and accuracies go up when things improve; times, losses and memory go down."""
+    return "throughput" in metric or metric == "ops" or metric.endswith(("_per_s", "img_s", "_acc"))
+
+
+# ---------------------------------------------------------------- judging pairs
+
+
+@dataclass
+class Row:
+    """One line of the comparison table."""
+
+    key: str
+    metric: str
+    direction: str  # "higher" or "lower" is better
+    n_base: int
+    n_cand: int
+    base_median: float
+    cand_median: float
+    ratio: float  # candidate median / baseline median
+    p_value: float
+    threshold: float
+    verdict: str
+    note: str = ""
+
+    @property
+    def badness(self) -> float:
+        """Ratio oriented so that above 1 is worse: the table's sort key."""
+        if math.isnan(self.ratio):
+            return -math.inf
+        if self.direction == "higher":
+            return 1 / self.ratio if self.ratio else math.inf
+        return self.ratio
+
+
+def parse_fraction(text: str, option: str = "--threshold") -> float:
+    """``"10%"`` or ``"0.1"`` -> 0.1."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise CompareError(f"{option} {text!r}: expected a percentage such as 10% or a fraction such as 0.1") from None
+    if not raw.endswith("%") and value >= 1:
+        raise CompareError(f"{option} {text!r}: ambiguous; write {raw}% or {value / 100:g}")
+    if not 0 <= value < 10:
+        raise CompareError(f"{option} {text!r}: must be between 0% and 1000%")
+    return value
+
+
+def min_p_value(n1: int, n2: int) -> float:
+    """The smallest two-sided exact Mann-Whitney U p-value samples of these sizes can reach."""
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    return min(1.0, 2 / math.comb(n1 + n2, n1))
+
+
+def judge(base: Series | None, cand: Series | None, options: Options) -> Row:
+    """The verdict for one pair (either side may be absent)."""
+    ref = cand or base
+    assert ref is not None
+    higher = _direction(ref, options)
+    threshold = _threshold(ref, options)
+    direction = "higher" if higher else "lower"
+    if base is None or cand is None:
+        present = ref.samples
+        median = statistics.median(present)
+        verdict = "new" if base is None else "missing"
+        return Row(
+            ref.key,
+            ref.metric,
+            direction,
+            len(base.samples) if base else 0,
+            len(cand.samples) if cand else 0,
+            median if base else math.nan,
+            median if cand else math.nan,
+            math.nan,
+            math.nan,
+            threshold,
+            verdict,
+            ref.note,
+        )
+    from scipy.stats import mannwhitneyu
+
+    b_med, c_med = statistics.median(base.samples), statistics.median(cand.samples)
+    ratio = c_med / b_med if b_med else math.nan
+    n1, n2 = len(base.samples), len(cand.samples)
+    p = float(mannwhitneyu(base.samples, cand.samples, alternative="two-sided").pvalue)
+    if math.isnan(p):  # all samples identical
+        p = 1.0
+    verdict, note = _verdict(ratio, p, higher, threshold, options.alpha, min_p_value(n1, n2))
+    return Row(ref.key, ref.metric, direction, n1, n2, b_med, c_med, ratio, p, threshold, verdict, note)
+
+
+def _verdict(ratio: float, p: float, higher: bool, threshold: float, alpha: float, best_p: float) -> tuple[str, str]:
+    if math.isnan(ratio):
+        return "unchanged", "baseline median is 0"
+    if best_p >= alpha:
+        return "unchanged", f"too few samples (p can never be < {alpha:g})"
+    big, significant = abs(ratio - 1) >= threshold, p < alpha
+    if big and significant:
+        return ("improved" if (ratio > 1) == higher else "regressed"), ""
+    if big:
+        return "unchanged", "not significant (noise)"
+    return "unchanged", "significant but below threshold" if significant else ""
+
+
+def _direction(series: Series, options: Options) -> bool:
+    higher = series.higher_is_better
+    for pattern, value in options.directions:
+        if _matches(pattern, series):
+            higher = value
+    return higher
+
+
+def _threshold(series: Series, options: Options) -> float:
+    value = options.threshold
+    for pattern, threshold in options.thresholds_for:
+        if _matches(pattern, series):
+            value = threshold
+    return value
+
+
+def _matches(pattern: str, series: Series) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for name in (series.key, series.id, series.metric))
+
+
+def compare(baseline: Side, candidate: Side, options: Options) -> list[Row]:
+    """Judge every pair; rows sorted worst first (by the oriented ratio), then new and missing."""
+    keys = [
+        k for k in dict.fromkeys([*baseline.series, *candidate.series]) if _selected(k, baseline, candidate, options)
+    ]
+    rows = [judge(baseline.series.get(k), candidate.series.get(k), options) for k in keys]
+    for row in rows:
+        cell = row.key.rsplit("/", 1)[0] if baseline.kind == "harness" else row.key
+        if row.verdict == "missing" and cell in candidate.absent:
+            row.note = f"candidate: {candidate.absent[cell]}"
+        elif row.verdict == "new" and cell in baseline.absent:
+            row.note = f"baseline: {baseline.absent[cell]}"
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    return sorted(rows, key=lambda r: (r.verdict in ("new", "missing"), -r.badness, order[r.verdict], r.key))
+
+
+def _selected(key: str, baseline: Side, candidate: Side, options: Options) -> bool:
+    series = baseline.series.get(key) or candidate.series[key]
+    return not options.select or any(_matches(p, series) for p in options.select)
+
+
+def env_differences(baseline: Side, candidate: Side) -> list[tuple[str, str, str]]:
+    """``(key, baseline value, candidate value)`` for fingerprint keys that differ."""
+    diffs = []
+    for key in sorted(set(baseline.env) | set(candidate.env)):
+        b, c = baseline.env.get(key, set()), candidate.env.get(key, set())
+        if b != c:
+            diffs.append((key, _show(b), _show(c)))
+    return diffs
+
+
+def _show(values: set[str]) -> str:
+    return ", ".join(sorted(str(json.loads(v)) for v in values)) or "(absent)"
+
+
+# ---------------------------------------------------------------- output
+
+
+def table(rows: Sequence[Row]) -> str:
+    """The rows as a fixed-width text table."""
+    import pandas as pd
+
+    if not rows:
+        return "(nothing to compare)"
+    frame = pd.DataFrame(
+        {
+            "benchmark": [r.key for r in rows],
+            "better": [r.direction for r in rows],
+            "n": [f"{r.n_base}/{r.n_cand}" for r in rows],
+            "baseline": [_num(r.base_median) for r in rows],
+            "candidate": [_num(r.cand_median) for r in rows],
+            "ratio": ["" if math.isnan(r.ratio) else f"{r.ratio:.3f}" for r in rows],
+            "change": [_change(r) for r in rows],
+            "p": ["" if math.isnan(r.p_value) else f"{r.p_value:.3g}" for r in rows],
+            "threshold": [f"{r.threshold:.0%}" for r in rows],
+            "verdict": [r.verdict for r in rows],
+            "note": [r.note for r in rows],
+        }
+    )
+    return frame.to_string(index=False, justify="left")
+
+
+def _num(value: float) -> str:
+    return "" if math.isnan(value) else f"{value:.4g}"
+
+
+def _change(row: Row) -> str:
+    if math.isnan(row.ratio):
+        return ""
+    return f"{row.ratio - 1:+.1%}"
+
+
+def summary(rows: Iterable[Row]) -> dict[str, int]:
+    counts = dict.fromkeys(VERDICTS, 0)
+    for row in rows:
+        counts[row.verdict] += 1
+    return counts
+
+
+def to_json(rows: Sequence[Row], baseline: Side, candidate: Side, options: Options) -> dict[str, Any]:
+    def clean(value: float) -> float | None:
+        return None if math.isnan(value) or math.isinf(value) else value
+
+    return {
+        "baseline": str(baseline.path),
+        "candidate": str(candidate.path),
+        "alpha": options.alpha,
+        "threshold": options.threshold,
+        "summary": summary(rows),
+        "env_differences": [
+            {"key": k, "baseline": b, "candidate": c} for k, b, c in env_differences(baseline, candidate)
+        ],
+        "rows": [
+            {
+                "key": r.key,
+                "metric": r.metric,
+                "better": r.direction,
+                "n_baseline": r.n_base,
+                "n_candidate": r.n_cand,
+                "baseline_median": clean(r.base_median),
+                "candidate_median": clean(r.cand_median),
+                "ratio": clean(r.ratio),
+                "p_value": clean(r.p_value),
+                "threshold": r.threshold,
+                "verdict": r.verdict,
+                "note": r.note,
+            }
+            for r in rows
+        ],
+    }
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add ``harness compare``'s arguments."""
+    parser.description = __doc__.split("\n\n")[0] if __doc__ else None
+    parser.add_argument("baseline", type=Path, help="harness output directory or pytest-benchmark JSON file")
+    parser.add_argument("candidate", type=Path, help="same kind as BASELINE")
+    parser.add_argument(
+        "--threshold", default="10%", help="minimum change of the median to call a difference (default 10%%)"
+    )
+    parser.add_argument(
+        "--threshold-for",
+        action="append",
+        default=[],
+        metavar="PATTERN=PCT",
+        help="threshold for benchmarks whose id, key or metric matches the glob PATTERN (repeatable; "
+        "last match wins), e.g. 'test_loader*=20%%'",
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=0.05, help="significance level of the Mann-Whitney U test (default 0.05)"
+    )
+    parser.add_argument(
+        "--higher-is-better",
+        action="append",
+        dest="directions",
+        type=lambda p: (p, True),
+        metavar="PATTERN",
+        help="treat matching metrics/benchmarks as higher-is-better (repeatable; "
+        "with --lower-is-better the last match wins)",
+    )
+    parser.add_argument(
+        "--lower-is-better",
+        action="append",
+        dest="directions",
+        type=lambda p: (p, False),
+        metavar="PATTERN",
+        help="treat matching metrics/benchmarks as lower-is-better (repeatable)",
+    )
+    parser.add_argument(
+        "--metric",
+        action="append",
+        default=None,
+        metavar="FIELD",
+        help="epochs.jsonl field to compare for harness directories (repeatable; default "
+        f"{' and '.join(HARNESS_METRICS)})",
+    )
+    parser.add_argument(
+        "--select",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="compare only benchmarks whose key, id or metric matches the glob PATTERN (repeatable)",
+    )
+    parser.add_argument(
+        "--keep-warmup", action="store_true", help="keep epoch 1 (dropped by default when there are more)"
+    )
+    parser.add_argument(
+        "--fail-on-missing", action="store_true", help="exit 1 also when a baseline benchmark is missing"
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the comparison as JSON to PATH")
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    """Validated :class:`Options` from parsed arguments."""
+    thresholds = []
+    for item in args.threshold_for:
+        pattern, sep, value = item.rpartition("=")
+        if not sep or not pattern:
+            raise CompareError(f"--threshold-for {item!r}: expected PATTERN=PERCENT, e.g. 'test_loader*=20%'")
+        thresholds.append((pattern, parse_fraction(value, "--threshold-for")))
+    if not 0 < args.alpha < 1:
+        raise CompareError(f"--alpha {args.alpha}: must be between 0 and 1")
+    return Options(
+        threshold=parse_fraction(args.threshold),
+        alpha=args.alpha,
+        thresholds_for=tuple(thresholds),
+        directions=tuple(args.directions or ()),
+        metrics=tuple(args.metric or HARNESS_METRICS),
+        keep_warmup=args.keep_warmup,
+        select=tuple(args.select),
+    )
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run the comparison; 0 nothing regressed, 1 regressed, 2 usage error."""
+    try:
+        options = options_from(args)
+        baseline, candidate = load_side(args.baseline, options), load_side(args.candidate, options)
+        if baseline.kind != candidate.kind:
+            raise CompareError(
+                f"cannot compare a {baseline.kind} input ({baseline.path}) with a "
+                f"{candidate.kind} input ({candidate.path})"
+            )
+    except (CompareError, OSError) as exc:
+        print(f"harness compare: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    rows = compare(baseline, candidate, options)
+    _warn_env(baseline, candidate)
+    print(table(rows))
+    counts = summary(rows)
+    print(
+        "\n"
+        + ", ".join(f"{n} {v}" for v, n in counts.items())
+        + f" (threshold {options.threshold:.0%}, alpha {options.alpha:g}, Mann-Whitney U on raw samples)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(to_json(rows, baseline, candidate, options), indent=2) + "\n")
+    failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
+    return EXIT_REGRESSED if failed else EXIT_OK
+
+
+def _warn_env(baseline: Side, candidate: Side) -> None:
+    diffs = env_differences(baseline, candidate)
+    if not diffs:
+        return
+    machine = [d for d in diffs if d[0] in MACHINE_KEYS or d[0].split(".")[0] in ("cpu",)]
+    what = "different machines" if machine else "different environments"
+    print(f"warning: baseline and candidate ran on {what}; timings may not be comparable:", file=sys.stderr)
+    for key, b, c in diffs:
+        print(f"warning:   {key}: {b} -> {c}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Standalone entry point (``python -m harness.compare``) until the CLI wires the command."""
+    parser = argparse.ArgumentParser(prog="harness compare")
+    configure(parser)
+    return command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

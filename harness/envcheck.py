@@ -1,0 +1,94 @@
+"""``harness env``: this machine's fingerprint and what can run here, from the runner's own ``can_run`` answers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from harness import capability, envinfo
+from harness.api import DeviceInfo
+from harness.plugins import Manager, get_manager, suite_path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--suite", help="also show which cells of this suite run here")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--results", type=Path, action="append", default=[],
+                        help="earlier result directories of this machine, for a duration estimate")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if some cell of --suite cannot run here")
+
+
+def matrix(manager: Manager, device: DeviceInfo) -> list[dict[str, Any]]:
+    """ok or the reason, for every registered loader (default params) and backend x precision."""
+    rows = [{"kind": "loader", "name": name, "precision": None, "reason": reg.impl.can_run(device, {})}
+            for name, reg in sorted(manager.loaders().items())]
+    for name, reg in sorted(manager.backends().items()):
+        for precision in reg.impl.precisions:
+            reason = reg.impl.can_run(device, precision, 1, {})
+            rows.append({"kind": "backend", "name": name, "precision": precision, "reason": reason})
+    return rows
+
+
+def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Path]) -> dict[str, Any]:
+    """How many cells of suite ``name`` will run or be skipped here, and why."""
+    from harness.suite import expand
+
+    cells = expand(suite_path(name), manager, device=None).cells
+    statuses = {c.id: capability.blocker(c, manager, device) for c in cells}
+    reasons = Counter(r for r in statuses.values() if r)
+    return {"suite": name, "cells": len(cells), "run": sum(r is None for r in statuses.values()),
+            "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
+            "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
+            "estimate_s": estimate(cells, statuses, results)}
+
+
+def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Path]) -> float | None:
+    """Seconds the runnable cells should take, from median epoch times of earlier runs of the same cells."""
+    if not results:
+        return None
+    from harness.report.load import load_results
+
+    loaded = load_results(results)
+    epochs = loaded.epochs.merge(loaded.cells[["run", "cell_id"]], on="run")
+    per_cell = epochs.groupby("cell_id")["epoch_time_s"].median()
+    known = [per_cell[c.id] * c.epochs for c in cells if statuses[c.id] is None and c.id in per_cell]
+    return float(sum(known)) if known else None
+
+
+def command(args: argparse.Namespace) -> int:
+    manager = get_manager()
+    device = envinfo.device_info(args.device)
+    report: dict[str, Any] = {
+        "environment": envinfo.fingerprint(device, manager.hook.harness_environment()),
+        "capabilities": matrix(manager, device),
+        "broken_plugins": {p.name: p.error for p in manager.plugins if p.error},
+    }
+    if args.suite:
+        report["suite"] = suite_plan(args.suite, manager, device, args.results)
+    print(json.dumps(report, indent=2, default=str) if args.json else render(report))
+    blocked = args.suite and report["suite"]["skipped"]
+    return 1 if args.strict and blocked else 0
+
+
+def render(report: dict[str, Any]) -> str:
+    lines = ["Environment"]
+    lines += [f"  {k:18} {v}" for k, v in report["environment"].items() if v is not None]
+    lines.append("Capabilities on this machine")
+    for row in report["capabilities"]:
+        name = row["name"] + (f" {row['precision']}" if row["precision"] else "")
+        lines.append(f"  {row['kind']:8} {name:28} {row['reason'] or 'ok'}")
+    for name, error in report["broken_plugins"].items():
+        lines.append(f"  BROKEN plugin {name}: {error}")
+    if "suite" in report:
+        plan = report["suite"]
+        lines.append(f"Suite {plan['suite']}: {plan['cells']} cells, {plan['run']} run here, {plan['skipped']} skipped")
+        lines += [f"  {n:4} x {reason}" for reason, n in plan["reasons"].items()]
+        if plan["estimate_s"] is not None:
+            lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
+    return "\n".join(lines)
+
+

@@ -1,0 +1,72 @@
+"""The harness hook specifications: every way a plugin can extend the harness.
+
+Registration hooks receive a ``register`` callback (as in simonw/llm) and are called
+once when the plugin manager loads. Lifecycle hooks are called by the engine in the
+cell process, on every rank, in the order ``harness_run_start``,
+``harness_epoch_end`` (once per epoch), ``harness_run_end``.
+Implementations may accept fewer arguments than the spec (pluggy passes only the
+ones they name), so new optional arguments never break old plugins.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import pluggy
+
+from harness.api import CellSpec, EpochRecord, RunContext
+
+hookspec = pluggy.HookspecMarker("harness")
+hookimpl = pluggy.HookimplMarker("harness")
+
+
+@hookspec
+def register_loaders(register: Callable[..., None]) -> None:
+    """Register data loaders: ``register(name, loader)``.
+
+    ``loader`` implements :class:`harness.api.LoaderPlugin`; ``name`` is what
+    suites write in ``matrix.loader``.
+    """
+
+
+@hookspec
+def register_models(register: Callable[..., None]) -> None:
+    """Register model families: ``register(name, family)``.
+
+    ``family`` implements :class:`harness.api.ModelPlugin`; its ``knows(model)``
+    decides which suite model names it builds.
+    """
+
+
+@hookspec
+def register_backends(register: Callable[..., None]) -> None:
+    """Register training backends: ``register(name, backend)``.
+
+    ``backend`` implements :class:`harness.api.BackendPlugin`; ``name`` is what
+    suites write in ``matrix.backend``.
+    """
+
+
+@hookspec
+def register_suites(register: Callable[..., None]) -> None:
+    """Register suites: ``register(name, path)`` with ``path`` a suite TOML file."""
+
+
+@hookspec
+def harness_environment() -> dict[str, Any] | None:
+    """Return extra fields for the environment fingerprint (e.g. a library version)."""
+
+
+@hookspec
+def harness_run_start(cell: CellSpec, context: RunContext) -> None:
+    """Called when a cell's training starts (after data, model and backend are ready)."""
+
+
+@hookspec
+def harness_epoch_end(cell: CellSpec, record: EpochRecord, context: RunContext) -> None:
+    """Called after each epoch's record is written to the result store."""
+
+
+@hookspec
+def harness_run_end(cell: CellSpec, summary: dict[str, Any], context: RunContext) -> None:
+    """Called when a cell finishes, with its summary (best accuracy, epochs, ...)."""

@@ -1,0 +1,65 @@
+"""``harness data prepare``: the command-line face of :func:`harness.prepare.prepare`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from harness.datasets import SPLITS, DataError
+from harness.prepare.build import DATASETS, Options, Result, prepare
+from harness.prepare.sources import DownloadError
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the ``prepare`` arguments to ``parser``."""
+    parser.add_argument("dataset", choices=sorted(DATASETS), help="dataset to prepare")
+    parser.add_argument("--out", type=Path, required=True, help="prepared directory to create (train/, validation/)")
+    parser.add_argument("--source", help="URL, .tgz/.zip archive or folder of class folders (default: download)")
+    parser.add_argument("--tfrecord", action="store_true", help="also write TFRecord shards + DALI index files")
+    parser.add_argument("--scale", type=int, default=4, help="train:validation ratio scale:1 (default 4)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the per-class shuffle (default 0)")
+    parser.add_argument("--copy", action="store_true", help="copy photos instead of linking them")
+    parser.add_argument("--strict", action="store_true", help="fail on any bad file instead of excluding it")
+    parser.add_argument("--drop-duplicates", action="store_true",
+                        help="drop byte-identical copies (all copies when their classes differ)")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="accept photos that differ from the shipped checksum list")
+    parser.add_argument("--shard-mb", type=int, default=64, help="largest TFRecord shard in MiB (default 64)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run ``prepare``; print a summary (exit 0) or the error naming the path (exit 1)."""
+    options = Options(dataset=args.dataset, source=args.source, seed=args.seed, scale=args.scale, copy=args.copy,
+                      tfrecord=args.tfrecord, strict=args.strict, drop_duplicates=args.drop_duplicates,
+                      verify=args.verify, max_shard_bytes=args.shard_mb << 20)
+    try:
+        result = prepare(args.out, options, progress=not args.quiet)
+    except (DataError, DownloadError) as e:
+        print(f"harness data prepare: error: {e}", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
+def summary(result: Result) -> str:
+    """Counts per class and split, duplicates, exclusions and shards, as a few lines of text."""
+    m = result.manifest
+    verb = "up to date, verified" if result.status == "up-to-date" else "prepared"
+    why = f" ({result.reason})" if result.reason else ""
+    how = ", ".join(f"{n} {k}" for k, n in m["placement"].items())
+    lines = [f"{m['dataset']}: {verb} {result.out}{why}", f"  from {m['source']['location']} ({how})",
+             f"  {'class':<16}{'train':>8}{'validation':>12}"]
+    lines += [f"  {c:<16}{m['counts']['train'][c]:>8}{m['counts']['validation'][c]:>12}" for c in m["classes"]]
+    lines.append(f"  {'total':<16}{m['counts']['total']['train']:>8}{m['counts']['total']['validation']:>12}")
+    dup = m["duplicates"]
+    for g in dup["groups"]:
+        lines.append(f"  duplicate ({', '.join(g['kinds'])}): {' == '.join(g['files'])}")
+    if dup["dropped"]:
+        lines.append(f"  dropped {len(dup['dropped'])} duplicate files")
+    lines += [f"  excluded {e['path']}: {e['reason']}" for e in m["excluded"]]
+    for split in SPLITS if m["tfrecord"] else ():
+        t = m["tfrecord"][split]
+        lines.append(f"  tfrecord {split}: {t['records']} records in {len(t['shards'])} shards")
+    return "\n".join(lines)

@@ -1,0 +1,19 @@
+"""``python -m harness.report DIR [DIR ...] --out DIR``: the report command on its own."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from harness.report import command, configure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments and write the report."""
+    parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
+    configure(parser)
+    return command(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

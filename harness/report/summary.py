@@ -1,0 +1,133 @@
+"""Per-cell summary: timings, throughput, accuracy, time-to-accuracy, memory, MFU, warnings."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import pandas as pd
+
+from harness.report.load import Results
+from harness.report.mfu import match_device, mfu
+
+#: Columns of ``summary.csv``, in order.
+SUMMARY_COLUMNS = [
+    "suite", "model", "loader", "backend", "precision", "device", "status", "reason", "epochs",
+    "epoch_time_s", "epoch_time_p90_s", "throughput_img_s", "throughput_ci95_low", "throughput_ci95_high",
+    "best_val_acc", "best_epoch", "time_to_acc_s", "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct",
+    "train_flops_per_image", "mfu", "warnings", "host", "nproc", "cell_id", "run",
+]  # fmt: skip
+
+MIN_OPTIMIZER_STEPS = 10
+
+
+def device_name(env: Mapping[str, Any]) -> str:
+    """The device a run used, as recorded: the GPU's torch name, else the CPU model."""
+    if env.get("device_type") == "cuda" and env.get("device_name"):
+        return str(env["device_name"])
+    if env.get("cpu_model"):
+        return f"CPU: {env['cpu_model']}"
+    return "cpu" if env.get("device_type") == "cpu" else "unknown"
+
+
+def device_short(name: str) -> str:
+    """A short label for column headers: the device table's key (``T4``), ``CPU Intel Xeon ...``, or the name."""
+    if name.startswith("CPU: "):
+        model = re.sub(r"\((R|TM)\)|\bCPU\b|\bProcessor\b|@.*$", " ", name[5:], flags=re.IGNORECASE)
+        return " ".join(["CPU", *model.split()])
+    facts = match_device(name)
+    return facts["key"] if facts else name
+
+
+def _t_quantile(n: int) -> float:
+    """Two-sided 95 % Student-t quantile for ``n`` samples (normal approximation without scipy)."""
+    try:
+        from scipy import stats
+    except ImportError:
+        return 1.96
+    return float(stats.t.ppf(0.975, n - 1))
+
+
+def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, float]:
+    """Statistics of one cell's epochs (sorted by epoch). Timings use the epochs after the first."""
+    nan = math.nan
+    if epochs.empty:
+        return {"epochs": 0}
+    steady = epochs.iloc[1:] if len(epochs) > 1 else epochs
+    train_time = steady["train_time_s"].sum()
+    per_epoch = steady["throughput_img_s"].fillna(steady["train_images"] / steady["train_time_s"])
+    n = len(per_epoch)
+    half = _t_quantile(n) * per_epoch.std(ddof=1) / math.sqrt(n) if n > 1 else nan
+    best = epochs["val_acc"].idxmax() if epochs["val_acc"].notna().any() else None
+    reached = epochs[epochs["val_acc"] >= target_acc] if target_acc is not None else epochs.iloc[0:0]
+    return {
+        "epochs": len(epochs),
+        "epoch_time_s": steady["epoch_time_s"].median(),
+        "epoch_time_p90_s": steady["epoch_time_s"].quantile(0.9),
+        "throughput_img_s": steady["train_images"].sum() / train_time if train_time > 0 else nan,
+        "throughput_ci95_low": per_epoch.mean() - half,
+        "throughput_ci95_high": per_epoch.mean() + half,
+        "best_val_acc": epochs["val_acc"].max(),
+        "best_epoch": epochs.at[best, "epoch"] if best is not None else nan,
+        "time_to_acc_s": reached["wall_time_s"].iloc[0] if len(reached) else nan,
+        "peak_mem_gb": epochs["peak_mem_gb"].max(),
+        "optimizer_steps_per_epoch": epochs["optimizer_steps"].median(),
+        "data_wait_pct": 100 * steady["data_wait_s"].sum() / train_time if train_time > 0 else nan,
+    }
+
+
+def _major_minor(capability: str) -> tuple[int, ...]:
+    """``"7.5"`` -> ``(7, 5)``; anything unparseable sorts as the newest (no warning)."""
+    try:
+        return tuple(int(part) for part in capability.split("."))
+    except ValueError:
+        return (99,)
+
+
+def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Mapping[str, float]) -> list[str]:
+    """Warnings the report can see from the data: slow fp16/bf16 hardware, tiny step counts."""
+    out = []
+    precision = cell.get("precision")
+    facts = match_device(env.get("device_name")) if env.get("device_type") == "cuda" else None
+    capability = str(env.get("device_capability") or (facts or {}).get("capability") or "")
+    name = env.get("device_name")
+    if precision == "fp16" and (capability == "6.1" or (facts is not None and not facts["fast_fp16"])):
+        out.append(f"fp16 on {name} (compute capability {capability}) without fast fp16: expect no speed-up")
+    if precision == "bf16" and env.get("device_type") == "cuda" and _major_minor(capability) < (8, 0):
+        out.append(f"bf16 on {name} (compute capability {capability}) without native bf16")
+    steps = stats.get("optimizer_steps_per_epoch", math.nan)
+    if steps < MIN_OPTIMIZER_STEPS:
+        out.append(f"only {steps:g} optimizer step(s) per epoch")
+    if stats.get("epochs") == 1:
+        out.append("one epoch only: timings include warm-up")
+    return out
+
+
+def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame:
+    """One row per cell run with :data:`SUMMARY_COLUMNS` plus ``device_short``, ``env``, ``cell``."""
+    by_run = dict(tuple(results.epochs.groupby("run", sort=False)))
+    rows = []
+    for cell_row in results.cells.to_dict("records"):
+        env, cell = cell_row["env"], cell_row["cell"]
+        stats = epoch_stats(by_run.get(cell_row["run"], results.epochs.iloc[0:0]), target_acc)
+        if not math.isfinite(stats.get("optimizer_steps_per_epoch", math.nan)):
+            stats["optimizer_steps_per_epoch"] = cell_row["optimizer_steps_per_epoch_recorded"]
+        name = device_name(env)
+        derived = derived_warnings(cell, env, stats) if cell_row["status"] != "skipped" else []
+        warnings = list(dict.fromkeys([*cell_row["recorded_warnings"], *derived]))
+        row = {**cell_row, **stats, "device": name, "device_short": device_short(name), "host": env.get("hostname")}
+        row["mfu"] = mfu(
+            stats.get("throughput_img_s", math.nan),
+            cell_row["train_flops_per_image"],
+            env.get("device_name") if env.get("device_type") == "cuda" else None,
+            cell_row["precision"] or "",
+            cell_row["nproc"],
+        )
+        row["warnings"] = "; ".join(warnings)
+        rows.append(row)
+    frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "device_short", "finished_at", "env", "cell"])
+    frame["epochs"] = frame["epochs"].fillna(0).astype(int)
+    frame["best_epoch"] = frame["best_epoch"].astype("Int64")
+    return frame.sort_values(["suite", "model", "loader", "backend", "precision", "device"], ignore_index=True)

@@ -1,0 +1,113 @@
+"""Runs a suite's cells, each in its own process, and records ok / skipped / failed."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from harness import capability, envinfo
+from harness.api import CellSpec
+from harness.plugins import Manager
+from harness.store import CellStore, write_json
+
+EPOCH_LINE = re.compile(r"^\[(?P<id>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)")
+
+
+class OutputExists(RuntimeError):
+    """The output directory already holds results and --resume was not given."""
+
+
+@dataclass
+class Outcome:
+    cell: CellSpec
+    status: str
+    reason: str | None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(cell_json: Path, out: Path, nproc: int, resume: bool) -> list[str]:
+    """The cell process command line: plain Python, or torchrun for several processes."""
+    tail = ["-m", "harness.cell", str(cell_json), "--out", str(out), *(["--resume"] if resume else [])]
+    if nproc == 1:
+        return [sys.executable, *tail]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *tail]
+
+
+def cell_env(nproc: int) -> dict[str, str]:
+    """Single-process cells get the rendezvous variables torchrun would set, so backends need no special case."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if nproc == 1:
+        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    return env
+
+
+def run_cell(cell: CellSpec, out: Path, resume: bool, position: int) -> None:
+    """Start the cell's process, show its progress, and record a failure its process could not."""
+    store = CellStore(out, cell.id)
+    store.write_cell(cell)
+    resume = resume and store.checkpoint_path.exists()
+    tail: deque[str] = deque(maxlen=20)
+    bar = tqdm(total=cell.epochs, desc=cell.id, position=position, leave=True, unit="epoch", dynamic_ncols=True)
+    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    try:
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            match = EPOCH_LINE.match(line)
+            if match:
+                bar.n = int(match["epoch"])
+                bar.refresh()
+                tqdm.write(line.rstrip())
+        code = proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        proc.wait(timeout=30)
+        raise
+    finally:
+        bar.close()
+    result = store.result()
+    if result is None or result["status"] == "ok" and code != 0:
+        reason = f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:])
+        store.write_result(cell, envinfo.fingerprint(envinfo.device_info(cell.device)), "failed", reason)
+
+
+def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False) -> list[Outcome]:
+    """Run every cell; finished cells of an earlier run are kept when resuming."""
+    out = Path(out)
+    cells_dir = out / "cells"
+    if not resume and cells_dir.exists() and any(cells_dir.iterdir()):
+        raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
+    write_json(out / "run.json", {"cells": [c.id for c in cells]})
+    outcomes = []
+    for position, cell in enumerate(cells):
+        store = CellStore(out, cell.id)
+        previous = store.result()
+        if resume and previous and previous["status"] in ("ok", "skipped"):
+            outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
+            continue
+        device = envinfo.device_info(cell.device)
+        reason = capability.blocker(cell, manager, device)
+        if reason:
+            store.write_cell(cell)
+            store.write_result(cell, envinfo.fingerprint(device, manager.hook.harness_environment()), "skipped",
+                               reason)
+            tqdm.write(f"[{cell.id}] skipped: {reason}")
+        else:
+            run_cell(cell, out, resume, position)
+        result = store.result()
+        outcomes.append(Outcome(cell, result["status"], result["reason"]))
+    return outcomes

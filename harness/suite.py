@@ -1,0 +1,205 @@
+"""Suites: declarative TOML files validated against the registered plugins, expanded into cells."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from harness import recipes
+from harness.api import CellSpec, Recipe
+from harness.plugins import Manager
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+AXES = ("model", "loader", "backend", "precision")
+# key -> (accepted types, required)
+TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
+    "name": ((str,), True),
+    "description": ((str,), False),
+    "epochs": ((int,), True),
+    "image_size": ((int,), True),
+    "subset": ((int,), False),
+    "seed": ((int,), False),
+    "nproc": ((int,), False),
+    "device": ((str,), False),
+    "recipe": ((str, dict), True),
+    "tensorboard": ((bool,), False),
+    "save_best": ((bool,), False),
+    "matrix": ((dict,), True),
+    "models": ((dict,), False),
+    "loaders": ((dict,), False),
+    "backends": ((dict,), False),
+}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class SuiteError(ValueError):
+    """An invalid suite; the message names the file, the key and the allowed values."""
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    cells: list[CellSpec] = field(default_factory=list)
+    description: str = ""
+
+
+def load(path: Path, manager: Manager) -> dict[str, Any]:
+    """Parse and validate ``path``; return the raw, checked table."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SuiteError(f"{path}: suite file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+    Validator(path, manager).check(raw)
+    return raw
+
+
+class Validator:
+    def __init__(self, path: Path, manager: Manager) -> None:
+        self.path, self.manager = path, manager
+
+    def fail(self, key: str, message: str) -> None:
+        raise SuiteError(f"{self.path}: key {key!r}: {message}")
+
+    def check(self, raw: dict[str, Any]) -> None:
+        for key in raw:
+            if key not in TOP_LEVEL:
+                self.fail(key, f"unknown key; allowed: {', '.join(TOP_LEVEL)}")
+        for key, (types, required) in TOP_LEVEL.items():
+            if key not in raw:
+                if required:
+                    self.fail(key, "missing")
+            elif not isinstance(raw[key], types) or (int in types and isinstance(raw[key], bool)):
+                self.fail(key, f"expected {' or '.join(t.__name__ for t in types)}, got {raw[key]!r}")
+        if raw.get("device", "auto") not in DEVICES:
+            self.fail("device", f"got {raw['device']!r}; allowed: {', '.join(DEVICES)}")
+        self.check_recipe(raw["recipe"])
+        self.check_variants(raw, "loaders", self.manager.loaders())
+        self.check_variants(raw, "backends", self.manager.backends())
+        self.check_matrix(raw)
+
+    def check_recipe(self, recipe: str | dict[str, Any]) -> None:
+        table = {"base": recipe} if isinstance(recipe, str) else dict(recipe)
+        base = table.pop("base", "default")
+        if base not in recipes.RECIPES:
+            self.fail("recipe.base", f"unknown recipe {base!r}; allowed: {', '.join(recipes.RECIPES)}")
+        for key, value in table.items():
+            if key not in recipes.KINDS:
+                self.fail(f"recipe.{key}", f"unknown key; allowed: base, {', '.join(recipes.KINDS)}")
+            try:
+                recipes.coerce(key, value)
+            except (TypeError, ValueError) as exc:
+                self.fail(f"recipe.{key}", str(exc))
+
+    def check_variants(self, raw: dict[str, Any], section: str, registered: dict[str, Any]) -> None:
+        for name, table in raw.get(section, {}).items():
+            if not isinstance(table, dict):
+                self.fail(f"{section}.{name}", f"expected a table, got {table!r}")
+            plugin = table.get("use", name)
+            if plugin not in registered:
+                self.fail(f"{section}.{name}.use", f"unknown {section[:-1]} {plugin!r}; allowed: {_names(registered)}")
+            if "nproc" in table and (not isinstance(table["nproc"], int) or table["nproc"] < 1):
+                self.fail(f"{section}.{name}.nproc", f"expected a positive int, got {table['nproc']!r}")
+
+    def check_matrix(self, raw: dict[str, Any]) -> None:
+        matrix = raw["matrix"]
+        for key in matrix:
+            if key not in AXES:
+                self.fail(f"matrix.{key}", f"unknown key; allowed: {', '.join(AXES)}")
+        allowed = {
+            "loader": set(self.manager.loaders()) | set(raw.get("loaders", {})),
+            "backend": set(self.manager.backends()) | set(raw.get("backends", {})),
+            "precision": {p for r in self.manager.backends().values() for p in r.impl.precisions},
+        }
+        for axis in AXES:
+            values = matrix.get(axis)
+            if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
+                self.fail(f"matrix.{axis}", f"expected a non-empty list of strings, got {values!r}")
+            for value in values:
+                if axis == "model":
+                    if self.manager.model_family(value) is None:
+                        families = ", ".join(sorted(self.manager.models()))
+                        self.fail("matrix.model", f"unknown model {value!r}; no model family knows it ({families})")
+                elif value not in allowed[axis]:
+                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {', '.join(sorted(allowed[axis]))}")
+
+
+def _names(registered: dict[str, Any]) -> str:
+    return ", ".join(sorted(registered)) or "none registered"
+
+
+def cell_id(model: str, loader: str, backend: str, precision: str) -> str:
+    """A stable, readable, filesystem-safe id: ``model-loader-backend-precision``."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{model}-{loader}-{backend}-{precision}")
+
+
+def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
+    """Validate ``path`` and expand its matrix into cells.
+
+    ``overrides``: data, epochs, device, nproc, seed, tensorboard (None means the suite's value).
+    """
+    raw = load(path, manager)
+    recipe = _recipe(raw["recipe"])
+    options = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
+    if overrides.get("tensorboard") is not None:
+        options["tensorboard"] = overrides["tensorboard"]
+    cells = []
+    for model, loader, backend, precision in itertools.product(*(raw["matrix"][a] for a in AXES)):
+        loader_table = dict(raw.get("loaders", {}).get(loader, {}))
+        backend_table = dict(raw.get("backends", {}).get(backend, {}))
+        cells.append(
+            CellSpec(
+                id=cell_id(model, loader, backend, precision),
+                suite=raw["name"],
+                model=model,
+                loader=loader,
+                backend=backend,
+                precision=precision,
+                loader_plugin=loader_table.pop("use", loader),
+                backend_plugin=backend_table.pop("use", backend),
+                epochs=overrides.get("epochs") or raw["epochs"],
+                image_size=raw["image_size"],
+                data=str(overrides.get("data") or ""),
+                seed=overrides.get("seed") if overrides.get("seed") is not None else raw.get("seed", 0),
+                recipe=recipe,
+                nproc=overrides.get("nproc") or backend_table.pop("nproc", raw.get("nproc", 1)),
+                subset=raw.get("subset"),
+                device=overrides.get("device") or raw.get("device", "auto"),
+                model_params=dict(raw.get("models", {}).get(model, {})),
+                loader_params=loader_table,
+                backend_params=backend_table,
+                options=options,
+            )
+        )
+    return Suite(raw["name"], path, cells, raw.get("description", ""))
+
+
+def _recipe(value: str | dict[str, Any]) -> Recipe:
+    table = {"base": value} if isinstance(value, str) else dict(value)
+    base = table.pop("base", "default")
+    return recipes.resolve(base, {k: recipes.coerce(k, v) for k, v in table.items()})
+
+
+def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
+    """Keep cells matching every ``key=value`` filter (keys: id and the matrix axes)."""
+    keys = ("id", *AXES)
+    for item in only:
+        key, sep, value = item.partition("=")
+        if not sep or key not in keys:
+            raise SuiteError(f"--only {item!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
+        cells = [c for c in cells if getattr(c, key) == value]
+    return cells
+
+
+def with_data(cells: list[CellSpec], data: str) -> list[CellSpec]:
+    return [replace(c, data=data) for c in cells]

@@ -1,0 +1,119 @@
+"""The plain PyTorch backend: one process, or DDP under torchrun; fp32, fp16 (autocast + GradScaler), bf16."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from harness.api import DeviceInfo
+from harness.hookspecs import hookimpl
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def precision_blocker(device: DeviceInfo, precision: str) -> str | None:
+    """Device truth for torch autocast precisions, shared with other backends that use torch AMP."""
+    if device.type == "cpu" and precision == "fp16":
+        return "fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"
+    if device.type == "cuda" and precision == "bf16" and not device.bf16_native:
+        return f"bf16: {device.label} has no native bf16"
+    return None
+
+
+def fp16_warning(device: DeviceInfo, precision: str) -> str | None:
+    if device.type == "cuda" and precision == "fp16" and device.capability and device.capability[0] < 7:
+        return f"fp16 on {device.label}: no tensor cores and slow fp16 arithmetic; expect no speed-up over fp32"
+    return None
+
+
+class TorchBackend:
+    """A thin adapter over torch: DDP when WORLD_SIZE > 1, autocast and GradScaler for AMP."""
+
+    def __init__(self, device: DeviceInfo, precision: str) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", 1))
+        self.rank = int(os.environ.get("RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device("cuda", local_rank) if device.type == "cuda" else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
+        self.dtype = DTYPES.get(precision)
+        self.warnings = [w for w in [fp16_warning(device, precision)] if w]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
+        model = model.to(self.device)
+        if self.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return model, optimizer
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def no_sync(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
+        return model.no_sync() if self.world_size > 1 else nullcontext()
+
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
+        if clip_grad_norm:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def save(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        if self.rank == 0:
+            module = getattr(model, "module", model)
+            torch.save({"model": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scaler": self.scaler.state_dict()}, directory / "torch.pt")
+        if self.world_size > 1:
+            dist.barrier()
+
+    def load(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        state = torch.load(directory / "torch.pt", map_location=self.device, weights_only=True)
+        getattr(model, "module", model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Torch:
+    """The ``torch`` backend family."""
+
+    precisions = ("fp32", "fp16", "bf16")
+
+    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any]) -> str | None:
+        if params:
+            return f"torch backend takes no parameters besides nproc, got {', '.join(params)}"
+        return precision_blocker(device, precision)
+
+    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any]) -> TorchBackend:
+        return TorchBackend(device, precision)
+
+
+@hookimpl
+def register_backends(register: Any) -> None:
+    register("torch", Torch())

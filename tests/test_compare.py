@@ -1,0 +1,271 @@
+"""``harness compare``: pairing, the significance + effect-size verdicts, exit codes and input errors.
+
+Harness output directories are written with the real result store; pytest-benchmark files come
+from a real pytest-benchmark run in a subprocess.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import compare
+from harness.api import CellSpec, EpochRecord, Recipe
+from harness.store import CellStore
+
+ENV = {"hostname": "ci-1", "cpu_model": "Test CPU", "torch": "2.4.0", "git_commit": "abc"}
+
+
+def cell(model: str = "resnet18", backend: str = "torch") -> CellSpec:
+    cell_id = f"{model}-torchvision-{backend}-fp32"
+    return CellSpec(id=cell_id, suite="t", model=model, loader="torchvision", backend=backend, precision="fp32",
+                    loader_plugin="torchvision", backend_plugin=backend, epochs=6, image_size=32, data="/d", seed=0,
+                    recipe=Recipe())
+
+
+def write_cell(out: Path, spec: CellSpec, throughput: float, *, epochs: int = 6, noise: float = 0.02,
+               seed: int = 0, env: dict | None = None, status: str = "ok", reason: str | None = None) -> None:
+    """A cell as the engine writes it: epochs whose throughput is ``throughput`` +- ``noise`` (epoch 1 slow)."""
+    store, rng = CellStore(out, spec.id), random.Random(seed)
+    for epoch in range(1, epochs + 1 if status == "ok" else 1):
+        tput = throughput * (1 + rng.uniform(-noise, noise)) * (0.5 if epoch == 1 else 1.0)
+        time_s = 1000 / tput
+        store.append_epoch(spec, env or ENV, EpochRecord(
+            epoch=epoch, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=0.1, epoch_time_s=time_s,
+            train_time_s=time_s, throughput_img_s=tput, data_wait_s=0.0, peak_mem_gb=1.0, optimizer_steps=10,
+            train_images=1000, wall_time_s=time_s * epoch))
+    store.write_result(spec, env or ENV, status, reason, {"epochs": epochs})
+
+
+def run(*argv: str | Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = compare.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def verdicts(stdout: str) -> dict[str, str]:
+    """benchmark key -> verdict, parsed from the printed table (the lines before the summary)."""
+    found = {}
+    for line in stdout.split("\n\n")[0].splitlines()[1:]:
+        words = line.split()
+        found[words[0]] = next(w for w in words if w in compare.VERDICTS)
+    return found
+
+
+
+# ---------------------------------------------------------------- harness output directories
+
+
+def test_regression_improvement_and_noise_in_harness_dirs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    for i, (model, factor) in enumerate([("slow", 1 / 1.25), ("fast", 1.30), ("same", 1.0), ("bit", 1 / 1.05)]):
+        write_cell(base, cell(model), 100.0, seed=i)
+        write_cell(cand, cell(model), 100.0 * factor, seed=i + 10)
+    code, out, _ = run(base, cand, capsys=capsys)
+    got = verdicts(out)
+    assert code == 1
+    assert got["slow-torchvision-torch-fp32/throughput_img_s"] == "regressed"
+    assert got["slow-torchvision-torch-fp32/epoch_time_s"] == "regressed"
+    assert got["fast-torchvision-torch-fp32/throughput_img_s"] == "improved"
+    assert got["same-torchvision-torch-fp32/throughput_img_s"] == "unchanged"
+    assert got["bit-torchvision-torch-fp32/epoch_time_s"] == "unchanged"  # 5 % < the 10 % threshold
+    order = [k.split("-")[0] for k in got if k.endswith("/epoch_time_s")]  # worst first
+    assert order == ["slow", "same", "bit", "fast"] or order == ["slow", "bit", "same", "fast"]
+    assert "2 regressed, 2 improved" in out
+
+
+def test_warmup_epoch_is_dropped(tmp_path: Path) -> None:
+    write_cell(tmp_path, cell(), 100.0, epochs=4)
+    side = compare.load_side(tmp_path)
+    series = side.series["resnet18-torchvision-torch-fp32/throughput_img_s"]
+    assert len(series.samples) == 3 and min(series.samples) > 90  # epoch 1 (half speed) left out
+    kept = compare.load_side(tmp_path, compare.Options(keep_warmup=True))
+    assert len(kept.series["resnet18-torchvision-torch-fp32/throughput_img_s"].samples) == 4
+
+
+def test_too_few_samples_is_unchanged_even_for_a_big_change(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_cell(tmp_path / "a", cell(), 100.0, epochs=4)  # 3 samples after the warm-up epoch
+    write_cell(tmp_path / "b", cell(), 50.0, epochs=4)
+    code, out, _ = run(tmp_path / "a", tmp_path / "b", capsys=capsys)
+    assert code == 0
+    assert "too few samples" in out and "regressed" not in verdicts(out).values()
+
+
+def test_new_missing_and_failed_cells(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    write_cell(base, cell("kept"), 100.0)
+    write_cell(cand, cell("kept"), 100.0, seed=1)
+    write_cell(base, cell("gone"), 100.0)
+    write_cell(base, cell("broke"), 100.0)
+    write_cell(cand, cell("broke"), 100.0, status="failed", reason="CUDA out of memory")
+    write_cell(cand, cell("added"), 100.0)
+    code, out, _ = run(base, cand, capsys=capsys)
+    got = verdicts(out)
+    assert code == 0
+    assert got["gone-torchvision-torch-fp32/throughput_img_s"] == "missing"
+    assert got["broke-torchvision-torch-fp32/throughput_img_s"] == "missing"
+    assert got["added-torchvision-torch-fp32/throughput_img_s"] == "new"
+    assert "candidate: failed: CUDA out of memory" in out
+    assert run(base, cand, "--fail-on-missing", capsys=capsys)[0] == 1
+
+
+def test_per_benchmark_threshold_and_direction(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    write_cell(base, cell("loose"), 100.0)
+    write_cell(cand, cell("loose"), 80.0, seed=1)
+    assert run(base, cand, capsys=capsys)[0] == 1
+    code, out, _ = run(base, cand, "--threshold-for", "loose-*=30%", capsys=capsys)
+    assert code == 0 and "30%" in out
+    code, out, _ = run(base, cand, "--lower-is-better", "throughput_img_s", "--metric", "throughput_img_s",
+                       capsys=capsys)
+    assert code == 0 and verdicts(out) == {"loose-torchvision-torch-fp32/throughput_img_s": "improved"}
+    code, out, _ = run(base, cand, "--select", "*/epoch_time_s", capsys=capsys)
+    assert code == 1 and list(verdicts(out)) == ["loose-torchvision-torch-fp32/epoch_time_s"]
+
+
+def test_environment_difference_warns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path / "a", cell(), 100.0)
+    write_cell(tmp_path / "b", cell(), 100.0, env={**ENV, "hostname": "ci-2", "torch": "2.5.0", "git_commit": "def"})
+    code, _, err = run(tmp_path / "a", tmp_path / "b", capsys=capsys)
+    assert code == 0
+    assert "different machines" in err and "hostname: ci-1 -> ci-2" in err and "torch: 2.4.0 -> 2.5.0" in err
+    assert "git_commit" not in err  # expected to differ between a baseline and a candidate
+    _, _, err = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
+    assert err == ""
+
+
+def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path / "a", cell(), 100.0)
+    write_cell(tmp_path / "b", cell(), 70.0, seed=3)
+    code, _, _ = run(tmp_path / "a", tmp_path / "b", "--json", tmp_path / "cmp.json", capsys=capsys)
+    data = json.loads((tmp_path / "cmp.json").read_text())
+    assert code == 1 and data["summary"]["regressed"] == 2
+    row = next(r for r in data["rows"] if r["metric"] == "throughput_img_s")
+    assert row["better"] == "higher" and row["ratio"] == pytest.approx(0.7, abs=0.03) and row["p_value"] < 0.05
+
+
+# ---------------------------------------------------------------- bad input: exit 2 and a message naming the culprit
+
+
+def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path / "a", cell(), 100.0)
+    bench = tmp_path / "bench.json"
+    bench.write_text(json.dumps({"benchmarks": [{"fullname": "t.py::x", "stats": {"mean": 1.0}}]}))
+    cases = [
+        ((tmp_path / "nope", tmp_path / "a"), "nope: no such file or directory"),
+        ((tmp_path / "a", tmp_path / "a", "--threshold", "15"), "write 15% or 0.15"),
+        ((tmp_path / "a", tmp_path / "a", "--threshold-for", "x"), "expected PATTERN=PERCENT"),
+        ((tmp_path / "a", bench), "no raw timings in stats.data"),
+        ((tmp_path, tmp_path / "a"), "not a harness output directory"),
+    ]
+    for argv, message in cases:
+        code, _, err = run(*argv, capsys=capsys)
+        assert code == 2 and message in err, (argv, err)
+
+
+def test_corrupt_epochs_line_and_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path / "a", cell(), 100.0)
+    epochs = tmp_path / "a" / "cells" / cell().id / "epochs.jsonl"
+    lines = epochs.read_text().splitlines()
+    epochs.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
+    code, _, err = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
+    assert code == 2 and f"{epochs}:2: not valid JSON" in err
+    epochs.write_text("\n".join([*lines[:-1], '{"torn']))  # a torn last line is a killed writer: fine
+    assert run(tmp_path / "a", tmp_path / "a", capsys=capsys)[0] == 0
+    epochs.write_text("\n".join(lines).replace('"schema_version": 1', '"schema_version": 2') + "\n")
+    code, _, err = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
+    assert code == 2 and "unsupported schema_version 2" in err
+
+
+def test_argparse_errors_exit_2(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exc:
+        compare.main([str(tmp_path)])
+    assert exc.value.code == 2
+
+
+def test_min_p_value() -> None:
+    assert compare.min_p_value(3, 3) == pytest.approx(0.1)
+    assert compare.min_p_value(4, 4) == pytest.approx(2 / 70)
+    assert compare.parse_fraction("10%") == pytest.approx(0.1) and compare.parse_fraction("0.25") == 0.25
+
+
+# ---------------------------------------------------------------- real pytest-benchmark JSON files
+
+BENCH_MODULE = """
+import os
+
+WORK = int(os.environ["WORK"])
+
+
+def spin(n):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def test_spin(benchmark):
+    benchmark.extra_info["work"] = WORK
+    benchmark.pedantic(spin, args=(WORK,), rounds=15, iterations=1, warmup_rounds=1)
+
+
+def test_fixed(benchmark):
+    benchmark.pedantic(spin, args=(20_000,), rounds=15, iterations=1)
+
+
+def test_ratio(benchmark):
+    benchmark.extra_info["samples"] = {"spin_per_s": [WORK / 1e3, WORK / 1e3 + 1, WORK / 1e3 + 2, WORK / 1e3 + 3]}
+    benchmark.pedantic(spin, args=(1000,), rounds=5, iterations=1)
+"""
+
+
+@pytest.fixture(scope="module")
+def bench_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real pytest-benchmark JSON files: the same benchmarks with 1x and 3x the work in ``test_spin``."""
+    root = tmp_path_factory.mktemp("bench")
+    (root / "test_work.py").write_text(textwrap.dedent(BENCH_MODULE))
+    files = {}
+    for name, work in (("base", 20_000), ("slow", 60_000)):
+        files[name] = root / f"{name}.json"
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_work.py",
+             f"--benchmark-json={files[name]}"],
+            cwd=root, check=True, capture_output=True, env={**os.environ, "WORK": str(work)}, timeout=120,
+        )
+    return files
+
+
+def test_real_pytest_benchmark_json(bench_files: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(bench_files["base"], bench_files["slow"], "--select", "test_work.py::test_spin", capsys=capsys)
+    assert code == 1, out
+    assert "test_work.py::test_spin" in out and "regressed" in out and err == ""
+    code, out, _ = run(bench_files["slow"], bench_files["base"], "--select", "*test_spin", capsys=capsys)
+    assert code == 0 and "improved" in out
+    code, out, _ = run(bench_files["base"], bench_files["base"], capsys=capsys)  # A/A on identical files
+    assert code == 0 and set(verdicts(out).values()) == {"unchanged"}
+
+
+def test_real_pytest_benchmark_json_extra_samples(bench_files: dict[str, Path]) -> None:
+    side = compare.load_side(bench_files["slow"])
+    ratio = side.series["test_work.py::test_ratio/spin_per_s"]
+    assert ratio.higher_is_better and ratio.samples == [60.0, 61.0, 62.0, 63.0]
+    spin = side.series["test_work.py::test_spin"]
+    assert spin.metric == "time_s" and not spin.higher_is_better and len(spin.samples) == 15
+    base = compare.load_side(bench_files["base"])
+    rows = {r.key: r for r in compare.compare(base, side, compare.Options())}
+    assert rows["test_work.py::test_ratio/spin_per_s"].verdict == "improved"  # 20 -> 60, higher is better
+    assert rows["test_work.py::test_spin"].ratio > 2
+
+
+def test_mixed_inputs_are_a_usage_error(bench_files: dict[str, Path], tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path, cell(), 100.0)
+    code, _, err = run(tmp_path, bench_files["base"], capsys=capsys)
+    assert code == 2 and "cannot compare a harness input" in err
