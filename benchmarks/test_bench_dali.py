@@ -153,3 +153,36 @@ def test_dali_decode(benchmark: Any, photos: Path, randaugment: bool, decode: st
 
     benchmark.group = f"dali-decode-{'randaugment' if randaugment else 'plain'}"
     _run(benchmark, DaliLoader(), photos, randaugment, {"reader": "file", "decode": decode}, decode)
+
+
+RA_OPS = ["identity", "translate_x", "shear_x", "rotate", "brightness", "contrast", "color", "sharpness",
+          "posterize", "solarize", "equalize", "auto_contrast"]  # fmt: skip
+
+
+@needs_dali
+@pytest.mark.parametrize("op", RA_OPS)
+def test_dali_randaugment_op(benchmark: Any, photos: Path, op: str) -> None:
+    """Where DALI's CPU RandAugment time goes: decode + resize + one RandAugment op (m=9) on every photo."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+    from nvidia.dali.auto_aug import rand_augment
+    from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+    augmentation = [a for a in rand_augment.get_rand_augment_suite() if a.name == op]
+    geometric = {"fill_value": 0} if op in ("translate_x", "shear_x", "rotate") else {}
+    files = [str(s.path) for s in discover(photos).splits["train"]]
+
+    @pipeline_def(enable_conditionals=True, batch_size=BATCH, num_threads=os.cpu_count(), device_id=None, seed=0)
+    def pipe():  # type: ignore[no-untyped-def]
+        jpegs, labels = fn.readers.file(files=files, name="reader", pad_last_batch=True)
+        images = fn.decoders.image(jpegs, device="cpu", output_type=types.RGB)
+        images = fn.resize(images, resize_x=SIZE, resize_y=SIZE, antialias=True)
+        images = rand_augment.apply_rand_augment(augmentation, images, n=1, m=9, **geometric)
+        return images, labels
+
+    loader = DALIGenericIterator([pipe()], ["images", "labels"], reader_name="reader",
+                                 last_batch_policy=LastBatchPolicy.PARTIAL, auto_reset=True)  # fmt: skip
+    benchmark.group = "dali-randaugment-op"
+    count = benchmark.pedantic(lambda: sum(len(b[0]["labels"]) for b in loader), rounds=ROUNDS, warmup_rounds=1)
+    benchmark.extra_info.update({"op": op, "images_per_round": count})

@@ -93,6 +93,7 @@ class DataSplits:
     classes: list[str]
     train_size: int  # photos in this process's training shard
     validation_size: int
+    info: dict[str, Any] = field(default_factory=dict)  # resolved settings (threads, prefetch, ...) to record
 
 
 @runtime_checkable

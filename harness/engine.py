@@ -15,6 +15,7 @@ import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,7 @@ class Trainer:
 
     def set_lr(self, progress: float) -> float:
         factor = lr_factor(self.recipe, progress, self.cell.epochs)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
@@ -197,12 +198,12 @@ class Trainer:
             with nullcontext() if sync else self.backend.no_sync(self.model):
                 with self.backend.autocast():
                     logits = self.model(images)
-                    loss = mixed(lambda y: F.cross_entropy(logits, y, label_smoothing=smoothing), labels, perm, lam)
+                    loss = mixed(partial(F.cross_entropy, logits, label_smoothing=smoothing), labels, perm, lam)
                 self.backend.backward(loss / accumulation)
             pending += 1
             window_loss += loss.detach()
             predicted = logits.detach().argmax(1)
-            totals.add(loss, mixed(lambda y: (predicted == y).sum(), labels, perm, lam), labels.shape[0])
+            totals.add(loss, mixed(predicted.eq, labels, perm, lam).sum(), labels.shape[0])
             if sync:
                 self.check_finite(window_loss, epoch, micro)
                 self.set_lr(epoch - 1 + micro / (batches or micro))
@@ -306,5 +307,5 @@ class Trainer:
         return {"epochs": self.cell.epochs, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
                 "optimizer_steps_per_epoch": self.steps / max(self.cell.epochs, 1),
                 "nominal_optimizer_steps_per_epoch": self.nominal_steps,
-                "train_flops_per_image": self.flops, "warnings": self.warnings}
+                "train_flops_per_image": self.flops, "warnings": self.warnings, "loader_info": self.data.info}
 

@@ -10,7 +10,8 @@ ones they name), so new optional arguments never break old plugins.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pluggy
 

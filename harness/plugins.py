@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -21,12 +22,14 @@ from typing import Any
 import pluggy
 
 from harness import hookspecs
-from harness.api import API_VERSION
+from harness.api import API_VERSION, BackendPlugin, LoaderPlugin, ModelPlugin
 
 ENTRY_POINT_GROUP = "harness"
 ALLOW_LIST_ENV = "HARNESS_PLUGINS"
 MODULES_ENV = "HARNESS_PLUGIN_MODULES"  # extra importable modules to register, comma-separated
 KINDS = ("loaders", "models", "backends", "suites")
+PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin}
+IN_PROCESS = "(registered in-process)"
 
 
 class PluginError(RuntimeError):
@@ -81,6 +84,13 @@ class Manager:
             return families[model]
         return next((r for r in families.values() if r.impl.knows(model)), None)
 
+    def describe(self, plugin: str) -> str:
+        """``'name' (distribution D V)``: how messages name a plugin."""
+        info = next((p for p in self.plugins if p.name == plugin), None)
+        if info is None:
+            return repr(plugin)
+        return f"{plugin!r} (distribution {' '.join(filter(None, (info.distribution, info.version)))})"
+
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook; an exception names the plugin that raised it."""
         results = []
@@ -88,7 +98,19 @@ class Manager:
             try:
                 results.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
             except Exception as exc:
-                raise PluginError(f"plugin {impl.plugin_name!r} raised in {hook_name}: {exc!r}") from exc
+                raise PluginError(f"plugin {self.describe(impl.plugin_name)} raised in {hook_name}: {exc!r}") from exc
+        return results
+
+    def environment(self) -> list[dict[str, Any] | None]:
+        """``harness_environment`` results, as ``hook.harness_environment()`` gives them; a raising plugin is skipped
+        with a warning naming it, so it cannot take the fingerprint (and every cell) down."""
+        results: list[dict[str, Any] | None] = []
+        for impl in reversed(self.pm.hook.harness_environment.get_hookimpls()):
+            try:
+                results.append(impl.function())
+            except Exception as exc:
+                warnings.warn(f"plugin {self.describe(impl.plugin_name)} raised in harness_environment: {exc!r}",
+                              stacklevel=2)
         return results
 
 
@@ -101,9 +123,13 @@ def _check_api(plugin: object) -> None:
     wanted = getattr(plugin, "HARNESS_API", None)
     if wanted is None:
         return
-    from packaging.specifiers import SpecifierSet
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
 
-    if str(API_VERSION) not in SpecifierSet(wanted):
+    try:
+        supported = SpecifierSet(str(wanted))
+    except InvalidSpecifier:
+        raise PluginError(f"HARNESS_API = {wanted!r} is not a version range (write e.g. '>=1,<2')") from None
+    if str(API_VERSION) not in supported:
         raise PluginError(f"refused: supports hook API {wanted}, this harness provides {API_VERSION}")
 
 
@@ -123,39 +149,79 @@ def _module_sources() -> Iterator[tuple[str, str, str, Callable[[], object]]]:
         yield (module, f"(module {module})", "", lambda m=module: importlib.import_module(m))
 
 
+def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> list[str]:
+    """Register ``plugin`` after checking its API range and hook names; return the hooks it implements."""
+    _check_api(plugin)
+    pm.register(plugin, name=name)  # pluggy refuses argument names the spec lacks
+    try:
+        pm.check_pending()  # a misspelt hook would otherwise never be called, silently
+    except pluggy.PluginValidationError as exc:
+        pm.unregister(name=name)
+        raise PluginError(str(exc)) from None
+    return sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+
+
 def _load(pm: pluggy.PluginManager) -> list[PluginInfo]:
-    infos = []
+    infos: list[PluginInfo] = []
     for name, dist, version, load in _module_sources():
-        if pm.has_plugin(name):
+        first = next((i for i in infos if i.name == name), None)
+        if first is not None and first.distribution == dist:
             continue  # the same entry point seen twice (e.g. an editable install)
         info = PluginInfo(name, dist, version)
+        infos.append(info)
+        if first is not None:
+            info.error = (f"entry point name {name!r} is taken by distribution {first.distribution}; "
+                          f"rename one of them in its [project.entry-points.{ENTRY_POINT_GROUP}] table")
+            continue
         try:
-            plugin = load()
-            _check_api(plugin)
-            pm.register(plugin, name=name)
-            info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+            info.hooks = _register(pm, load(), name)
         except Exception as exc:  # a broken plugin must not take the harness down
             info.error = f"{type(exc).__name__}: {exc}"
-        infos.append(info)
     return infos
 
 
-def _collect(manager: Manager, kind: str) -> dict[str, Registration]:
-    dists = {p.name: p.distribution for p in manager.plugins}
-    found: dict[str, Registration] = {}
+def _registrations(manager: Manager, kind: str) -> list[Registration]:
+    """What every plugin registers for ``kind``, in load order.
+
+    A plugin whose hook raises or registers something that is not a ``kind`` is marked broken
+    (in-process test plugins raise instead, so a test fails loudly).
+    """
+    infos = {p.name: p for p in manager.plugins}
+    protocol = PROTOCOLS.get(kind)
+    found: list[Registration] = []
     for impl in reversed(getattr(manager.pm.hook, f"register_{kind}").get_hookimpls()):
-        plugin, dist = impl.plugin_name, dists.get(impl.plugin_name, impl.plugin_name)
+        info = infos[impl.plugin_name]
+        mine: list[Registration] = []
 
-        def register(name: str, value: Any, _plugin: str = plugin, _dist: str = dist) -> None:
-            if name in found:
-                other = found[name]
-                raise PluginError(
-                    f"{kind[:-1]} {name!r} is registered twice: by plugin {other.plugin!r} "
-                    f"(distribution {other.distribution}) and by plugin {_plugin!r} (distribution {_dist})"
-                )
-            found[name] = Registration(name, value, _plugin, _dist)
+        def register(name: str, value: Any, _mine: list[Registration] = mine, _info: PluginInfo = info) -> None:
+            if protocol is not None and not isinstance(value, protocol):
+                raise PluginError(f"{kind[:-1]} {name!r} is a {type(value).__name__}, which does not implement "
+                                  f"harness.api.{protocol.__name__}")
+            _mine.append(Registration(name, value, _info.name, _info.distribution))
 
-        impl.function(register=register)
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            message = f"register_{kind} raised {type(exc).__name__}: {exc}"
+            if info.distribution == IN_PROCESS:
+                raise PluginError(f"plugin {info.name!r}: {message}") from exc
+            info.error = message
+            continue
+        found += mine
+    return found
+
+
+def _index(kind: str, registrations: list[Registration]) -> dict[str, Registration]:
+    """Registrations by name; two plugins registering one name is an error naming both distributions."""
+    found: dict[str, Registration] = {}
+    for reg in registrations:
+        if reg.name in found:
+            other = found[reg.name]
+            raise PluginError(
+                f"{kind[:-1]} {reg.name!r} is registered twice: by plugin {other.plugin!r} "
+                f"(distribution {other.distribution}) and by plugin {reg.plugin!r} (distribution {reg.distribution})"
+            )
+        found[reg.name] = reg
     return found
 
 
@@ -165,10 +231,15 @@ def build_manager(extra: list[tuple[str, object]] = ()) -> Manager:
     pm.add_hookspecs(hookspecs)
     infos = _load(pm)
     for name, plugin in extra:
-        pm.register(plugin, name=name)
-        infos.append(PluginInfo(name, "(registered in-process)", "", sorted(h.name for h in pm.get_hookcallers(plugin))))
+        infos.append(PluginInfo(name, IN_PROCESS, "", _register(pm, plugin, name)))
     manager = Manager(pm, infos)
-    manager.registries = {kind: _collect(manager, kind) for kind in KINDS}
+    collected = {kind: _registrations(manager, kind) for kind in KINDS}
+    broken = {p.name for p in infos if p.error}
+    for name in broken:  # whatever a plugin broke in one kind, none of its hooks or registrations stay
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+    manager.registries = {kind: _index(kind, [r for r in regs if r.plugin not in broken])
+                          for kind, regs in collected.items()}
     return manager
 
 

@@ -55,13 +55,14 @@ def cell_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def run_cell(cell: CellSpec, out: Path, resume: bool, position: int) -> None:
+def run_cell(cell: CellSpec, out: Path, resume: bool) -> None:
     """Start the cell's process, show its progress, and record a failure its process could not."""
     store = CellStore(out, cell.id)
     store.write_cell(cell)
+    store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
     resume = resume and store.checkpoint_path.exists()
     tail: deque[str] = deque(maxlen=20)
-    bar = tqdm(total=cell.epochs, desc=cell.id, position=position, leave=True, unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=cell.epochs, desc=cell.id, leave=True, unit="epoch", dynamic_ncols=True)
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     try:
@@ -80,7 +81,7 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, position: int) -> None:
     finally:
         bar.close()
     result = store.result()
-    if result is None or result["status"] == "ok" and code != 0:
+    if result is None or (result["status"] == "ok" and code != 0):
         reason = f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:])
         store.write_result(cell, envinfo.fingerprint(envinfo.device_info(cell.device)), "failed", reason)
 
@@ -93,7 +94,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
     write_json(out / "run.json", {"cells": [c.id for c in cells]})
     outcomes = []
-    for position, cell in enumerate(cells):
+    for cell in cells:
         store = CellStore(out, cell.id)
         previous = store.result()
         if resume and previous and previous["status"] in ("ok", "skipped"):
@@ -107,7 +108,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
                                reason)
             tqdm.write(f"[{cell.id}] skipped: {reason}")
         else:
-            run_cell(cell, out, resume, position)
+            run_cell(cell, out, resume)
         result = store.result()
         outcomes.append(Outcome(cell, result["status"], result["reason"]))
     return outcomes

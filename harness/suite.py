@@ -131,7 +131,8 @@ class Validator:
                         families = ", ".join(sorted(self.manager.models()))
                         self.fail("matrix.model", f"unknown model {value!r}; no model family knows it ({families})")
                 elif value not in allowed[axis]:
-                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {', '.join(sorted(allowed[axis]))}")
+                    names = ", ".join(sorted(allowed[axis]))
+                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}")
 
 
 def _names(registered: dict[str, Any]) -> str:

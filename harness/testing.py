@@ -3,18 +3,30 @@
 Fixtures:
 - ``harness_plugin``: ``harness_plugin(obj)`` registers a plugin object or module for one test.
 - ``tiny_photos``: a folder of small generated JPEGs in class folders, learnable by colour.
+
+Functions:
+- ``make_photos``: the same photos, anywhere, with your own counts and size.
+- ``data_spec``: a :class:`~harness.api.DataSpec` for calling a loader's ``build`` directly.
+- ``run_harness``: the real ``harness`` CLI in a subprocess, with plugin modules of your own loaded.
+- ``results``: the ``result.json`` of every cell of a ``harness run`` output directory.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import random
-from collections.abc import Callable, Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from harness.plugins import Manager, registered
+from harness.api import DataSpec, DeviceInfo
+from harness.plugins import MODULES_ENV, Manager, registered
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 210, 40), (200, 60, 210)]
 
@@ -32,6 +44,39 @@ def make_photos(root: Path, classes: int = 3, per_class: int = 12, size: int = 4
             pixels = bytes(max(0, min(255, v + rng.randint(-60, 60))) for _ in range(size * size) for v in base)
             Image.frombytes("RGB", (size, size), pixels).save(folder / f"{i:04d}.jpg", quality=90)
     return root
+
+
+def data_spec(root: Path | str = ".", *, image_size: int = 32, batch_size: int = 8, seed: int = 0,
+              params: Mapping[str, Any] | None = None, **fields: Any) -> DataSpec:
+    """A CPU :class:`~harness.api.DataSpec` with small defaults; ``fields`` override any other field."""
+    fields.setdefault("device", DeviceInfo("cpu", "cpu"))
+    fields.setdefault("randaugment", False)
+    return DataSpec(root=Path(root), image_size=image_size, batch_size=batch_size, seed=seed,
+                    params=dict(params or {}), **fields)
+
+
+def run_harness(*args: str | os.PathLike[str], plugin_modules: Iterable[str] = (),
+                pythonpath: Iterable[str | os.PathLike[str]] = (), env: Mapping[str, str] | None = None,
+                timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """Run ``harness ARGS`` in a subprocess with this interpreter; output is captured as text.
+
+    ``plugin_modules`` are loaded as plugins (``HARNESS_PLUGIN_MODULES``) from ``pythonpath``
+    folders, so a test can try a plugin that is not installed; cell processes inherit both.
+    """
+    full = {**os.environ, **(env or {})}
+    modules = [m for m in (full.get(MODULES_ENV, ""), *plugin_modules) if m]
+    if modules:
+        full[MODULES_ENV] = ",".join(modules)
+    paths = [str(p) for p in pythonpath] + [p for p in [full.get("PYTHONPATH", "")] if p]
+    if paths:
+        full["PYTHONPATH"] = os.pathsep.join(paths)
+    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
+                          env=full, timeout=timeout)
+
+
+def results(out: Path | str) -> dict[str, dict[str, Any]]:
+    """Cell id -> ``result.json`` of each cell under ``out/cells`` (see docs/results.md)."""
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out).glob("cells/*/result.json"))}
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ NEEDS_CUDA = {
              "(on CPU its optimizer stops at 'AssertionError: device is required')",
     "zero2": "LowLevelZeroPlugin (ZeRO-2) needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only "
              "(on CPU its optimizer stops at 'AssertionError: device is required')",
-    "gemini": "GeminiPlugin needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only "
-              "(on CPU boost() stops at 'this method is not supported for cpu accelerator')",
+    "gemini": "GeminiPlugin needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only (on CPU its HybridAdam "
+              "finds no usable CPU Adam kernel, and boost() stops at 'this method is not supported for cpu accelerator')",
 }
 DDP_BF16_STUB = ("Colossal-AI 0.5.0 has no bf16 mixed precision for the Booster: BF16MixedPrecision is an empty "
                  "stub (Booster(mixed_precision='bf16') raises TypeError: can't instantiate abstract class); "
@@ -274,13 +274,12 @@ class ColossalAI:
 
     def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
                 recipe: Recipe | None = None) -> str | None:
-        version = installed_version()
-        if version is None:
-            return f"colossalai is not installed in this environment; {INSTALL_HINT}"
         unknown = sorted(set(params) - PARAMS[self.variant])
         if unknown:
             return (f"colossalai-{self.variant} has no parameter {unknown[0]!r} "
                     f"(it takes {', '.join(sorted(PARAMS[self.variant]))})")
+        if installed_version() is None:
+            return f"colossalai is not installed in this environment; {INSTALL_HINT}"
         return precision_blocker(self.variant, device, precision) or recipe_blocker(self.variant, recipe)
 
     def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],

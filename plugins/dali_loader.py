@@ -23,10 +23,10 @@ drops the last incomplete batch; its list is cut to a multiple of ``world_size``
 every rank runs the same number of steps (DDP needs that). ``last_batch="partial"`` keeps it.
 
 Suite params: ``reader`` ("file" | "tfrecord"), ``decode`` ("cpu" | "gpu"), ``num_threads``
-(default: the CPU count), ``prefetch`` (pipeline queue depth, default 2), ``last_batch``
-("drop" | "partial"), ``initial_fill`` (shuffle buffer, default 1024), ``fast_idct`` (libjpeg-turbo's
-fast IDCT on the CPU, default False),
-``record_sources`` (keep each epoch's sample names on the iterables, for tests).
+(default: the CPU count over torchrun's processes per node), ``prefetch`` (pipeline queue depth,
+default 2), ``last_batch`` ("drop" | "partial"), ``initial_fill`` (shuffle buffer, default 1024),
+``fast_idct`` (libjpeg-turbo's fast IDCT on the CPU, default False), ``record_sources`` (keep each
+epoch's sample names on the iterables, for tests). The resolved values are in ``DataSplits.info``.
 
 DALI 1.x (``nvidia-dali-cuda110==1.34.0``) and 2.x (``nvidia-dali-cuda120``) differ here:
 ``device_id=None`` selects a CPU-only pipeline on both, ``types.CPU_ONLY_DEVICE_ID`` fails on 2.x;
@@ -69,7 +69,7 @@ class DaliParams:
 
     reader: str = "file"
     decode: str = "cpu"
-    num_threads: int = 0  # 0: os.cpu_count()
+    num_threads: int = 0  # 0: os.cpu_count() // LOCAL_WORLD_SIZE
     prefetch: int = 2
     last_batch: str = "drop"
     initial_fill: int = 1024
@@ -97,7 +97,8 @@ class DaliParams:
         """These params with defaults that depend on the machine filled in."""
         from dataclasses import replace
 
-        return replace(self, num_threads=self.num_threads or os.cpu_count() or 1)
+        per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return replace(self, num_threads=self.num_threads or max(1, per_process))
 
 
 def dali_version() -> str | None:
@@ -151,7 +152,7 @@ class DaliLoader:
             train_size=splits["train"].shard_size,
             validation_size=splits["validation"].shard_size,
         )
-        result.info = {"dali": dali_version(), **asdict(p)}  # type: ignore[attr-defined]
+        result.info = {"dali": dali_version(), **asdict(p)}
         return result
 
 

@@ -71,14 +71,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.size, self.seed, self.shuffle, self.rank, self.world_size = size, seed, shuffle, rank, world_size
         self.epoch = 1
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def order(self) -> list[int]:
         order = list(range(self.size))
-        if self.shuffle:
+        if self.shuffle:  # training: every rank gets as many photos, so DDP ranks take the same steps
             random.Random(self.seed * 7919 + self.epoch).shuffle(order)
-        return ((i, self.epoch) for i in order[self.rank :: self.world_size])
+            order = order[: self.size - self.size % self.world_size]
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((i, self.epoch) for i in self.order())
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.size, self.world_size))
+        return len(self.order())
 
 
 class EpochLoader:
@@ -141,7 +145,8 @@ class TorchvisionLoader:
                 persistent_workers=workers > 0, pin_memory=cuda, prefetch_factor=4 if workers else None,
                 generator=torch.Generator().manual_seed(spec.seed)), sampler)  # leaves the global RNG alone
         return DataSplits(loaders["train"], loaders["validation"], dataset.classes,
-                          train_size=len(loaders["train"].sampler), validation_size=len(loaders["validation"].sampler))
+                          train_size=len(loaders["train"].sampler), validation_size=len(loaders["validation"].sampler),
+                          info={"workers": workers, "cache": caches["train"] is not None})
 
 
 @hookimpl

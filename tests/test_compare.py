@@ -269,3 +269,36 @@ def test_mixed_inputs_are_a_usage_error(bench_files: dict[str, Path], tmp_path: 
     write_cell(tmp_path, cell(), 100.0)
     code, _, err = run(tmp_path, bench_files["base"], capsys=capsys)
     assert code == 2 and "cannot compare a harness input" in err
+
+
+# ---------------------------------------------------------------- the gate on the real training-step benchmark
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _train_step_json(path: Path, slowdown: float) -> Path:
+    """Run benchmarks/test_train_step.py (torch fp32, a tiny timm model) in a subprocess; return its JSON."""
+    env = {**os.environ, "HARNESS_BENCH_MODEL": "test_resnet", "HARNESS_BENCH_STEPS": "20",
+           "HARNESS_BENCH_ROUNDS": "10", "HARNESS_BENCH_SLOWDOWN": str(slowdown), "HARNESS_BENCH_THREADS": "1"}
+    subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "benchmarks/test_train_step.py",
+         "-k", "torch-fp32", "-W", "ignore::UserWarning", f"--benchmark-json={path}"],
+        cwd=REPO, check=True, capture_output=True, env=env, timeout=600,
+    )
+    return path
+
+
+@pytest.mark.slow
+def test_gate_ignores_a_a_and_5_percent_and_catches_20_percent(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """The CI gate (``--select time_vs_reference``, default 10 % threshold) on real benchmark runs."""
+    runs = {name: _train_step_json(tmp_path / f"{name}.json", slowdown)
+            for name, slowdown in (("a", 0.0), ("a2", 0.0), ("slow20", 0.2), ("slow5", 0.05))}
+    gate = ("--select", "time_vs_reference")
+    key = "benchmarks/test_train_step.py::test_train_step[torch-fp32]/time_vs_reference"
+    code, out, _ = run(runs["a"], runs["a2"], *gate, capsys=capsys)
+    assert code == 0 and verdicts(out) == {key: "unchanged"}, out
+    code, out, _ = run(runs["a"], runs["slow20"], *gate, capsys=capsys)
+    assert code == 1 and verdicts(out) == {key: "regressed"}, out
+    code, out, _ = run(runs["a"], runs["slow5"], *gate, capsys=capsys)
+    assert code == 0 and verdicts(out) == {key: "unchanged"}, out

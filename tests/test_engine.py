@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from harness_plugins.torch_backend import TorchBackend
 
 from harness import capability
 from harness.api import CellSpec, DataSplits, DeviceInfo, Recipe
@@ -17,7 +18,6 @@ from harness.engine import Trainer, lr_factor, mixed, mixup
 from harness.hookspecs import hookimpl
 from harness.plugins import get_manager, registered
 from harness.store import CellStore
-from harness_plugins.torch_backend import TorchBackend
 
 CPU = DeviceInfo("cpu", "cpu")
 # Measured on the 2-core CI machine: resnet10t, 32 px, 400 photos, 4 epochs reaches 0.53-0.58
@@ -127,7 +127,7 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path) -> None:
     large = linear_trainer(tmp_path / "large", 32, 1, [(images, labels)])
     small = linear_trainer(tmp_path / "small", 8, 4, [(images[i:i + 8], labels[i:i + 8]) for i in range(0, 32, 8)])
     assert large.train_epoch(1)["optimizer_steps"] == small.train_epoch(1)["optimizer_steps"] == 1
-    for a, b in zip(large.model.parameters(), small.model.parameters()):
+    for a, b in zip(large.model.parameters(), small.model.parameters(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
 
 

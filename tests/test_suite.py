@@ -1,0 +1,115 @@
+"""Suite validation (one-line errors naming file, key and allowed values) and matrix expansion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import harness
+
+from harness.plugins import get_manager, suite_path
+from harness.suite import SuiteError, cell_id, expand, select
+
+VALID = """
+name = "s"
+epochs = 1
+image_size = 32
+recipe = { base = "seed", batch_size = 8 }
+[matrix]
+model = ["resnet10t", "vit_tiny_patch16_224"]
+loader = ["torchvision"]
+backend = ["torch", "torch-ddp2"]
+precision = ["fp32", "bf16"]
+[backends.torch-ddp2]
+use = "torch"
+nproc = 2
+[models.vit_tiny_patch16_224]
+drop_rate = 0.1
+"""
+
+
+def suite_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "suite.toml"
+    path.write_text(text)
+    return path
+
+
+def test_matrix_expands_into_stable_readable_cells(tmp_path: Path) -> None:
+    suite = expand(suite_file(tmp_path, VALID), get_manager(), data="/data")
+    ids = [c.id for c in suite.cells]
+    assert len(ids) == 8 == len(set(ids))
+    assert ids[0] == "resnet10t-torchvision-torch-fp32"
+    ddp = next(c for c in suite.cells if c.id == "vit_tiny_patch16_224-torchvision-torch-ddp2-bf16")
+    assert (ddp.backend_plugin, ddp.nproc, ddp.backend_params) == ("torch", 2, {})
+    assert ddp.model_params == {"drop_rate": 0.1}
+    assert ddp.recipe.batch_size == 8 and ddp.recipe.accumulation == 16 and ddp.recipe.mixup_alpha == 0.2
+    again = expand(suite_file(tmp_path, VALID), get_manager(), data="/data")
+    assert [c.describe() for c in again.cells] == [c.describe() for c in suite.cells]
+
+
+def test_overrides_and_only_filter(tmp_path: Path) -> None:
+    suite = expand(suite_file(tmp_path, VALID), get_manager(), data="/d", epochs=3, device="cpu")
+    assert {(c.epochs, c.device, c.data) for c in suite.cells} == {(3, "cpu", "/d")}
+    chosen = select(suite.cells, ["model=resnet10t", "precision=bf16"])
+    assert [c.id for c in chosen] == ["resnet10t-torchvision-torch-bf16", "resnet10t-torchvision-torch-ddp2-bf16"]
+    with pytest.raises(SuiteError, match="expected KEY=VALUE with KEY one of id, model"):
+        select(suite.cells, ["colour=red"])
+
+
+def test_cell_ids_are_filesystem_safe() -> None:
+    assert cell_id("hf-hub:org/model", "a", "b", "fp32") == "hf-hub_org_model-a-b-fp32"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('loader = ["torchvision"]', 'loader = ["nope"]'),
+         "key 'matrix.loader': unknown loader 'nope'; allowed: dali, torchvision"),
+        (('backend = ["torch", "torch-ddp2"]', 'backend = ["warp"]'), "key 'matrix.backend': unknown backend 'warp'"),
+        (('precision = ["fp32", "bf16"]', 'precision = ["fp8"]'), "key 'matrix.precision': unknown precision 'fp8'"),
+        (('model = ["resnet10t", "vit_tiny_patch16_224"]', 'model = ["no_such_net"]'),
+         "key 'matrix.model': unknown model 'no_such_net'"),
+        (("epochs = 1", 'epochs = "ten"'), "key 'epochs': expected int, got 'ten'"),
+        (("epochs = 1", ""), "key 'epochs': missing"),
+        (("image_size = 32", "image_size = 32\ncolour = 1"), "key 'colour': unknown key; allowed: name, description"),
+        (("batch_size = 8", "batch_size = 8, optimizer = 'lion'"),
+         "key 'recipe.optimizer': got 'lion'; allowed: sgd, adamw"),
+        (("batch_size = 8", "batch_size = 8.5"), "key 'recipe.batch_size': expected int, got float 8.5"),
+        (('use = "torch"', 'use = "jax"'), "key 'backends.torch-ddp2.use': unknown backend 'jax'"),
+    ],
+)
+def test_bad_suites_name_file_key_and_allowed_values(tmp_path: Path, change: tuple[str, str], message: str) -> None:
+    path = suite_file(tmp_path, VALID.replace(*change))
+    with pytest.raises(SuiteError) as info:
+        expand(path, get_manager())
+    assert str(info.value).startswith(f"{path}: ")
+    assert message in str(info.value)
+
+
+def test_cli_rejects_a_bad_suite_with_exit_2_and_runs_nothing(tmp_path: Path, photos: Path) -> None:
+    path = suite_file(tmp_path, VALID.replace('loader = ["torchvision"]', 'loader = ["nope"]'))
+    result = harness("run", "--suite", path, "--data", photos, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "unknown loader 'nope'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_rejects_missing_or_empty_data_before_any_cell(tmp_path: Path) -> None:
+    path = suite_file(tmp_path, VALID)
+    missing = harness("run", "--suite", path, "--data", tmp_path / "absent", "--out", tmp_path / "out")
+    assert missing.returncode == 2 and "absent: data directory does not exist" in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = harness("run", "--suite", path, "--data", tmp_path / "empty", "--out", tmp_path / "out")
+    assert empty.returncode == 2 and "needs at least 2 class folders" in empty.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_builtin_suites_are_valid_and_listed() -> None:
+    manager = get_manager()
+    flowers = expand(suite_path("flowers"), manager)
+    assert flowers.cells[0].recipe.accumulation == 16 and flowers.cells[0].epochs == 200
+    result = harness("suites")
+    assert result.returncode == 0
+    assert f"flowers {len(flowers.cells):>4} cells".replace(" ", "") in result.stdout.replace(" ", "")
+    assert "flowers-smoke" in result.stdout
