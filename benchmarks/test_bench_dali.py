@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.api import DataSpec, DeviceInfo
+from harness.api import DataSpec, DataSplits, DeviceInfo
 from harness.datasets import discover, select
 
 SIZE = 224
@@ -118,6 +118,28 @@ def test_torchvision(benchmark: Any, photos: Path, randaugment: bool, cache: boo
 
     benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
     _run(benchmark, TorchvisionLoader(), photos, randaugment, {"cache": cache})
+
+
+class NaiveImageFolder:
+    """The baseline users start from: ImageFolder + PIL decoding + DataLoader(num_workers=2), float output."""
+
+    def build(self, spec: DataSpec) -> Any:
+        from torch.utils.data import DataLoader
+        from torchvision import datasets
+        from torchvision import transforms as T
+
+        steps = [T.RandomResizedCrop(spec.image_size), T.RandomHorizontalFlip()]
+        steps += [T.RandAugment(num_ops=2, magnitude=9)] if spec.randaugment else []
+        steps += [T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+        folder = datasets.ImageFolder(str(spec.root / "train"), transform=T.Compose(steps))
+        loader = DataLoader(folder, batch_size=spec.batch_size, shuffle=True, num_workers=2, drop_last=True)
+        return DataSplits(loader, [], folder.classes, train_size=len(folder), validation_size=0)
+
+
+@pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
+def test_naive_imagefolder(benchmark: Any, photos: Path, randaugment: bool) -> None:
+    benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
+    _run(benchmark, NaiveImageFolder(), photos, randaugment, {})
 
 
 @needs_dali

@@ -434,7 +434,13 @@ def table(rows: Sequence[Row]) -> str:
             "note": [r.note for r in rows],
         }
     )
-    return frame.to_string(index=False, justify="left")
+    left = {c: _left(frame[c]) for c in ("benchmark", "verdict", "note")}
+    return frame.to_string(index=False, justify="left", formatters=left)
+
+
+def _left(column: Any) -> Any:
+    width = max(len(str(v)) for v in column)
+    return lambda value: f"{value:<{width}}"
 
 
 def _num(value: float) -> str:
@@ -574,6 +580,7 @@ def options_from(args: argparse.Namespace) -> Options:
 def command(args: argparse.Namespace) -> int:
     """Run the comparison; 0 nothing regressed, 1 regressed, 2 usage error."""
     try:
+        _require_scipy()
         options = options_from(args)
         baseline, candidate = load_side(args.baseline, options), load_side(args.candidate, options)
         if baseline.kind != candidate.kind:
@@ -597,6 +604,13 @@ def command(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(to_json(rows, baseline, candidate, options), indent=2) + "\n")
     failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
     return EXIT_REGRESSED if failed else EXIT_OK
+
+
+def _require_scipy() -> None:
+    try:
+        import scipy.stats  # noqa: F401
+    except ImportError:
+        raise CompareError("harness compare needs scipy for its significance test: pip install scipy") from None
 
 
 def _warn_env(baseline: Side, candidate: Side) -> None:

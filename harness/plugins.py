@@ -186,7 +186,7 @@ def _registrations(manager: Manager, kind: str) -> list[Registration]:
     A plugin whose hook raises or registers something that is not a ``kind`` is marked broken
     (in-process test plugins raise instead, so a test fails loudly).
     """
-    infos = {p.name: p for p in manager.plugins}
+    infos = _owners(manager.plugins)
     protocol = PROTOCOLS.get(kind)
     found: list[Registration] = []
     for impl in reversed(getattr(manager.pm.hook, f"register_{kind}").get_hookimpls()):
@@ -195,7 +195,7 @@ def _registrations(manager: Manager, kind: str) -> list[Registration]:
 
         def register(name: str, value: Any, _mine: list[Registration] = mine, _info: PluginInfo = info) -> None:
             if protocol is not None and not isinstance(value, protocol):
-                raise PluginError(f"{kind[:-1]} {name!r} is a {type(value).__name__}, which does not implement "
+                raise PluginError(f"{kind[:-1]} {name!r} ({type(value).__name__}) does not implement "
                                   f"harness.api.{protocol.__name__}")
             _mine.append(Registration(name, value, _info.name, _info.distribution))
 
@@ -209,6 +209,11 @@ def _registrations(manager: Manager, kind: str) -> list[Registration]:
             continue
         found += mine
     return found
+
+
+def _owners(infos: list[PluginInfo]) -> dict[str, PluginInfo]:
+    """Plugin name -> the info of the plugin registered under it (a later clash on the name is not)."""
+    return {p.name: p for p in reversed(infos)}
 
 
 def _index(kind: str, registrations: list[Registration]) -> dict[str, Registration]:
@@ -234,7 +239,7 @@ def build_manager(extra: list[tuple[str, object]] = ()) -> Manager:
         infos.append(PluginInfo(name, IN_PROCESS, "", _register(pm, plugin, name)))
     manager = Manager(pm, infos)
     collected = {kind: _registrations(manager, kind) for kind in KINDS}
-    broken = {p.name for p in infos if p.error}
+    broken = {name for name, info in _owners(infos).items() if info.error}
     for name in broken:  # whatever a plugin broke in one kind, none of its hooks or registrations stay
         if pm.has_plugin(name):
             pm.unregister(name=name)

@@ -49,6 +49,9 @@ def command(cell_json: Path, out: Path, nproc: int, resume: bool) -> list[str]:
 def cell_env(nproc: int) -> dict[str, str]:
     """Single-process cells get the rendezvous variables torchrun would set, so backends need no special case."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Loader threads and workers share the CPU with torch's OpenMP threads; spinning OpenMP threads
+    # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if nproc == 1:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))

@@ -50,8 +50,8 @@ NEEDS_CUDA = {
              "(on CPU its optimizer stops at 'AssertionError: device is required')",
     "zero2": "LowLevelZeroPlugin (ZeRO-2) needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only "
              "(on CPU its optimizer stops at 'AssertionError: device is required')",
-    "gemini": "GeminiPlugin needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only (on CPU its HybridAdam "
-              "finds no usable CPU Adam kernel, and boost() stops at 'this method is not supported for cpu accelerator')",
+    "gemini": "GeminiPlugin needs CUDA: Colossal-AI 0.5.0 supports it on cuda/npu only (on CPU its HybridAdam finds "
+              "no usable CPU Adam kernel, and boost() stops at 'this method is not supported for cpu accelerator')",
 }
 DDP_BF16_STUB = ("Colossal-AI 0.5.0 has no bf16 mixed precision for the Booster: BF16MixedPrecision is an empty "
                  "stub (Booster(mixed_precision='bf16') raises TypeError: can't instantiate abstract class); "

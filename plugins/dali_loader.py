@@ -36,18 +36,20 @@ DALI 1.x (``nvidia-dali-cuda110==1.34.0``) and 2.x (``nvidia-dali-cuda120``) dif
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.api import DataSpec, DataSplits, DeviceInfo
-from harness.datasets import DataError, Sample, discover, select, subset
+from harness.datasets import DataError, Dataset, Sample, discover, select, subset
 from harness.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -137,6 +139,8 @@ class DaliLoader:
         p = DaliParams.parse(spec.params).resolved()
         dataset = discover(spec.root)
         chosen = select(dataset, spec.subset, spec.seed)  # the torchvision loader's photos
+        if p.reader == "tfrecord" and not (spec.root / "tfrecord").is_dir():
+            spec = replace(spec, root=cached_tfrecords(dataset.classes, chosen))
         splits = {}
         for split in ("train", "validation"):
             train = split == "train"
@@ -154,6 +158,31 @@ class DaliLoader:
         )
         result.info = {"dali": dali_version(), **asdict(p)}
         return result
+
+
+def cached_tfrecords(classes: list[str], chosen: dict[str, list[Sample]]) -> Path:
+    """TFRecords of the chosen photos for a folder that has none, written once into the harness cache.
+
+    The cache key covers every photo's path, size, mtime and label; concurrent ranks race safely
+    (each writes a temporary directory, the first rename wins).
+    """
+    from harness.prepare.sources import cache_dir
+    from harness.prepare.tfrecord import write_tfrecords
+
+    key = hashlib.sha256()
+    for split in sorted(chosen):
+        for s in chosen[split]:
+            stat = s.path.stat()
+            key.update(f"{split}|{s.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{s.label}\n".encode())
+    root = cache_dir() / "tfrecord" / key.hexdigest()[:16]
+    if not (root / "tfrecord").is_dir():
+        tmp = root.with_name(f"{root.name}.tmp-{os.getpid()}")
+        write_tfrecords(Dataset(list(classes), chosen, prepared=True), tmp)
+        try:
+            tmp.rename(root)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 @dataclass

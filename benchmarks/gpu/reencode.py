@@ -3,7 +3,7 @@
 The device machine takes at most 64 MiB per transfer, so the 3,670 photos travel as a smaller
 re-encoded copy. Results measured on this copy must say so.
 
-    python benchmarks/gpu/reencode.py /work/shared/data/flower_photos .gpu_data/flowers224
+    python benchmarks/gpu/reencode.py /work/shared/data/flower_photos .gpu_data/flowers224   # 48.8 MiB at quality 75
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("src", type=Path)
     ap.add_argument("dst", type=Path)
     ap.add_argument("--short-side", type=int, default=224)
-    ap.add_argument("--quality", type=int, default=80)
+    ap.add_argument("--quality", type=int, default=75)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
     srcs = photos(args.src)

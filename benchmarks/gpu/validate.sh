@@ -28,7 +28,8 @@ exec > >(tee -a "$DEST/validate.log") 2>&1
 pack() {  # on every exit: bundle whatever the runs wrote, so a cut run still brings its results back
   local parts=() p
   for p in short long report table.txt validate.log; do [ -e "$DEST/$p" ] && parts+=("$p"); done
-  [ ${#parts[@]} -gt 0 ] && tar -czf "$DEST/results.tgz" -C "$DEST" "${parts[@]}"
+  # checkpoints (44 MB each) stay behind: the device returns at most 16 MiB per file
+  [ ${#parts[@]} -gt 0 ] && tar -czf "$DEST/results.tgz" --exclude=checkpoint.pt -C "$DEST" "${parts[@]}"
   if [ -n "$EXPORT" ]; then
     mkdir -p "$EXPORT" && cp "$DEST/results.tgz" "$DEST/validate.log" "$EXPORT/" 2>/dev/null
     [ -e "$DEST/table.txt" ] && cp "$DEST/table.txt" "$EXPORT/"

@@ -1,0 +1,48 @@
+"""``harness env``: the capability matrix agrees with what a real run records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from helpers import harness
+
+
+@pytest.fixture(scope="session")
+def smoke_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real ``flowers-smoke`` suite, one epoch per cell."""
+    out = tmp_path_factory.mktemp("smoke") / "out"
+    result = harness("run", "--suite", "flowers-smoke", "--data", photos, "--out", out, "--epochs", "1",
+                     timeout=3600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out
+
+
+def test_env_suite_agrees_row_by_row_with_a_real_run(smoke_run: Path) -> None:
+    env = harness("env", "--suite", "flowers-smoke", "--json")
+    assert env.returncode == 0, env.stderr
+    plan = json.loads(env.stdout)["suite"]
+    recorded = {p.parent.name: json.loads(p.read_text()) for p in (smoke_run / "cells").glob("*/result.json")}
+    assert plan["statuses"] == {cid: r["status"] for cid, r in recorded.items()}
+    skipped = {r["reason"] for r in recorded.values() if r["status"] == "skipped"}
+    assert skipped == set(plan["reasons"])
+    assert plan["run"] == sum(r["status"] == "ok" for r in recorded.values()) > 0
+
+
+def test_env_reports_fingerprint_capabilities_and_estimate(smoke_run: Path) -> None:
+    result = harness("env", "--suite", "flowers-smoke", "--results", smoke_run, "--json")
+    report = json.loads(result.stdout)
+    assert report["environment"]["device_type"] == "cpu"
+    assert {"torch", "timm", "pluggy", "pandas", "harness", "cpu_model", "hostname"} <= set(report["environment"])
+    rows = {(r["name"], r["precision"]): r["reason"] for r in report["capabilities"]}
+    assert rows[("torch", "fp32")] is None
+    assert rows[("torch", "fp16")] == "fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"
+    assert report["suite"]["estimate_s"] > 0
+    text = harness("env", "--suite", "flowers-smoke")
+    assert "Capabilities on this machine" in text.stdout and "Suite flowers-smoke: 72 cells" in text.stdout
+
+
+def test_env_strict_fails_when_cells_cannot_run() -> None:
+    assert harness("env", "--suite", "flowers-smoke", "--strict").returncode == 1
+    assert harness("env").returncode == 0
