@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from harness.api import CellSpec, DeviceInfo
-from harness.plugins import Manager
+from harness.plugins import Manager, Registration
 
 
 def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
@@ -12,9 +14,18 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
         return "device cuda requested, but this machine has no CUDA device"
     if device.type == "cuda" and cell.nproc > device.count:
         return f"needs {cell.nproc} GPUs, this machine has {device.count}"
-    backend = manager.backends()[cell.backend_plugin].impl
-    if cell.precision not in backend.precisions:
-        return f"backend {cell.backend} has no precision {cell.precision} (it offers {', '.join(backend.precisions)})"
-    return backend.can_run(device, cell.precision, cell.nproc, cell.backend_params) or manager.loaders()[
-        cell.loader_plugin
-    ].impl.can_run(device, cell.loader_params)
+    backend = manager.backends()[cell.backend_plugin]
+    if cell.precision not in backend.impl.precisions:
+        offers = ", ".join(backend.impl.precisions)
+        return f"backend {cell.backend} has no precision {cell.precision} (it offers {offers})"
+    loader = manager.loaders()[cell.loader_plugin]
+    return _ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params)) or (
+        _ask(loader, lambda: loader.impl.can_run(device, cell.loader_params)))
+
+
+def _ask(registration: Registration, can_run: Callable[[], str | None]) -> str | None:
+    """A plugin's ``can_run`` answer; one that raises cannot run, and the reason names the plugin."""
+    try:
+        return can_run()
+    except Exception as exc:
+        return f"plugin {registration.plugin!r} raised in can_run: {exc!r}"

@@ -26,7 +26,7 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
     """Train ``cell`` and record its result; return the process exit code."""
     manager = get_manager()
     device = envinfo.device_info(cell.device)
-    env = envinfo.fingerprint(device, manager.hook.harness_environment())
+    env = envinfo.fingerprint(device, manager.environment())
     store, started = CellStore(out, cell.id), now()
     rank = int(os.environ.get("RANK", 0))
     backend = None

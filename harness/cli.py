@@ -93,7 +93,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{'':14} hooks: {', '.join(info.hooks)}")
         if provided.get(info.name):
             print(f"{'':14} provides: {', '.join(provided[info.name])}")
-    extra = {k: v for fields in manager.hook.harness_environment() for k, v in (fields or {}).items()}
+    extra = {k: v for fields in manager.environment() for k, v in (fields or {}).items()}
     for key, value in extra.items():
         print(f"{key}: {value}")
     return 0

@@ -63,7 +63,7 @@ def command(args: argparse.Namespace) -> int:
     manager = get_manager()
     device = envinfo.device_info(args.device)
     report: dict[str, Any] = {
-        "environment": envinfo.fingerprint(device, manager.hook.harness_environment()),
+        "environment": envinfo.fingerprint(device, manager.environment()),
         "capabilities": matrix(manager, device),
         "broken_plugins": {p.name: p.error for p in manager.plugins if p.error},
     }

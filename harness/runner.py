@@ -107,7 +107,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         reason = capability.blocker(cell, manager, device)
         if reason:
             store.write_cell(cell)
-            store.write_result(cell, envinfo.fingerprint(device, manager.hook.harness_environment()), "skipped",
+            store.write_result(cell, envinfo.fingerprint(device, manager.environment()), "skipped",
                                reason)
             tqdm.write(f"[{cell.id}] skipped: {reason}")
         else:

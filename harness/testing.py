@@ -23,10 +23,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from harness.api import DataSpec, DeviceInfo
 from harness.plugins import MODULES_ENV, Manager, registered
+
+try:
+    import pytest
+except ImportError:  # pragma: no cover: installed without the test extra
+    pytest = None
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 210, 40), (200, 60, 210)]
 
@@ -79,14 +82,15 @@ def results(out: Path | str) -> dict[str, dict[str, Any]]:
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(Path(out).glob("cells/*/result.json"))}
 
 
-@pytest.fixture
-def harness_plugin() -> Iterator[Callable[..., Manager]]:
-    """Register plugins for the duration of one test: ``manager = harness_plugin(obj, name="mine")``."""
-    with ExitStack() as stack:
-        yield lambda plugin, name="test-plugin": stack.enter_context(registered(plugin, name))
+if pytest is not None:  # the functions above work without pytest; the fixtures need it
 
+    @pytest.fixture
+    def harness_plugin() -> Iterator[Callable[..., Manager]]:
+        """Register plugins for the duration of one test: ``manager = harness_plugin(obj, name="mine")``."""
+        with ExitStack() as stack:
+            yield lambda plugin, name="test-plugin": stack.enter_context(registered(plugin, name))
 
-@pytest.fixture
-def tiny_photos(tmp_path: Path) -> Path:
-    """Three classes of twelve 48 px generated photos (raw class folders; loaders split them 4:1)."""
-    return make_photos(tmp_path / "tiny-photos")
+    @pytest.fixture
+    def tiny_photos(tmp_path: Path) -> Path:
+        """Three classes of twelve 48 px generated photos (raw class folders; loaders split them 4:1)."""
+        return make_photos(tmp_path / "tiny-photos")

@@ -59,6 +59,8 @@ DDP_BF16_STUB = ("Colossal-AI 0.5.0 has no bf16 mixed precision for the Booster:
                  "colossalai-zero1/zero2/gemini bf16 on CUDA")
 DDP_FP16_CPU = ("Colossal-AI 0.5.0 fp16 mixed precision (FP16TorchMixedPrecision) needs CUDA: on CPU the "
                 "accelerator's autocast() returns the nullcontext class, so the first forward raises TypeError")
+BATCHNORM_CPU = ("colossalai-ddp cannot train a BatchNorm model on CPU: TorchDDPPlugin converts BatchNorm to "
+                 "SyncBatchNorm, and torch DDP refuses it on CPU ('SyncBatchNorm layers only work with GPU modules')")
 GEMINI_FP32 = "GeminiPlugin supports only fp16 and bf16 in Colossal-AI 0.5.0 (its parameters live in fp16/bf16 chunks)"
 GEMINI_SGD = ("GeminiPlugin accepts only Colossal-AI's Adam optimizers (HybridAdam, FusedAdam, CPUAdam) in "
               "Colossal-AI 0.5.0; this recipe uses optimizer {optimizer!r}: use optimizer = 'adamw'")
@@ -151,7 +153,7 @@ class ColossalAIBackend:
 
     # -- the Backend protocol ---------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        if self.variant == "ddp" and self.device.type == "cpu" and self.world_size > 1:
+        if self.variant == "ddp" and self.device.type == "cpu":
             check_no_batchnorm(model)
         if self.variant == "gemini":
             optimizer = hybrid_adam(model, optimizer)
@@ -240,13 +242,12 @@ class ColossalAIBackend:
 
 
 def check_no_batchnorm(model: torch.nn.Module) -> None:
-    """TorchDDPPlugin turns BatchNorm into SyncBatchNorm, which torch runs on several processes only on GPU."""
+    """TorchDDPPlugin turns BatchNorm into SyncBatchNorm, which torch's DDP refuses on CPU (any process count)."""
     import torch
 
     found = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)), None)
     if found is not None:
-        raise ValueError(f"colossalai-ddp on CPU with several processes: TorchDDPPlugin converts BatchNorm "
-                         f"(here {found!r}) to SyncBatchNorm, which torch supports only on GPU")
+        raise ValueError(f"{BATCHNORM_CPU} (here {found!r})")
 
 
 def hybrid_adam(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:

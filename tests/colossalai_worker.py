@@ -85,9 +85,15 @@ def attempt(action: Callable[[], object]) -> str:
     return "ok"
 
 
-def train_step(variant: str, precision: str, optimizer: type[torch.optim.Optimizer] = torch.optim.SGD) -> None:
+def batchnorm_model() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(8, 5))
+
+
+def train_step(variant: str, precision: str, optimizer: type[torch.optim.Optimizer] = torch.optim.SGD,
+               build: Callable[[], torch.nn.Module] = tiny_model) -> None:
     backend = ColossalAI(variant).create(CPU, precision, {})
-    model = tiny_model()
+    model = build()
     model, opt = backend.prepare(model, optimizer(model.parameters(), lr=0.1))
     with backend.autocast():
         loss = F.cross_entropy(model(torch.rand(4, 3, 16, 16)).float(), torch.tensor([0, 1, 2, 3]))
@@ -107,6 +113,8 @@ def claims() -> dict[str, str]:
         found[f"{variant}-bf16"] = attempt(lambda v=variant: train_step(v, "bf16"))
     found["gemini-bf16"] = attempt(lambda: train_step("gemini", "bf16", torch.optim.AdamW))
     found["gemini-fp32"] = attempt(lambda: GeminiPlugin(precision="fp32"))
+    found["ddp-batchnorm"] = attempt(lambda: Booster(plugin=TorchDDPPlugin()).boost(batchnorm_model()))
+    found["adapter-batchnorm"] = attempt(lambda: train_step("ddp", "fp32", build=batchnorm_model))
     return found
 
 

@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from harness_plugins.dali_loader import DaliLoader
 
 from harness.api import DataSpec, DeviceInfo
+from harness_plugins.dali_loader import DaliLoader
 
 
 def main(data: str, out: str, reader: str) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness_plugins.dali_loader import NOT_INSTALLED, DaliLoader, DaliParams
 
 from harness.api import DataSpec, DeviceInfo
 from harness.datasets import Dataset, discover, select
+from harness_plugins.dali_loader import NOT_INSTALLED, DaliLoader, DaliParams
 
 CPU = DeviceInfo("cpu", "cpu")
 CUDA = DeviceInfo("cuda", "NVIDIA test GPU", (9, 0), True)

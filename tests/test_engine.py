@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from harness_plugins.torch_backend import TorchBackend
 
 from harness import capability
 from harness.api import CellSpec, DataSplits, DeviceInfo, Recipe
@@ -18,6 +17,7 @@ from harness.engine import Trainer, lr_factor, mixed, mixup
 from harness.hookspecs import hookimpl
 from harness.plugins import get_manager, registered
 from harness.store import CellStore
+from harness_plugins.torch_backend import TorchBackend
 
 CPU = DeviceInfo("cpu", "cpu")
 # Measured on the 2-core CI machine: resnet10t, 32 px, 400 photos, 4 epochs reaches 0.53-0.58

@@ -14,7 +14,7 @@ BUILTINS = {"torchvision", "timm", "torch", "dali", "colossalai", "suites", "log
 
 def test_builtins_load_through_the_entry_point_group() -> None:
     manager = get_manager()
-    assert BUILTINS <= {p.name for p in manager.plugins}
+    assert {p.name for p in manager.plugins} >= BUILTINS
     assert {p.distribution for p in manager.plugins if p.name in BUILTINS} == {"harness"}
     assert {"torchvision", "dali"} <= set(manager.loaders())
     assert "torch" in manager.backends()

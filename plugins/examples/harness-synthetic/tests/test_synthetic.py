@@ -25,7 +25,7 @@ PARAMS = {"train_size": 64, "classes": 4}
 
 
 def batches(iterable: object) -> tuple[torch.Tensor, torch.Tensor]:
-    images, labels = zip(*iterable)
+    images, labels = zip(*iterable, strict=True)
     return torch.cat(images), torch.cat(labels)
 
 
