@@ -25,6 +25,14 @@ IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 PRECISIONS = ("fp32", "fp16", "bf16")
 
 
+class CannotRun(Exception):
+    """Raised by a plugin when a cell turns out not to run here (e.g. a model it cannot wrap on this device).
+
+    The cell is recorded as ``skipped`` with the message as its reason, not as ``failed``.
+    Prefer answering in ``can_run``, which decides before the cell starts.
+    """
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """What the cell will run on, as far as capability checks need to know."""
@@ -162,10 +170,12 @@ class BackendPlugin(Protocol):
 
     precisions: tuple[str, ...]
 
-    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any]) -> str | None:
-        """None if this backend runs here in ``precision`` on ``nproc`` processes, else why not."""
+    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
+                recipe: Recipe | None = None) -> str | None:
+        """None if this backend runs here in ``precision`` on ``nproc`` processes with ``recipe``, else why not."""
 
-    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any]) -> Backend:
+    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
+               recipe: Recipe | None = None) -> Backend:
         """Set up (process group, device) and return the backend for this process."""
 
 

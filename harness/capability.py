@@ -19,7 +19,8 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
         offers = ", ".join(backend.impl.precisions)
         return f"backend {cell.backend} has no precision {cell.precision} (it offers {offers})"
     loader = manager.loaders()[cell.loader_plugin]
-    return _ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params)) or (
+    return _ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params,
+                                                                    recipe=cell.recipe)) or (
         _ask(loader, lambda: loader.impl.can_run(device, cell.loader_params)))
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from harness import envinfo
-from harness.api import CellSpec, DataSpec
+from harness.api import CannotRun, CellSpec, DataSpec
 from harness.engine import Trainer
 from harness.plugins import get_manager
 from harness.store import CellStore, now
@@ -31,7 +31,8 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
     rank = int(os.environ.get("RANK", 0))
     backend = None
     try:
-        backend = manager.backends()[cell.backend_plugin].impl.create(device, cell.precision, cell.backend_params)
+        backend = manager.backends()[cell.backend_plugin].impl.create(device, cell.precision, cell.backend_params,
+                                                                      recipe=cell.recipe)
         torch.manual_seed(cell.seed)
         data = manager.loaders()[cell.loader_plugin].impl.build(DataSpec(
             root=Path(cell.data), image_size=cell.image_size, batch_size=cell.recipe.batch_size,
@@ -41,6 +42,10 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
         model = family.impl.build(cell.model, num_classes=len(data.classes), image_size=cell.image_size,
                                   **cell.model_params)
         summary = Trainer(cell, model, data, backend, store, manager, env).run(resume=resume)
+    except CannotRun as exc:
+        if rank == 0:
+            store.write_result(cell, env, "skipped", str(exc), started_at=started)
+        return 0
     except Exception as exc:
         if rank == 0:
             store.dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import DeviceInfo, Recipe
+from harness.api import CannotRun, DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ def check_no_batchnorm(model: torch.nn.Module) -> None:
 
     found = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)), None)
     if found is not None:
-        raise ValueError(f"{BATCHNORM_CPU} (here {found!r})")
+        raise CannotRun(f"{BATCHNORM_CPU} (here {found!r})")
 
 
 def hybrid_adam(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:

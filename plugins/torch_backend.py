@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from harness.api import DeviceInfo
+from harness.api import DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -105,12 +105,14 @@ class Torch:
 
     precisions = ("fp32", "fp16", "bf16")
 
-    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any]) -> str | None:
+    def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
+                recipe: Recipe | None = None) -> str | None:
         if params:
             return f"torch backend takes no parameters besides nproc, got {', '.join(params)}"
         return precision_blocker(device, precision)
 
-    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any]) -> TorchBackend:
+    def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
+               recipe: Recipe | None = None) -> TorchBackend:
         return TorchBackend(device, precision)
 
 

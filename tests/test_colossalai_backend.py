@@ -110,7 +110,7 @@ def test_each_refused_combination_really_fails_on_this_cpu() -> None:
     assert "No usable kernel found for CPUAdamLoader" in found["gemini-bf16"]
     assert found["gemini-fp32"].startswith("AssertionError: precision fp32 is not supported")
     assert found["ddp-batchnorm"].startswith("ValueError: SyncBatchNorm layers only work with GPU modules")
-    assert found["adapter-batchnorm"].startswith(f"ValueError: {cai.BATCHNORM_CPU} (here '1')")
+    assert found["adapter-batchnorm"].startswith(f"CannotRun: {cai.BATCHNORM_CPU} (here '1')")
 
 
 @needs_colossalai

@@ -40,7 +40,7 @@ def test_env_reports_fingerprint_capabilities_and_estimate(smoke_run: Path) -> N
     assert rows[("torch", "fp16")] == "fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"
     assert report["suite"]["estimate_s"] > 0
     text = harness("env", "--suite", "flowers-smoke")
-    assert "Capabilities on this machine" in text.stdout and "Suite flowers-smoke: 72 cells" in text.stdout
+    assert "Capabilities on this machine" in text.stdout and "Suite flowers-smoke: 90 cells" in text.stdout
 
 
 def test_env_strict_fails_when_cells_cannot_run() -> None:
