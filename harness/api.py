@@ -22,9 +22,6 @@ API_VERSION = 1
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD_255 = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-PRECISIONS = ("fp32", "fp16", "bf16")
-
-
 class CannotRun(Exception):
     """Raised by a plugin when a cell turns out not to run here (e.g. a model it cannot wrap on this device).
 

@@ -65,7 +65,7 @@ def run_cell(cell: CellSpec, out: Path, resume: bool) -> None:
     store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
     resume = resume and store.checkpoint_path.exists()
     tail: deque[str] = deque(maxlen=20)
-    bar = tqdm(total=cell.epochs, desc=cell.id, leave=True, unit="epoch", dynamic_ncols=True)
+    bar = tqdm(total=cell.epochs, desc=cell.id, leave=True, unit="epoch", dynamic_ncols=True, disable=None)
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     try:

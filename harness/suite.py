@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,3 @@ def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
         cells = [c for c in cells if getattr(c, key) == value]
     return cells
 
-
-def with_data(cells: list[CellSpec], data: str) -> list[CellSpec]:
-    return [replace(c, data=data) for c in cells]

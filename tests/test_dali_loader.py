@@ -172,13 +172,17 @@ def test_tfrecord_reader_reads_the_file_readers_photos(prepared: Path) -> None:
 
 
 @needs_dali
-def test_missing_tfrecords_name_the_folder(tmp_path: Path) -> None:
-    for split in ("train", "validation"):
-        for name in ("a", "b"):
-            (tmp_path / split / name).mkdir(parents=True)
-            (tmp_path / split / name / "x.jpg").write_bytes(b"\xff\xd8")
-    with pytest.raises(ValueError, match=r"tfrecord: no train TFRecord shards"):
-        DaliLoader().build(spec(tmp_path, params={"reader": "tfrecord"}))
+@needs_dali
+def test_raw_folder_gets_tfrecords_written_once_into_the_cache(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    from_records = DaliLoader().build(spec(photos, subset=40, params={"reader": "tfrecord"}))
+    written = sorted((tmp_path / "cache" / "tfrecord").glob("*/tfrecord/*.idx"))
+    assert [p.name for p in written] == ["train-00000-of-00001.idx", "validation-00000-of-00001.idx"]
+    from_files = DaliLoader().build(spec(photos, subset=40))
+    assert Counter(_epoch(from_records.validation)[1]) == Counter(_epoch(from_files.validation)[1])
+    assert from_records.train_size == from_files.train_size
+    DaliLoader().build(spec(photos, subset=40, params={"reader": "tfrecord"}))
+    assert sorted((tmp_path / "cache" / "tfrecord").glob("*/tfrecord/*.idx")) == written  # reused
 
 
 @needs_dali

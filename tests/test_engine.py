@@ -169,7 +169,7 @@ class NanPlugin:
 
 
 def test_nan_loss_fails_the_cell_naming_epoch_and_step(photos: Path, tmp_path: Path) -> None:
-    cell = small_cell(photos, model="nan-net", epochs=1, subset=64)
+    cell = small_cell(photos, model="nan-net", epochs=1, subset=64, loader_params={"workers": 0})
     with registered(NanPlugin(), "nan"):
         assert run(cell, tmp_path, resume=False) == 1
     result = CellStore(tmp_path, cell.id).result()
