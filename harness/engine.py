@@ -112,17 +112,23 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 class Totals:
-    """Loss, correct and count summed on the device (no per-step sync), all-reduced at the end."""
+    """Loss and correct summed on the device (no per-step sync), all-reduced at the end."""
 
     def __init__(self, device: torch.device) -> None:
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.device = device
+        self.loss = torch.zeros((), dtype=torch.float64, device=device)
+        self.correct = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
 
     def add(self, loss: torch.Tensor, correct: torch.Tensor, count: int) -> None:
-        self.sums += torch.stack([loss.detach().double() * count, correct.detach().double(),
-                                  torch.tensor(float(count), dtype=torch.float64, device=self.sums.device)])
+        self.loss += loss.detach() * count
+        self.correct += correct.detach()
+        self.count += count
 
     def reduce(self, backend: Backend) -> tuple[float, float, int]:
-        loss, correct, count = backend.all_reduce(self.sums).tolist()
+        sums = torch.stack([self.loss, self.correct, torch.tensor(float(self.count), device=self.device,
+                                                                   dtype=torch.float64)])
+        loss, correct, count = backend.all_reduce(sums).tolist()
         return loss / max(count, 1), correct / max(count, 1), int(count)
 
 
