@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from harness import capability, envinfo
-from harness.api import CellSpec
+from harness.api import CellSpec, DeviceInfo
 from harness.plugins import Manager
 from harness.store import CellStore, write_json
 
@@ -97,18 +97,21 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
     write_json(out / "run.json", {"cells": [c.id for c in cells]})
     outcomes = []
+    devices: dict[str, DeviceInfo] = {}
+    envs: dict[str, dict] = {}
     for cell in cells:
         store = CellStore(out, cell.id)
         previous = store.result()
         if resume and previous and previous["status"] in ("ok", "skipped"):
             outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
             continue
-        device = envinfo.device_info(cell.device)
+        device = devices.setdefault(cell.device, envinfo.device_info(cell.device))
         reason = capability.blocker(cell, manager, device)
         if reason:
+            if cell.device not in envs:  # one fingerprint per device, not one git call per skipped cell
+                envs[cell.device] = envinfo.fingerprint(device, manager.environment())
             store.write_cell(cell)
-            store.write_result(cell, envinfo.fingerprint(device, manager.environment()), "skipped",
-                               reason)
+            store.write_result(cell, envs[cell.device], "skipped", reason)
             tqdm.write(f"[{cell.id}] skipped: {reason}")
         else:
             run_cell(cell, out, resume)
