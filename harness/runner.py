@@ -58,7 +58,7 @@ def cell_env(nproc: int) -> dict[str, str]:
     return env
 
 
-def run_cell(cell: CellSpec, out: Path, resume: bool) -> None:
+def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict) -> None:
     """Start the cell's process, show its progress, and record a failure its process could not."""
     store = CellStore(out, cell.id)
     store.write_cell(cell)
@@ -86,7 +86,7 @@ def run_cell(cell: CellSpec, out: Path, resume: bool) -> None:
     result = store.result()
     if result is None or (result["status"] == "ok" and code != 0):
         reason = f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:])
-        store.write_result(cell, envinfo.fingerprint(envinfo.device_info(cell.device)), "failed", reason)
+        store.write_result(cell, env, "failed", reason)
 
 
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False) -> list[Outcome]:
@@ -106,15 +106,15 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
             outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
             continue
         device = devices.setdefault(cell.device, envinfo.device_info(cell.device))
+        if cell.device not in envs:  # one fingerprint per device, not one git call per cell
+            envs[cell.device] = envinfo.fingerprint(device, manager.environment())
         reason = capability.blocker(cell, manager, device)
         if reason:
-            if cell.device not in envs:  # one fingerprint per device, not one git call per skipped cell
-                envs[cell.device] = envinfo.fingerprint(device, manager.environment())
             store.write_cell(cell)
             store.write_result(cell, envs[cell.device], "skipped", reason)
             tqdm.write(f"[{cell.id}] skipped: {reason}")
         else:
-            run_cell(cell, out, resume)
+            run_cell(cell, out, resume, envs[cell.device])
         result = store.result()
         outcomes.append(Outcome(cell, result["status"], result["reason"]))
     return outcomes

@@ -46,6 +46,34 @@ def register_models(register):
     register("exploding", Exploding())
 '''
 
+KILLED_MODEL_PLUGIN = '''
+import os, signal
+from harness.hookspecs import hookimpl
+
+class Killed:
+    def knows(self, name):
+        return name == "killed-net"
+
+    def build(self, name, num_classes, image_size, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's OOM killer would
+
+@hookimpl
+def register_models(register):
+    register("killed", Killed())
+
+@hookimpl
+def harness_environment():
+    return {"killed_plugin": "1.0"}
+'''
+
+
+def plugin_env(tmp_path: Path, name: str, source: str) -> dict[str, str]:
+    """Environment that loads ``source`` as the extra plugin module ``name`` in the CLI and cell processes."""
+    (tmp_path / "plugin_dir").mkdir(exist_ok=True)
+    (tmp_path / "plugin_dir" / f"{name}.py").write_text(source)
+    return {"HARNESS_PLUGIN_MODULES": name,
+            "PYTHONPATH": f"{tmp_path / 'plugin_dir'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
 
 def suite(tmp_path: Path, epochs: int = 1, subset: int = 64, batch: int = 16, models: str = '["resnet10t"]',
           backends: str = '["torch"]', precisions: str = '["fp32"]') -> Path:
@@ -60,10 +88,7 @@ def statuses(out: Path) -> dict[str, str]:
 
 
 def test_failed_and_skipped_cells_are_recorded_and_the_suite_goes_on(tmp_path: Path, photos: Path) -> None:
-    (tmp_path / "plugin_dir").mkdir()
-    (tmp_path / "plugin_dir" / "exploding_plugin.py").write_text(BROKEN_MODEL_PLUGIN)
-    env = {"HARNESS_PLUGIN_MODULES": "exploding_plugin",
-           "PYTHONPATH": f"{tmp_path / 'plugin_dir'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = plugin_env(tmp_path, "exploding_plugin", BROKEN_MODEL_PLUGIN)
     path = suite(tmp_path, models='["exploding-net", "resnet10t"]', precisions='["fp16", "fp32"]')
     out = tmp_path / "out"
     result = harness("run", "--suite", path, "--data", photos, "--out", out, env=env)
@@ -81,6 +106,19 @@ def test_failed_and_skipped_cells_are_recorded_and_the_suite_goes_on(tmp_path: P
     assert expected <= set(summary.columns)
     skipped = summary[summary.status == "skipped"]
     assert set(skipped.reason) == {"fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"}
+
+
+
+def test_a_killed_cell_process_is_recorded_failed_with_the_full_fingerprint(tmp_path: Path, photos: Path) -> None:
+    env = plugin_env(tmp_path, "killed_plugin", KILLED_MODEL_PLUGIN)
+    out = tmp_path / "out"
+    result = harness("run", "--suite", suite(tmp_path, models='["killed-net"]'), "--data", photos, "--out", out,
+                     env=env)
+    assert result.returncode == 1, result.stderr
+    record = CellStore(out, "killed-net-torchvision-torch-fp32").result()
+    assert record["status"] == "failed"
+    assert record["reason"].startswith("cell process exited with code -9")
+    assert record["env"]["killed_plugin"] == "1.0" and record["env"]["torch"]
 
 
 def test_existing_output_needs_resume(tmp_path: Path, photos: Path) -> None:
