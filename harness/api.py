@@ -69,7 +69,7 @@ class Recipe:
 class DataSpec:
     """Everything a loader needs to build its train and validation iterables."""
 
-    root: Path  # prepared train/ + validation/ folders, or raw class folders
+    root: Path | None  # prepared train/ + validation/ folders, or raw class folders; None if --data was not given
     image_size: int
     batch_size: int  # per process
     randaugment: bool
@@ -103,7 +103,11 @@ class DataSplits:
 
 @runtime_checkable
 class LoaderPlugin(Protocol):
-    """A data loader, registered through ``register_loaders``."""
+    """A data loader, registered through ``register_loaders``.
+
+    A loader that never reads ``DataSpec.root`` (generated data) sets the class attribute
+    ``reads_data = False``; suites whose cells use only such loaders then run without ``--data``.
+    """
 
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
         """None if the loader works here with these params, else the reason it cannot."""

@@ -36,7 +36,7 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
                                                                       recipe=cell.recipe)
         torch.manual_seed(cell.seed)
         data = manager.loaders()[cell.loader_plugin].impl.build(DataSpec(
-            root=Path(cell.data), image_size=cell.image_size, batch_size=cell.recipe.batch_size,
+            root=Path(cell.data) if cell.data else None, image_size=cell.image_size, batch_size=cell.recipe.batch_size,
             randaugment=cell.recipe.randaugment, seed=cell.seed, device=device, subset=cell.subset,
             rank=backend.rank, world_size=backend.world_size, params=cell.loader_params))
         family = manager.model_family(cell.model)

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+from harness.api import CellSpec
 from harness.datasets import DataError, discover
-from harness.plugins import PluginError, get_manager, suite_path
+from harness.plugins import Manager, PluginError, get_manager, suite_path
 from harness.suite import SuiteError
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.
@@ -23,7 +24,8 @@ COMMANDS = {
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every cell of a suite")
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
-    p.add_argument("--data", required=True, type=Path, help="prepared train/+validation/ folders or raw class folders")
+    p.add_argument("--data", type=Path,
+                   help="prepared train/+validation/ folders or raw class folders (required unless no loader reads it)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/SUITE-TIMESTAMP)")
     p.add_argument("--epochs", type=int, help="override the suite's epoch count")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the suite's device")
@@ -36,18 +38,29 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="write TensorBoard scalars per epoch")
 
 
+def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
+    """Fail before any cell starts if ``--data`` is missing, empty, or absent while some loader reads it."""
+    if data is not None:
+        discover(data)
+        return
+    readers = sorted({c.loader_plugin for c in cells if getattr(manager.loaders()[c.loader_plugin].impl, "reads_data",
+                                                                    True)})
+    if readers:
+        raise SuiteError(f"--data is required: the cells' loaders read photos ({', '.join(readers)})")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import report
     from harness.runner import OutputExists, run_suite
     from harness.suite import expand, select
 
     manager = get_manager()
-    suite = expand(suite_path(args.suite), manager, data=args.data.resolve(), epochs=args.epochs,
+    suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
                    device=args.device, seed=args.seed, nproc=args.nproc, tensorboard=args.tensorboard)
     cells = select(suite.cells, args.only)
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
-    discover(args.data)  # a missing or empty data directory fails here, before any cell starts
+    check_data(args.data, cells, manager)
     out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     try:
         outcomes = run_suite(cells, out, manager, resume=args.resume)

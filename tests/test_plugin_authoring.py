@@ -134,8 +134,8 @@ def test_harness_plugins_lists_the_installed_example(installed: Path) -> None:
     assert "harness_synthetic: 0.1.0" in lines
 
 
-def test_example_suite_cell_runs_and_learns(installed: Path, photos_dir: Path, tmp_path: Path) -> None:
-    done = run_harness("run", "--suite", "synthetic-smoke", "--data", photos_dir, "--out", tmp_path / "out",
+def test_example_suite_cell_runs_and_learns(installed: Path, tmp_path: Path) -> None:
+    done = run_harness("run", "--suite", "synthetic-smoke", "--out", tmp_path / "out",  # reads_data = False: no --data
                        "--only", f"id={CELL}", "--device", "cpu", pythonpath=[installed])
     assert done.returncode == 0, done.stdout + done.stderr
     result = results(tmp_path / "out")[CELL]

@@ -102,6 +102,9 @@ def test_cli_rejects_missing_or_empty_data_before_any_cell(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     empty = harness("run", "--suite", path, "--data", tmp_path / "empty", "--out", tmp_path / "out")
     assert empty.returncode == 2 and "needs at least 2 class folders" in empty.stderr
+    absent = harness("run", "--suite", path, "--out", tmp_path / "out")
+    assert absent.returncode == 2
+    assert "--data is required: the cells' loaders read photos (torchvision)" in absent.stderr
     assert not (tmp_path / "out").exists()
 
 

@@ -112,10 +112,10 @@ def test_run_start_records_the_generator_settings(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_suite_cell_runs_end_to_end(tiny_photos: Path, tmp_path: Path) -> None:
+def test_suite_cell_runs_end_to_end(tmp_path: Path) -> None:
     cell = "tinycnn-synthetic-torch-fp32"
-    # --data is required by `harness run` today; the synthetic loader never reads it.
-    done = run_harness("run", "--suite", "synthetic-smoke", "--data", tiny_photos, "--out", tmp_path / "out",
+    # No --data: the synthetic loader declares reads_data = False.
+    done = run_harness("run", "--suite", "synthetic-smoke", "--out", tmp_path / "out",
                        "--only", f"id={cell}", "--device", "cpu")
     assert done.returncode == 0, done.stdout + done.stderr
     result = results(tmp_path / "out")[cell]

@@ -2,9 +2,9 @@
 
 Each class is a stripe pattern with its own orientation and frequency; every image draws a
 random colour, phase, a little jitter and pixel noise, so colour says nothing about the class.
-The images are made once, in memory, from the cell's seed (``DataSpec.root`` is ignored: no
-disk I/O at all), and batches are slices of a per-epoch permutation, so the loader costs next
-to nothing per step.
+The images are made once, in memory, from the cell's seed (``DataSpec.root`` is ignored, and
+``reads_data = False`` lets ``harness run`` go without ``--data``: no disk I/O at all), and
+batches are slices of a per-epoch permutation, so the loader costs next to nothing per step.
 
 Suite parameters (``[loaders.synthetic]``):
 ``train_size`` (default 1024), ``validation_size`` (default a quarter of ``train_size``),
@@ -150,6 +150,8 @@ def storage_device(spec: DataSpec, settings: Settings) -> torch.device:
 
 class SyntheticLoader:
     """The ``synthetic`` loader (implements :class:`harness.api.LoaderPlugin`)."""
+
+    reads_data = False  # generated in memory: suites of synthetic cells need no --data
 
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
         return check_params(params)
