@@ -130,9 +130,10 @@ def test_existing_output_needs_resume(tmp_path: Path, photos: Path) -> None:
 
 def test_ctrl_c_then_resume_finishes_without_duplicate_rows(tmp_path: Path, photos: Path) -> None:
     path, out = suite(tmp_path, epochs=3, subset=96, models='["resnet10t", "vit_tiny_patch16_224"]'), tmp_path / "o"
+    # SIG_DFL first: a background job of a non-interactive shell (as CI may run us) inherits SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--suite", str(path), "--data", str(photos),
                              "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:  # interrupt during the first cell, once its second epoch is recorded
         if "epoch 2/3" in line:
             os.killpg(proc.pid, signal.SIGINT)
