@@ -19,12 +19,12 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
         offers = ", ".join(backend.impl.precisions)
         return f"backend {cell.backend} has no precision {cell.precision} (it offers {offers})"
     loader = manager.loaders()[cell.loader_plugin]
-    return _ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params,
-                                                                    recipe=cell.recipe)) or (
-        _ask(loader, lambda: loader.impl.can_run(device, cell.loader_params)))
+    return ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params,
+                                                     recipe=cell.recipe)) or (
+        ask(loader, lambda: loader.impl.can_run(device, cell.loader_params)))
 
 
-def _ask(registration: Registration, can_run: Callable[[], str | None]) -> str | None:
+def ask(registration: Registration, can_run: Callable[[], str | None]) -> str | None:
     """A plugin's ``can_run`` answer; one that raises cannot run, and the reason names the plugin."""
     try:
         return can_run()

@@ -21,6 +21,14 @@ COMMANDS = {
 }
 
 
+def fraction(text: str) -> float:
+    """An accuracy in (0, 1], checked before any cell runs."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a fraction in (0, 1], e.g. 0.6")
+    return value
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every cell of a suite")
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
@@ -36,6 +44,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="write TensorBoard scalars per epoch")
+    p.add_argument("--target-acc", type=fraction, help="validation accuracy for time-to-accuracy, e.g. 0.6")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
@@ -72,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
     print(f"{len(outcomes)} cells: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
-    table = report.write_report([out], out)
+    table = report.write_report([out], out, target_acc=args.target_acc)
     print(report.console_table(table))
     print(f"results and report in {out}")
     return 1 if counts["failed"] else 0

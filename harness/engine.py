@@ -47,18 +47,20 @@ class Context:
         self.trainer.backend.save(Path(directory), self.trainer.model, self.trainer.optimizer)
 
 
-def lr_factor(recipe: Recipe, progress: float, epochs: int) -> float:
-    """LR multiplier at ``progress`` epochs into training: linear warmup, then the schedule.
+def lr_factor(recipe: Recipe, epoch: int, fraction: float, epochs: int) -> float:
+    """LR multiplier for a step ending ``fraction`` of the way through 0-based ``epoch``: linear warmup, then
+    the schedule.
 
-    ``cosine-epoch`` holds the rate constant within an epoch, as the tutorial's
-    per-epoch CosineAnnealingLR; ``cosine-step`` decays it smoothly per optimizer step.
+    ``cosine-epoch`` gives every step of an epoch, its last included, that epoch's rate, as the
+    tutorial's per-epoch CosineAnnealingLR; ``cosine-step`` decays it smoothly per optimizer step.
     """
+    progress = epoch + fraction
     if progress < recipe.warmup_epochs:
         return (progress + 1e-9) / recipe.warmup_epochs
     if recipe.schedule == "constant":
         return 1.0
     if recipe.schedule == "cosine-epoch":
-        progress = math.floor(progress)
+        progress = epoch
     span = max(epochs - recipe.warmup_epochs, 1e-9)
     return 0.5 * (1 + math.cos(math.pi * min((progress - recipe.warmup_epochs) / span, 1.0)))
 
@@ -160,8 +162,8 @@ class Trainer:
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.warnings += self.backend.warnings
         self.context = Context(self.store.dir, self.backend.rank, self.backend.world_size, self.env, self)
-        self.nominal_steps = self.data.train_size / (self.recipe.batch_size * self.backend.world_size
-                                                     * self.recipe.accumulation)
+        # train_size is this process's shard: each process takes the same number of steps.
+        self.nominal_steps = self.data.train_size / (self.recipe.batch_size * self.recipe.accumulation)
         if self.nominal_steps < FEW_STEPS:
             self.warn(f"only {self.nominal_steps:.1f} optimizer steps per epoch "
                       f"({self.data.train_size * self.backend.world_size} images / "
@@ -180,8 +182,8 @@ class Trainer:
             images = (images.float() - self.mean) / self.std
         return images, labels.to(self.device, non_blocking=True)
 
-    def set_lr(self, progress: float) -> float:
-        factor = lr_factor(self.recipe, progress, self.cell.epochs)
+    def set_lr(self, epoch: int, fraction: float = 0.0) -> float:
+        factor = lr_factor(self.recipe, epoch, fraction, self.cell.epochs)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
@@ -212,7 +214,7 @@ class Trainer:
             totals.add(loss, mixed(predicted.eq, labels, perm, lam).sum(), labels.shape[0])
             if sync:
                 self.check_finite(window_loss, epoch, micro)
-                self.set_lr(epoch - 1 + micro / (batches or micro))
+                self.set_lr(epoch - 1, micro / (batches or micro))
                 self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
                 self.steps, pending, window_loss = self.steps + 1, 0, 0.0
             tick = time.perf_counter()
@@ -246,6 +248,8 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
+        if not resume and self.is_main:
+            self.store.truncate_epochs(0)  # rows of an earlier attempt that died before its first checkpoint
         first = self.restore() + 1 if resume else 1
         self.manager.call("harness_run_start", cell=self.cell, context=self.context)
         wall_start = time.perf_counter() - self.restored_wall
@@ -295,19 +299,21 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
 
     def restore(self) -> int:
-        """Load the last checkpoint; return its epoch (0 when there is none)."""
-        path = self.store.checkpoint_path
-        if not (path / "trainer.pt").exists():
-            if self.is_main:
-                self.store.truncate_epochs(0)
-            return 0
-        self.backend.load(path, self.model, self.optimizer)
-        state = torch.load(path / "trainer.pt", weights_only=True)
-        self.steps, self.best_acc, self.best_epoch = state["steps"], state["best_acc"], state["best_epoch"]
-        self.restored_wall = state["wall_time_s"]
+        """Load the last complete checkpoint, drop the epoch rows after it; return its epoch (0 when none).
+
+        A process killed inside ``checkpoint``'s rename window leaves only ``.old``: that one is used.
+        """
+        final = self.store.checkpoint_path
+        found = [p for p in (final, final.with_name(final.name + ".old")) if (p / "trainer.pt").exists()]
+        epoch = 0
+        if found:
+            self.backend.load(found[0], self.model, self.optimizer)
+            state = torch.load(found[0] / "trainer.pt", weights_only=True)
+            self.steps, self.best_acc, self.best_epoch = state["steps"], state["best_acc"], state["best_epoch"]
+            self.restored_wall, epoch = state["wall_time_s"], state["epoch"]
         if self.is_main:
-            self.store.truncate_epochs(state["epoch"])
-        return state["epoch"]
+            self.store.truncate_epochs(epoch)
+        return epoch
 
     def summary(self) -> dict[str, Any]:
         return {"epochs": self.cell.epochs, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,

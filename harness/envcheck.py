@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +26,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def matrix(manager: Manager, device: DeviceInfo) -> list[dict[str, Any]]:
     """ok or the reason, for every registered loader (default params) and backend x precision."""
-    rows = [{"kind": "loader", "name": name, "precision": None, "reason": reg.impl.can_run(device, {})}
-            for name, reg in sorted(manager.loaders().items())]
+    rows = [{"kind": "loader", "name": name, "precision": None, "reason": capability.ask(reg, partial(
+        reg.impl.can_run, device, {}))} for name, reg in sorted(manager.loaders().items())]
     for name, reg in sorted(manager.backends().items()):
         for precision in reg.impl.precisions:
-            reason = reg.impl.can_run(device, precision, 1, {})
+            reason = capability.ask(reg, partial(reg.impl.can_run, device, precision, 1, {}))
             rows.append({"kind": "backend", "name": name, "precision": precision, "reason": reason})
     return rows
 
@@ -40,8 +42,10 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
     cells = expand(suite_path(name), manager, device=None).cells
     statuses = {c.id: capability.blocker(c, manager, device) for c in cells}
     reasons = Counter(r for r in statuses.values() if r)
+    slots = device.count if device.type == "cuda" else os.cpu_count() or 1
     return {"suite": name, "cells": len(cells), "run": sum(r is None for r in statuses.values()),
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
+            "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
             "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
             "estimate_s": estimate(cells, statuses, results)}
 
@@ -87,6 +91,9 @@ def render(report: dict[str, Any]) -> str:
         plan = report["suite"]
         lines.append(f"Suite {plan['suite']}: {plan['cells']} cells, {plan['run']} run here, {plan['skipped']} skipped")
         lines += [f"  {n:4} x {reason}" for reason, n in plan["reasons"].items()]
+        if plan["oversized"]:
+            lines.append(f"  {plan['oversized']} cells need more processes than this machine has {plan['slots']} "
+                         "(on a GPU they are skipped; on the CPU they run oversubscribed)")
         if plan["estimate_s"] is not None:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
     return "\n".join(lines)

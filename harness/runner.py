@@ -63,7 +63,6 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict) -> None:
     store = CellStore(out, cell.id)
     store.write_cell(cell)
     store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
-    resume = resume and store.checkpoint_path.exists()
     tail: deque[str] = deque(maxlen=20)
     bar = tqdm(total=cell.epochs, desc=cell.id, leave=True, unit="epoch", dynamic_ncols=True, disable=None)
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),

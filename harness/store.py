@@ -77,6 +77,8 @@ class CellStore:
 
     def truncate_epochs(self, keep: int) -> None:
         """Keep the first ``keep`` epochs (a resumed cell rewrites what its checkpoint lacks)."""
+        if not self.epochs_path.exists():
+            return
         kept = [e for e in self.epochs() if e["epoch"] <= keep]
         tmp = self.epochs_path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(e, default=str) + "\n" for e in kept))

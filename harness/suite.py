@@ -158,6 +158,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     for model, loader, backend, precision in itertools.product(*(raw["matrix"][a] for a in AXES)):
         loader_table = dict(raw.get("loaders", {}).get(loader, {}))
         backend_table = dict(raw.get("backends", {}).get(backend, {}))
+        nproc = backend_table.pop("nproc", raw.get("nproc", 1))
         cells.append(
             CellSpec(
                 id=cell_id(model, loader, backend, precision),
@@ -173,7 +174,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 data=str(overrides.get("data") or ""),
                 seed=overrides.get("seed") if overrides.get("seed") is not None else raw.get("seed", 0),
                 recipe=recipe,
-                nproc=overrides.get("nproc") or backend_table.pop("nproc", raw.get("nproc", 1)),
+                nproc=overrides.get("nproc") or nproc,
                 subset=raw.get("subset"),
                 device=overrides.get("device") or raw.get("device", "auto"),
                 model_params=dict(raw.get("models", {}).get(model, {})),

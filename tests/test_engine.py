@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,6 +86,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(photos: Path, tmp_path: P
     assert metrics(epochs(tmp_path / "resumed", cell)) == metrics(epochs(tmp_path / "straight", cell))
 
 
+def test_restarts_never_duplicate_epoch_rows(tmp_path: Path) -> None:
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(2)]
+    trained = linear_trainer(tmp_path, 4, 1, batches, epochs=2)
+    trained.run()
+    store, checkpoint = trained.store, trained.store.checkpoint_path
+    # Killed inside the checkpoint's rename window: only the previous checkpoint, .old, is left.
+    checkpoint.rename(checkpoint.with_name(checkpoint.name + ".old"))
+    assert linear_trainer(tmp_path, 4, 1, batches, epochs=2).restore() == 2
+    # Killed before the first checkpoint: a restart, resumed or not, begins the rows anew.
+    shutil.rmtree(checkpoint.with_name(checkpoint.name + ".old"))
+    for resume in (True, False):
+        linear_trainer(tmp_path, 4, 1, batches, epochs=2).run(resume=resume)
+        assert [e["epoch"] for e in store.epochs()] == [1, 2]
+
+
 def test_mixup_mixes_images_and_targets() -> None:
     torch.manual_seed(0)
     images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
@@ -101,21 +117,34 @@ def test_mixup_mixes_images_and_targets() -> None:
 
 def test_lr_schedule_warmup_then_cosine() -> None:
     per_epoch = Recipe(schedule="cosine-epoch", warmup_epochs=0)
-    assert [round(lr_factor(per_epoch, e, 4), 4) for e in range(4)] == [1.0, 0.8536, 0.5, 0.1464]
-    assert lr_factor(per_epoch, 1.7, 4) == lr_factor(per_epoch, 1, 4)  # constant within an epoch
+    assert [round(lr_factor(per_epoch, e, 0.0, 4), 4) for e in range(4)] == [1.0, 0.8536, 0.5, 0.1464]
+    # constant within an epoch, its last step included
+    assert lr_factor(per_epoch, 1, 0.7, 4) == lr_factor(per_epoch, 1, 1.0, 4) == lr_factor(per_epoch, 1, 0.0, 4)
     warm = Recipe(schedule="cosine-step", warmup_epochs=2)
-    assert lr_factor(warm, 0.5, 10) == pytest.approx(0.25)
-    assert lr_factor(warm, 2.0, 10) == pytest.approx(1.0)
-    assert lr_factor(warm, 6.0, 10) == pytest.approx(0.5)
-    assert lr_factor(Recipe(schedule="constant"), 7, 10) == 1.0
+    assert lr_factor(warm, 0, 0.5, 10) == pytest.approx(0.25)
+    assert lr_factor(warm, 1, 1.0, 10) == pytest.approx(1.0)
+    assert lr_factor(warm, 6, 0.0, 10) == pytest.approx(0.5)
+    assert lr_factor(Recipe(schedule="constant"), 7, 0.0, 10) == 1.0
 
 
-def linear_trainer(tmp_path: Path, batch: int, accumulation: int, batches: list) -> Trainer:
+def test_every_step_of_an_epoch_uses_that_epochs_rate(tmp_path: Path) -> None:
+    """cosine-epoch, as the tutorial's per-epoch CosineAnnealingLR: the epoch's last step too."""
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(3)]
+    trainer = linear_trainer(tmp_path, 4, 1, batches, schedule="cosine-epoch", epochs=2)
+    rates: list[float] = []
+    trainer.optimizer.register_step_pre_hook(lambda opt, *_: rates.append(opt.param_groups[0]["lr"]))
+    for epoch in (1, 2):
+        trainer.train_epoch(epoch)
+    assert rates == [0.5, 0.5, 0.5, 0.25, 0.25, 0.25]
+
+
+def linear_trainer(tmp_path: Path, batch: int, accumulation: int, batches: list, schedule: str = "constant",
+                   epochs: int = 1) -> Trainer:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
     recipe = Recipe(lr=0.5, momentum=0.0, weight_decay=0.0, batch_size=batch, accumulation=accumulation,
-                    schedule="constant")
-    cell = replace(small_cell(tmp_path, epochs=1, image_size=2), recipe=recipe)
+                    schedule=schedule)
+    cell = replace(small_cell(tmp_path, epochs=epochs, image_size=2), recipe=recipe)
     data = DataSplits(batches, batches[:1], ["a", "b", "c"], train_size=sum(len(b[1]) for b in batches),
                       validation_size=len(batches[0][1]))
     return Trainer(cell, model, data, TorchBackend(CPU, "fp32"), CellStore(tmp_path, cell.id), get_manager(), {})

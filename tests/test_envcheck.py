@@ -46,3 +46,49 @@ def test_env_reports_fingerprint_capabilities_and_estimate(smoke_run: Path) -> N
 def test_env_strict_fails_when_cells_cannot_run() -> None:
     assert harness("env", "--suite", "flowers-smoke", "--strict").returncode == 1
     assert harness("env").returncode == 0
+
+
+RAISING_LOADER_PLUGIN = '''
+from harness.hookspecs import hookimpl
+
+class Raising:
+    def can_run(self, device, params):
+        raise RuntimeError("probe failed")
+
+    def build(self, spec):
+        raise AssertionError("never built")
+
+@hookimpl
+def register_loaders(register):
+    register("raising", Raising())
+'''
+
+MANY_PROCESS_SUITE = """
+name = "many-procs"
+epochs = 1
+image_size = 32
+recipe = "default"
+[matrix]
+model = ["resnet10t"]
+loader = ["torchvision", "raising"]
+backend = ["torch", "torch-ddp64"]
+precision = ["fp32"]
+[backends.torch-ddp64]
+use = "torch"
+nproc = 64
+"""
+
+
+def test_env_reports_a_raising_plugin_and_oversized_cells_without_crashing(tmp_path: Path) -> None:
+    (tmp_path / "raising_plugin.py").write_text(RAISING_LOADER_PLUGIN)
+    (tmp_path / "suite.toml").write_text(MANY_PROCESS_SUITE)
+    env = {"HARNESS_PLUGIN_MODULES": "raising_plugin", "PYTHONPATH": str(tmp_path)}
+    result = harness("env", "--suite", tmp_path / "suite.toml", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    rows = {(r["name"], r["precision"]): r["reason"] for r in report["capabilities"]}
+    assert rows[("raising", None)] == "plugin 'raising_plugin' raised in can_run: RuntimeError('probe failed')"
+    plan = report["suite"]
+    assert (plan["cells"], plan["run"], plan["oversized"]) == (4, 2, 2)
+    text = harness("env", "--suite", tmp_path / "suite.toml", env=env).stdout
+    assert "2 cells need more processes than this machine has" in text

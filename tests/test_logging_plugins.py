@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from test_engine import small_cell
 
 from harness.cell import run
+from harness.store import CellStore, write_json
 
 
 def test_tensorboard_scalars_and_best_checkpoint(photos: Path, tmp_path: Path) -> None:
@@ -21,3 +25,19 @@ def test_tensorboard_scalars_and_best_checkpoint(photos: Path, tmp_path: Path) -
     assert {"val_acc", "train_loss", "throughput_img_s", "lr"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("val_acc")] == [1, 2]
     assert (cell_dir / "best" / "torch.pt").stat().st_size > 0
+
+
+def test_a_resumed_cell_replaces_the_best_checkpoint_only_with_a_better_epoch(photos: Path, tmp_path: Path) -> None:
+    cell = replace(small_cell(photos, epochs=2, subset=64), options={"save_best": True})
+    assert run(cell, tmp_path, resume=False) == 0
+    store = CellStore(tmp_path, cell.id)
+    longer = replace(cell, epochs=4)
+    write_json(tmp_path / "longer.json", longer.describe())
+    resumed = subprocess.run(  # a new process, as the runner starts it
+        [sys.executable, "-m", "harness.cell", str(tmp_path / "longer.json"), "--out", str(tmp_path), "--resume"],
+        capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    accuracies = [e["val_acc"] for e in store.epochs()]
+    assert len(accuracies) == 4
+    best = json.loads((store.dir / "best" / "best.json").read_text())
+    assert best == {"epoch": accuracies.index(max(accuracies)) + 1, "val_acc": max(accuracies)}

@@ -122,8 +122,11 @@ def test_a_killed_cell_process_is_recorded_failed_with_the_full_fingerprint(tmp_
 
 
 def test_existing_output_needs_resume(tmp_path: Path, photos: Path) -> None:
-    path, out = suite(tmp_path, precisions='["fp16"]'), tmp_path / "out"
-    assert harness("run", "--suite", path, "--data", photos, "--out", out).returncode == 0
+    path, out = suite(tmp_path), tmp_path / "out"
+    bad = harness("run", "--suite", path, "--data", photos, "--out", out, "--target-acc", "60")
+    assert bad.returncode == 2 and "60: give a fraction in (0, 1]" in bad.stderr and not out.exists()
+    assert harness("run", "--suite", path, "--data", photos, "--out", out, "--target-acc", "0.01").returncode == 0
+    assert pd.read_csv(out / "summary.csv").time_to_acc_s.notna().all()  # the run's own report used the target
     again = harness("run", "--suite", path, "--data", photos, "--out", out)
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
@@ -163,6 +166,8 @@ def test_ddp_two_processes_under_torchrun_match_one_process(tmp_path: Path, phot
     acc_one = CellStore(tmp_path / "one", "resnet10t-torchvision-torch-fp32").result()["summary"]["best_val_acc"]
     ddp = CellStore(tmp_path / "two", "resnet10t-torchvision-torch-ddp2-fp32")
     assert ddp.epochs()[0]["train_images"] == 320  # both ranks' images, all-reduced
+    assert ddp.result()["summary"]["nominal_optimizer_steps_per_epoch"] == 10  # 160-photo shard / batch 16
+    assert ddp.epochs()[0]["optimizer_steps"] == 10
     acc_two = ddp.result()["summary"]["best_val_acc"]
     assert acc_two > 0.35 and acc_one > 0.35
     assert abs(acc_one - acc_two) <= 0.15

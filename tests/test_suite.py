@@ -54,6 +54,8 @@ def test_overrides_and_only_filter(tmp_path: Path) -> None:
     assert [c.id for c in chosen] == ["resnet10t-torchvision-torch-bf16", "resnet10t-torchvision-torch-ddp2-bf16"]
     with pytest.raises(SuiteError, match="expected KEY=VALUE with KEY one of id, model"):
         select(suite.cells, ["colour=red"])
+    forced = expand(suite_file(tmp_path, VALID), get_manager(), nproc=3).cells
+    assert {(c.nproc, tuple(c.backend_params)) for c in forced} == {(3, ())}  # the table's nproc is not a param
 
 
 def test_cell_ids_are_filesystem_safe() -> None:
