@@ -68,6 +68,12 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+
+@pytest.fixture(autouse=True)
+def _record_environment(benchmark: Any, env: dict[str, Any]) -> None:
+    """Every benchmark here carries the environment fingerprint in its ``extra_info``, as the others do."""
+    benchmark.extra_info["env"] = env
+
 def _device(decode: str = "cpu") -> DeviceInfo:
     if decode == "gpu":
         import torch

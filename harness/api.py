@@ -107,6 +107,8 @@ class LoaderPlugin(Protocol):
 
     A loader that never reads ``DataSpec.root`` (generated data) sets the class attribute
     ``reads_data = False``; suites whose cells use only such loaders then run without ``--data``.
+    Optional: ``check_params(params) -> str | None``, what is wrong with a suite's loader table
+    (None if nothing): the suite is then rejected before anything runs, as a typo deserves.
     """
 
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
@@ -167,7 +169,10 @@ class Backend(Protocol):
 
 @runtime_checkable
 class BackendPlugin(Protocol):
-    """A training backend family, registered through ``register_backends``."""
+    """A training backend family, registered through ``register_backends``.
+
+    Optional, as for loaders: ``check_params(params) -> str | None`` validates a suite's backend table.
+    """
 
     precisions: tuple[str, ...]
 

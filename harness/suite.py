@@ -110,6 +110,19 @@ class Validator:
                 self.fail(f"{section}.{name}.use", f"unknown {section[:-1]} {plugin!r}; allowed: {_names(registered)}")
             if "nproc" in table and (not isinstance(table["nproc"], int) or table["nproc"] < 1):
                 self.fail(f"{section}.{name}.nproc", f"expected a positive int, got {table['nproc']!r}")
+            params = {k: v for k, v in table.items() if k not in ("use", "nproc")}
+            problem = self.params_problem(registered[plugin], params)
+            if problem:
+                self.fail(f"{section}.{name}", problem)
+
+    @staticmethod
+    def params_problem(registration: Any, params: dict[str, Any]) -> str | None:
+        """The plugin's ``check_params`` answer (optional hook method); one that raises names the plugin."""
+        check = getattr(registration.impl, "check_params", None)
+        try:
+            return check(params) if check else None
+        except Exception as exc:
+            return f"plugin {registration.plugin!r} raised in check_params: {exc!r}"
 
     def check_matrix(self, raw: dict[str, Any]) -> None:
         matrix = raw["matrix"]

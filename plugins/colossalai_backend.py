@@ -275,13 +275,19 @@ class ColossalAI:
 
     def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
                 recipe: Recipe | None = None) -> str | None:
+        problem = self.check_params(params)
+        if problem:
+            return problem
+        if installed_version() is None:
+            return f"colossalai is not installed in this environment; {INSTALL_HINT}"
+        return precision_blocker(self.variant, device, precision) or recipe_blocker(self.variant, recipe)
+
+    def check_params(self, params: Mapping[str, Any]) -> str | None:
         unknown = sorted(set(params) - PARAMS[self.variant])
         if unknown:
             return (f"colossalai-{self.variant} has no parameter {unknown[0]!r} "
                     f"(it takes {', '.join(sorted(PARAMS[self.variant]))})")
-        if installed_version() is None:
-            return f"colossalai is not installed in this environment; {INSTALL_HINT}"
-        return precision_blocker(self.variant, device, precision) or recipe_blocker(self.variant, recipe)
+        return None
 
     def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
                recipe: Recipe | None = None) -> ColossalAIBackend:

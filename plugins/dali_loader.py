@@ -124,14 +124,18 @@ def dali_installed() -> bool:
 class DaliLoader:
     """The ``dali`` loader plugin (:class:`harness.api.LoaderPlugin`)."""
 
-    def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
+    def check_params(self, params: Mapping[str, Any]) -> str | None:
         try:
-            p = DaliParams.parse(params)
+            DaliParams.parse(params)
         except (TypeError, ValueError) as exc:
             return str(exc)
-        if not dali_installed():
-            return NOT_INSTALLED
-        if p.decode == "gpu" and device.type != "cuda":
+        return None
+
+    def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
+        problem = self.check_params(params)
+        if problem or not dali_installed():
+            return problem or NOT_INSTALLED
+        if DaliParams.parse(params).decode == "gpu" and device.type != "cuda":
             return "decode=gpu needs CUDA; this machine has none"
         return None
 

@@ -107,9 +107,10 @@ class Torch:
 
     def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
                 recipe: Recipe | None = None) -> str | None:
-        if params:
-            return f"torch backend takes no parameters besides nproc, got {', '.join(params)}"
-        return precision_blocker(device, precision)
+        return self.check_params(params) or precision_blocker(device, precision)
+
+    def check_params(self, params: Mapping[str, Any]) -> str | None:
+        return f"torch backend takes no parameters besides nproc, got {', '.join(params)}" if params else None
 
     def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
                recipe: Recipe | None = None) -> TorchBackend:

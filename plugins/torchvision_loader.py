@@ -119,6 +119,9 @@ def build_cache(samples: Sequence[Sample], short_side: int, workers: int) -> lis
 
 class TorchvisionLoader:
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
+        return self.check_params(params)
+
+    def check_params(self, params: Mapping[str, Any]) -> str | None:
         for key, value in params.items():
             if key not in PARAMS:
                 return f"unknown torchvision loader parameter {key!r}; allowed: {', '.join(PARAMS)}"

@@ -78,6 +78,10 @@ def test_cell_ids_are_filesystem_safe() -> None:
          "key 'recipe.optimizer': got 'lion'; allowed: sgd, adamw"),
         (("batch_size = 8", "batch_size = 8.5"), "key 'recipe.batch_size': expected int, got float 8.5"),
         (('use = "torch"', 'use = "jax"'), "key 'backends.torch-ddp2.use': unknown backend 'jax'"),
+        (("nproc = 2", "nproc = 2\nbucket_mb = 25"),
+         "key 'backends.torch-ddp2': torch backend takes no parameters besides nproc, got bucket_mb"),
+        (("[models.vit_tiny_patch16_224]", "[loaders.torchvision]\nworkrs = 2\n[models.vit_tiny_patch16_224]"),
+         "key 'loaders.torchvision': unknown torchvision loader parameter 'workrs'; allowed: cache, workers"),
     ],
 )
 def test_bad_suites_name_file_key_and_allowed_values(tmp_path: Path, change: tuple[str, str], message: str) -> None:

@@ -156,6 +156,10 @@ class SyntheticLoader:
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
         return check_params(params)
 
+    def check_params(self, params: Mapping[str, Any]) -> str | None:
+        """Optional: lets a typo in the suite's [loaders.synthetic] table reject the suite up front."""
+        return check_params(params)
+
     def build(self, spec: DataSpec) -> DataSplits:
         settings = Settings.from_params(spec.params, spec.subset)
         where = storage_device(spec, settings)
