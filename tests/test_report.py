@@ -19,7 +19,7 @@ from harness.report import ReportError, console_table, write_report
 from harness.report.compare_devices import compare
 from harness.report.load import load_results
 from harness.report.mfu import match_device, mfu, peak_flops
-from harness.report.summary import SUMMARY_COLUMNS, device_short, summarize
+from harness.report.summary import SUMMARY_COLUMNS, derived_warnings, device_short, summarize
 
 REPO = Path(__file__).resolve().parents[1]
 FP16 = ("flowers", "vit_tiny_patch16_224", "torchvision", "torch", "fp16")
@@ -85,6 +85,13 @@ def test_summary_golden_values(two_machines: tuple[Path, Path]) -> None:
     assert skipped["reason"].startswith("bf16 needs compute capability")
     assert skipped["epochs"] == 0
     assert math.isnan(skipped["throughput_img_s"])
+
+
+def test_the_engines_step_warning_is_not_repeated_by_the_report() -> None:
+    cell, env, stats = {"precision": "fp32"}, {"device_type": "cpu"}, {"optimizer_steps_per_epoch": 5.0, "epochs": 2}
+    assert derived_warnings(cell, env, stats) == ["only 5 optimizer step(s) per epoch"]  # e.g. older results
+    engine = "only 5.0 optimizer steps per epoch (320 images / (batch 32 x 2 processes x accumulation 1))"
+    assert derived_warnings(cell, env, stats, [engine]) == []
 
 
 def test_mfu_from_device_peaks(two_machines: tuple[Path, Path]) -> None:

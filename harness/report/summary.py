@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pandas as pd
@@ -86,8 +86,10 @@ def _major_minor(capability: str) -> tuple[int, ...]:
         return (99,)
 
 
-def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Mapping[str, float]) -> list[str]:
-    """Warnings the report can see from the data: slow fp16/bf16 hardware, tiny step counts."""
+def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Mapping[str, float],
+                     recorded: Sequence[str] = ()) -> list[str]:
+    """Warnings the report can see from the data: slow fp16/bf16 hardware, tiny step counts (unless the
+    engine's own, more precise step warning is among the ``recorded`` ones)."""
     out = []
     precision = cell.get("precision")
     facts = match_device(env.get("device_name")) if env.get("device_type") == "cuda" else None
@@ -98,7 +100,7 @@ def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Map
     if precision == "bf16" and env.get("device_type") == "cuda" and _major_minor(capability) < (8, 0):
         out.append(f"bf16 on {name} (compute capability {capability}) without native bf16")
     steps = stats.get("optimizer_steps_per_epoch", math.nan)
-    if steps < MIN_OPTIMIZER_STEPS:
+    if steps < MIN_OPTIMIZER_STEPS and not any("optimizer steps per epoch" in w for w in recorded):
         out.append(f"only {steps:g} optimizer step(s) per epoch")
     if stats.get("epochs") == 1:
         out.append("one epoch only: timings include warm-up")
@@ -115,8 +117,9 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
         if not math.isfinite(stats.get("optimizer_steps_per_epoch", math.nan)):
             stats["optimizer_steps_per_epoch"] = cell_row["optimizer_steps_per_epoch_recorded"]
         name = device_name(env)
-        derived = derived_warnings(cell, env, stats) if cell_row["status"] != "skipped" else []
-        warnings = list(dict.fromkeys([*cell_row["recorded_warnings"], *derived]))
+        recorded = cell_row["recorded_warnings"]
+        derived = derived_warnings(cell, env, stats, recorded) if cell_row["status"] != "skipped" else []
+        warnings = list(dict.fromkeys([*recorded, *derived]))
         row = {**cell_row, **stats, "device": name, "device_short": device_short(name), "host": env.get("hostname")}
         row["mfu"] = mfu(
             stats.get("throughput_img_s", math.nan),
