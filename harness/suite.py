@@ -86,6 +86,7 @@ class Validator:
         self.check_recipe(raw["recipe"])
         self.check_variants(raw, "loaders", self.manager.loaders())
         self.check_variants(raw, "backends", self.manager.backends())
+        self.check_models(raw)
         self.check_matrix(raw)
 
     def check_recipe(self, recipe: str | dict[str, Any]) -> None:
@@ -115,12 +116,21 @@ class Validator:
             if problem:
                 self.fail(f"{section}.{name}", problem)
 
+    def check_models(self, raw: dict[str, Any]) -> None:
+        for name, table in raw.get("models", {}).items():
+            if not isinstance(table, dict):
+                self.fail(f"models.{name}", f"expected a table of model arguments, got {table!r}")
+            family = self.manager.model_family(name)
+            problem = family and self.params_problem(family, name, table)
+            if problem:
+                self.fail(f"models.{name}", problem)
+
     @staticmethod
-    def params_problem(registration: Any, params: dict[str, Any]) -> str | None:
-        """The plugin's ``check_params`` answer (optional hook method); one that raises names the plugin."""
+    def params_problem(registration: Any, *args: Any) -> str | None:
+        """The plugin's ``check_params(*args)`` answer (an optional method); one that raises names the plugin."""
         check = getattr(registration.impl, "check_params", None)
         try:
-            return check(params) if check else None
+            return check(*args) if check else None
         except Exception as exc:
             return f"plugin {registration.plugin!r} raised in check_params: {exc!r}"
 

@@ -80,6 +80,11 @@ def test_cell_ids_are_filesystem_safe() -> None:
         (('use = "torch"', 'use = "jax"'), "key 'backends.torch-ddp2.use': unknown backend 'jax'"),
         (("nproc = 2", "nproc = 2\nbucket_mb = 25"),
          "key 'backends.torch-ddp2': torch backend takes no parameters besides nproc, got bucket_mb"),
+        (("drop_rate = 0.1", "drop_rat = 0.1"),
+         "key 'models.vit_tiny_patch16_224': VisionTransformer.__init__() got an unexpected keyword argument "
+         "'drop_rat'"),
+        (("[models.vit_tiny_patch16_224]\ndrop_rate = 0.1", "[models]\nvit_tiny_patch16_224 = 3"),
+         "key 'models.vit_tiny_patch16_224': expected a table of model arguments, got 3"),
         (("[models.vit_tiny_patch16_224]", "[loaders.torchvision]\nworkrs = 2\n[models.vit_tiny_patch16_224]"),
          "key 'loaders.torchvision': unknown torchvision loader parameter 'workrs'; allowed: cache, workers"),
     ],
