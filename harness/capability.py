@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from functools import cache
+from typing import Any
 
 from harness.api import CellSpec, DeviceInfo
 from harness.plugins import Manager, Registration
@@ -21,7 +24,33 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
     loader = manager.loaders()[cell.loader_plugin]
     return ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params,
                                                      recipe=cell.recipe)) or (
-        ask(loader, lambda: loader.impl.can_run(device, cell.loader_params)))
+        ask(loader, lambda: loader.impl.can_run(device, cell.loader_params))) or (
+        model_blocker(cell, manager, backend, device))
+
+
+def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, device: DeviceInfo) -> str | None:
+    """The backend's optional ``check_model`` answer, on the cell's model built on the meta device."""
+    check = getattr(backend.impl, "check_model", None)
+    family = manager.model_family(cell.model)
+    if check is None or family is None:
+        return None
+    try:
+        model = meta_model(family.impl, cell.model, cell.image_size, json.dumps(cell.model_params, sort_keys=True))
+    except Exception:
+        return None  # not buildable on the meta device: the cell process builds it for real and reports
+    return ask(backend, lambda: check(model, device, cell.precision))
+
+
+@cache
+def meta_model(family: Any, name: str, image_size: int, params_json: str) -> Any:
+    """``name`` as ``family`` builds it, on the meta device: module structure without memory or weights."""
+    import torch
+
+    params = json.loads(params_json)
+    if params.get("pretrained"):
+        params["pretrained"] = False  # no download for a structural check
+    with torch.device("meta"):
+        return family.build(name, num_classes=2, image_size=image_size, **params)
 
 
 def ask(registration: Registration, can_run: Callable[[], str | None]) -> str | None:

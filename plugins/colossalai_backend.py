@@ -153,8 +153,9 @@ class ColossalAIBackend:
 
     # -- the Backend protocol ---------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        if self.variant == "ddp" and self.device.type == "cpu":
-            check_no_batchnorm(model)
+        refusal = batchnorm_blocker(model) if self.variant == "ddp" and self.device.type == "cpu" else None
+        if refusal:  # the runner skips such cells before they start (check_model); direct use lands here
+            raise CannotRun(refusal)
         if self.variant == "gemini":
             optimizer = hybrid_adam(model, optimizer)
         model, optimizer, *_ = self.booster.boost(model, optimizer)
@@ -241,13 +242,12 @@ class ColossalAIBackend:
             dist.barrier()
 
 
-def check_no_batchnorm(model: torch.nn.Module) -> None:
+def batchnorm_blocker(model: torch.nn.Module) -> str | None:
     """TorchDDPPlugin turns BatchNorm into SyncBatchNorm, which torch's DDP refuses on CPU (any process count)."""
     import torch
 
     found = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)), None)
-    if found is not None:
-        raise CannotRun(f"{BATCHNORM_CPU} (here {found!r})")
+    return None if found is None else f"{BATCHNORM_CPU} (here {found!r})"
 
 
 def hybrid_adam(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Any:
@@ -281,6 +281,9 @@ class ColossalAI:
         if installed_version() is None:
             return f"colossalai is not installed in this environment; {INSTALL_HINT}"
         return precision_blocker(self.variant, device, precision) or recipe_blocker(self.variant, recipe)
+
+    def check_model(self, model: torch.nn.Module, device: DeviceInfo, precision: str) -> str | None:
+        return batchnorm_blocker(model) if self.variant == "ddp" and device.type == "cpu" else None
 
     def check_params(self, params: Mapping[str, Any]) -> str | None:
         unknown = sorted(set(params) - PARAMS[self.variant])

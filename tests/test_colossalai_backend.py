@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import harness, write_suite
 
 from harness.api import BackendPlugin, DeviceInfo, Recipe
@@ -83,6 +84,18 @@ def test_gemini_refuses_a_recipe_without_adam_and_unknown_params_are_named() -> 
     assert cai.recipe_blocker("zero2", Recipe(optimizer="sgd")) is None
     reason = cai.ColossalAI("zero2").can_run(H100, "fp16", 1, {"stage": 3})
     assert reason.startswith("colossalai-zero2 has no parameter 'stage'")
+
+
+def test_ddp_on_cpu_refuses_batchnorm_models_before_the_cell_starts() -> None:
+    import timm
+
+    with torch.device("meta"):
+        resnet, vit = (timm.create_model(name, num_classes=2) for name in ("resnet10t", "vit_tiny_patch16_224"))
+    ddp = cai.ColossalAI("ddp")
+    assert ddp.check_model(resnet, DeviceInfo("cpu", "cpu"), "fp32") == f"{cai.BATCHNORM_CPU} (here 'conv1.1')"
+    assert ddp.check_model(vit, DeviceInfo("cpu", "cpu"), "fp32") is None
+    assert ddp.check_model(resnet, H100, "fp16") is None
+    assert cai.ColossalAI("zero2").check_model(resnet, DeviceInfo("cpu", "cpu"), "fp16") is None
 
 
 @needs_colossalai

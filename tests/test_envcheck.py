@@ -92,3 +92,55 @@ def test_env_reports_a_raising_plugin_and_oversized_cells_without_crashing(tmp_p
     assert (plan["cells"], plan["run"], plan["oversized"]) == (4, 2, 2)
     text = harness("env", "--suite", tmp_path / "suite.toml", env=env).stdout
     assert "2 cells need more processes than this machine has" in text
+
+
+NO_BATCHNORM_BACKEND_PLUGIN = '''
+import torch
+from harness.hookspecs import hookimpl
+from harness_plugins.torch_backend import TorchBackend
+
+class NoBatchNorm:
+    precisions = ("fp32",)
+
+    def can_run(self, device, precision, nproc, params, recipe=None):
+        return None
+
+    def check_model(self, model, device, precision):
+        if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
+            return "no-batchnorm backend: this model has BatchNorm"
+        return None
+
+    def create(self, device, precision, params, recipe=None):
+        return TorchBackend(device, precision)
+
+@hookimpl
+def register_backends(register):
+    register("no-batchnorm", NoBatchNorm())
+'''
+
+MODEL_DEPENDENT_SUITE = """
+name = "model-dependent"
+epochs = 1
+image_size = 32
+subset = 40
+recipe = { base = "default", batch_size = 8 }
+[matrix]
+model = ["resnet10t", "vit_tiny_patch16_224"]
+loader = ["torchvision"]
+backend = ["no-batchnorm"]
+precision = ["fp32"]
+"""
+
+
+def test_model_dependent_refusals_agree_between_env_and_run(tmp_path: Path, photos: Path) -> None:
+    (tmp_path / "no_batchnorm_plugin.py").write_text(NO_BATCHNORM_BACKEND_PLUGIN)
+    (tmp_path / "suite.toml").write_text(MODEL_DEPENDENT_SUITE)
+    env = {"HARNESS_PLUGIN_MODULES": "no_batchnorm_plugin", "PYTHONPATH": str(tmp_path)}
+    plan = json.loads(harness("env", "--suite", tmp_path / "suite.toml", "--json", env=env).stdout)["suite"]
+    assert plan["statuses"] == {"resnet10t-torchvision-no-batchnorm-fp32": "skipped",
+                                "vit_tiny_patch16_224-torchvision-no-batchnorm-fp32": "ok"}
+    assert plan["reasons"] == {"no-batchnorm backend: this model has BatchNorm": 1}
+    run = harness("run", "--suite", tmp_path / "suite.toml", "--data", photos, "--out", tmp_path / "out", env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    recorded = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*/result.json")}
+    assert {cid: r["status"] for cid, r in recorded.items()} == plan["statuses"]
