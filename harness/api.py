@@ -120,10 +120,7 @@ class LoaderPlugin(Protocol):
 
 @runtime_checkable
 class ModelPlugin(Protocol):
-    """A model family, registered through ``register_models``.
-
-    Optional: ``check_params(name, params) -> str | None`` validates a suite's ``[models.NAME]`` table.
-    """
+    """A model family, registered through ``register_models``."""
 
     def knows(self, name: str) -> bool:
         """Whether this family can build the model ``name``."""

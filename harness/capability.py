@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
@@ -38,7 +38,19 @@ def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, devic
         model = meta_model(family.impl, cell.model, cell.image_size, json.dumps(cell.model_params, sort_keys=True))
     except Exception:
         return None  # not buildable on the meta device: the cell process builds it for real and reports
-    return ask(backend, lambda: check(model, device, cell.precision))
+    return ask(backend, lambda: check(model, device, cell.precision), "check_model")
+
+
+def model_arguments_problem(family: Registration, name: str, image_size: int, params: Mapping[str, Any]) -> str | None:
+    """What is wrong with a suite's arguments for model ``name``: the ``TypeError`` of building it on the meta
+    device (no memory, no weights), or None."""
+    try:
+        meta_model(family.impl, name, image_size, json.dumps(params, sort_keys=True))
+    except TypeError as exc:
+        return str(exc)
+    except Exception:
+        return None  # not buildable on the meta device: the cell process builds it for real and reports
+    return None
 
 
 @cache
@@ -53,9 +65,9 @@ def meta_model(family: Any, name: str, image_size: int, params_json: str) -> Any
         return family.build(name, num_classes=2, image_size=image_size, **params)
 
 
-def ask(registration: Registration, can_run: Callable[[], str | None]) -> str | None:
-    """A plugin's ``can_run`` answer; one that raises cannot run, and the reason names the plugin."""
+def ask(registration: Registration, call: Callable[[], str | None], method: str = "can_run") -> str | None:
+    """A plugin's answer to ``call`` (its ``method``); one that raises says no, and the reason names the plugin."""
     try:
-        return can_run()
+        return call()
     except Exception as exc:
-        return f"plugin {registration.plugin!r} raised in can_run: {exc!r}"
+        return f"plugin {registration.plugin!r} raised in {method}: {exc!r}"

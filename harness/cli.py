@@ -52,8 +52,8 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
     if data is not None:
         discover(data)
         return
-    readers = sorted({c.loader_plugin for c in cells if getattr(manager.loaders()[c.loader_plugin].impl, "reads_data",
-                                                                    True)})
+    loaders = manager.loaders()
+    readers = sorted({c.loader_plugin for c in cells if getattr(loaders[c.loader_plugin].impl, "reads_data", True)})
     if readers:
         raise SuiteError(f"--data is required: the cells' loaders read photos ({', '.join(readers)})")
 

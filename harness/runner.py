@@ -96,24 +96,24 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
     write_json(out / "run.json", {"cells": [c.id for c in cells]})
     outcomes = []
-    devices: dict[str, DeviceInfo] = {}
-    envs: dict[str, dict] = {}
+    probes: dict[str, tuple[DeviceInfo, dict]] = {}  # one device probe and fingerprint per device, not per cell
     for cell in cells:
         store = CellStore(out, cell.id)
         previous = store.result()
         if resume and previous and previous["status"] in ("ok", "skipped"):
             outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
             continue
-        device = devices.setdefault(cell.device, envinfo.device_info(cell.device))
-        if cell.device not in envs:  # one fingerprint per device, not one git call per cell
-            envs[cell.device] = envinfo.fingerprint(device, manager.environment())
+        if cell.device not in probes:
+            probed = envinfo.device_info(cell.device)
+            probes[cell.device] = (probed, envinfo.fingerprint(probed, manager.environment()))
+        device, env = probes[cell.device]
         reason = capability.blocker(cell, manager, device)
         if reason:
             store.write_cell(cell)
-            store.write_result(cell, envs[cell.device], "skipped", reason)
+            store.write_result(cell, env, "skipped", reason)
             tqdm.write(f"[{cell.id}] skipped: {reason}")
         else:
-            run_cell(cell, out, resume, envs[cell.device])
+            run_cell(cell, out, resume, env)
         result = store.result()
         outcomes.append(Outcome(cell, result["status"], result["reason"]))
     return outcomes

@@ -6,10 +6,11 @@ import itertools
 import re
 import sys
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import recipes
+from harness import capability, recipes
 from harness.api import CellSpec, Recipe
 from harness.plugins import Manager
 
@@ -111,8 +112,9 @@ class Validator:
                 self.fail(f"{section}.{name}.use", f"unknown {section[:-1]} {plugin!r}; allowed: {_names(registered)}")
             if "nproc" in table and (not isinstance(table["nproc"], int) or table["nproc"] < 1):
                 self.fail(f"{section}.{name}.nproc", f"expected a positive int, got {table['nproc']!r}")
+            check = getattr(registered[plugin].impl, "check_params", None)  # optional plugin method
             params = {k: v for k, v in table.items() if k not in ("use", "nproc")}
-            problem = self.params_problem(registered[plugin], params)
+            problem = check and capability.ask(registered[plugin], partial(check, params), "check_params")
             if problem:
                 self.fail(f"{section}.{name}", problem)
 
@@ -121,18 +123,9 @@ class Validator:
             if not isinstance(table, dict):
                 self.fail(f"models.{name}", f"expected a table of model arguments, got {table!r}")
             family = self.manager.model_family(name)
-            problem = family and self.params_problem(family, name, table)
+            problem = family and capability.model_arguments_problem(family, name, raw["image_size"], table)
             if problem:
                 self.fail(f"models.{name}", problem)
-
-    @staticmethod
-    def params_problem(registration: Any, *args: Any) -> str | None:
-        """The plugin's ``check_params(*args)`` answer (an optional method); one that raises names the plugin."""
-        check = getattr(registration.impl, "check_params", None)
-        try:
-            return check(*args) if check else None
-        except Exception as exc:
-            return f"plugin {registration.plugin!r} raised in check_params: {exc!r}"
 
     def check_matrix(self, raw: dict[str, Any]) -> None:
         matrix = raw["matrix"]

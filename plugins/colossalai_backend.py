@@ -153,7 +153,7 @@ class ColossalAIBackend:
 
     # -- the Backend protocol ---------------------------------------------------------------------
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        refusal = batchnorm_blocker(model) if self.variant == "ddp" and self.device.type == "cpu" else None
+        refusal = model_blocker(self.variant, self.device, model)
         if refusal:  # the runner skips such cells before they start (check_model); direct use lands here
             raise CannotRun(refusal)
         if self.variant == "gemini":
@@ -242,10 +242,12 @@ class ColossalAIBackend:
             dist.barrier()
 
 
-def batchnorm_blocker(model: torch.nn.Module) -> str | None:
+def model_blocker(variant: str, device: DeviceInfo | torch.device, model: torch.nn.Module) -> str | None:
     """TorchDDPPlugin turns BatchNorm into SyncBatchNorm, which torch's DDP refuses on CPU (any process count)."""
     import torch
 
+    if variant != "ddp" or device.type != "cpu":
+        return None
     found = next((n for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)), None)
     return None if found is None else f"{BATCHNORM_CPU} (here {found!r})"
 
@@ -283,7 +285,7 @@ class ColossalAI:
         return precision_blocker(self.variant, device, precision) or recipe_blocker(self.variant, recipe)
 
     def check_model(self, model: torch.nn.Module, device: DeviceInfo, precision: str) -> str | None:
-        return batchnorm_blocker(model) if self.variant == "ddp" and device.type == "cpu" else None
+        return model_blocker(self.variant, device, model)
 
     def check_params(self, params: Mapping[str, Any]) -> str | None:
         unknown = sorted(set(params) - PARAMS[self.variant])

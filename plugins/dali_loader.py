@@ -132,10 +132,11 @@ class DaliLoader:
         return None
 
     def can_run(self, device: DeviceInfo, params: Mapping[str, Any]) -> str | None:
-        problem = self.check_params(params)
-        if problem or not dali_installed():
-            return problem or NOT_INSTALLED
-        if DaliParams.parse(params).decode == "gpu" and device.type != "cuda":
+        if problem := self.check_params(params):
+            return problem
+        if not dali_installed():
+            return NOT_INSTALLED
+        if params.get("decode") == "gpu" and device.type != "cuda":
             return "decode=gpu needs CUDA; this machine has none"
         return None
 

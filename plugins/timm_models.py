@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
@@ -35,15 +34,6 @@ class TimmModels:
             return timm.create_model(name, num_classes=num_classes, **kwargs)
         except OSError as exc:  # pretrained weights asked for, but the hub is unreachable
             raise RuntimeError(f"timm could not fetch pretrained weights for {name!r} (offline?): {exc}") from exc
-
-    def check_params(self, name: str, params: Mapping[str, Any]) -> str | None:
-        """A misspelt model argument, found by building the model on the meta device: no memory, no weights."""
-        try:
-            with torch.device("meta"):
-                self.build(name, num_classes=2, image_size=224, **{**params, "pretrained": False})
-        except TypeError as exc:
-            return str(exc)
-        return None
 
 
 @hookimpl

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import harness
 
+from harness.testing import run_harness
+
 
 @pytest.fixture(scope="session")
 def smoke_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -82,15 +84,15 @@ nproc = 64
 def test_env_reports_a_raising_plugin_and_oversized_cells_without_crashing(tmp_path: Path) -> None:
     (tmp_path / "raising_plugin.py").write_text(RAISING_LOADER_PLUGIN)
     (tmp_path / "suite.toml").write_text(MANY_PROCESS_SUITE)
-    env = {"HARNESS_PLUGIN_MODULES": "raising_plugin", "PYTHONPATH": str(tmp_path)}
-    result = harness("env", "--suite", tmp_path / "suite.toml", "--json", env=env)
+    plugin = {"plugin_modules": ["raising_plugin"], "pythonpath": [tmp_path]}
+    result = run_harness("env", "--suite", tmp_path / "suite.toml", "--json", **plugin)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     rows = {(r["name"], r["precision"]): r["reason"] for r in report["capabilities"]}
     assert rows[("raising", None)] == "plugin 'raising_plugin' raised in can_run: RuntimeError('probe failed')"
     plan = report["suite"]
     assert (plan["cells"], plan["run"], plan["oversized"]) == (4, 2, 2)
-    text = harness("env", "--suite", tmp_path / "suite.toml", env=env).stdout
+    text = run_harness("env", "--suite", tmp_path / "suite.toml", **plugin).stdout
     assert "2 cells need more processes than this machine has" in text
 
 
@@ -135,12 +137,12 @@ precision = ["fp32"]
 def test_model_dependent_refusals_agree_between_env_and_run(tmp_path: Path, photos: Path) -> None:
     (tmp_path / "no_batchnorm_plugin.py").write_text(NO_BATCHNORM_BACKEND_PLUGIN)
     (tmp_path / "suite.toml").write_text(MODEL_DEPENDENT_SUITE)
-    env = {"HARNESS_PLUGIN_MODULES": "no_batchnorm_plugin", "PYTHONPATH": str(tmp_path)}
-    plan = json.loads(harness("env", "--suite", tmp_path / "suite.toml", "--json", env=env).stdout)["suite"]
+    plugin = {"plugin_modules": ["no_batchnorm_plugin"], "pythonpath": [tmp_path]}
+    plan = json.loads(run_harness("env", "--suite", tmp_path / "suite.toml", "--json", **plugin).stdout)["suite"]
     assert plan["statuses"] == {"resnet10t-torchvision-no-batchnorm-fp32": "skipped",
                                 "vit_tiny_patch16_224-torchvision-no-batchnorm-fp32": "ok"}
     assert plan["reasons"] == {"no-batchnorm backend: this model has BatchNorm": 1}
-    run = harness("run", "--suite", tmp_path / "suite.toml", "--data", photos, "--out", tmp_path / "out", env=env)
+    run = run_harness("run", "--suite", tmp_path / "suite.toml", "--data", photos, "--out", tmp_path / "out", **plugin)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     recorded = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*/result.json")}
     assert {cid: r["status"] for cid, r in recorded.items()} == plan["statuses"]

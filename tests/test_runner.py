@@ -14,6 +14,7 @@ import pytest
 from helpers import harness
 
 from harness.store import CellStore
+from harness.testing import run_harness
 
 SUITE = """
 name = "runner-test"
@@ -67,14 +68,6 @@ def harness_environment():
 '''
 
 
-def plugin_env(tmp_path: Path, name: str, source: str) -> dict[str, str]:
-    """Environment that loads ``source`` as the extra plugin module ``name`` in the CLI and cell processes."""
-    (tmp_path / "plugin_dir").mkdir(exist_ok=True)
-    (tmp_path / "plugin_dir" / f"{name}.py").write_text(source)
-    return {"HARNESS_PLUGIN_MODULES": name,
-            "PYTHONPATH": f"{tmp_path / 'plugin_dir'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-
-
 def suite(tmp_path: Path, epochs: int = 1, subset: int = 64, batch: int = 16, models: str = '["resnet10t"]',
           backends: str = '["torch"]', precisions: str = '["fp32"]') -> Path:
     path = tmp_path / "suite.toml"
@@ -88,10 +81,11 @@ def statuses(out: Path) -> dict[str, str]:
 
 
 def test_failed_and_skipped_cells_are_recorded_and_the_suite_goes_on(tmp_path: Path, photos: Path) -> None:
-    env = plugin_env(tmp_path, "exploding_plugin", BROKEN_MODEL_PLUGIN)
+    (tmp_path / "exploding_plugin.py").write_text(BROKEN_MODEL_PLUGIN)
     path = suite(tmp_path, models='["exploding-net", "resnet10t"]', precisions='["fp16", "fp32"]')
     out = tmp_path / "out"
-    result = harness("run", "--suite", path, "--data", photos, "--out", out, env=env)
+    result = run_harness("run", "--suite", path, "--data", photos, "--out", out, plugin_modules=["exploding_plugin"],
+                         pythonpath=[tmp_path])
     assert result.returncode == 1, result.stderr  # a failed cell makes the run's exit code 1
     assert statuses(out) == {"exploding-net-torchvision-torch-fp16": "skipped",
                              "exploding-net-torchvision-torch-fp32": "failed",
@@ -110,10 +104,10 @@ def test_failed_and_skipped_cells_are_recorded_and_the_suite_goes_on(tmp_path: P
 
 
 def test_a_killed_cell_process_is_recorded_failed_with_the_full_fingerprint(tmp_path: Path, photos: Path) -> None:
-    env = plugin_env(tmp_path, "killed_plugin", KILLED_MODEL_PLUGIN)
+    (tmp_path / "killed_plugin.py").write_text(KILLED_MODEL_PLUGIN)
     out = tmp_path / "out"
-    result = harness("run", "--suite", suite(tmp_path, models='["killed-net"]'), "--data", photos, "--out", out,
-                     env=env)
+    result = run_harness("run", "--suite", suite(tmp_path, models='["killed-net"]'), "--data", photos, "--out", out,
+                         plugin_modules=["killed_plugin"], pythonpath=[tmp_path])
     assert result.returncode == 1, result.stderr
     record = CellStore(out, "killed-net-torchvision-torch-fp32").result()
     assert record["status"] == "failed"
