@@ -1,7 +1,8 @@
-"""Public types shared by the harness and its plugins.
+"""Public types shared by the harness and its plugins: the plugin API, with :mod:`harness.hookspecs`.
 
-Plugins import from here and from :mod:`harness.hookspecs` only. Heavy libraries
-(torch, DALI, Colossal-AI) are never imported at module level here.
+Plugins import from here and from :mod:`harness.hookspecs` only (their tests also from
+:mod:`harness.testing`); every other module of ``harness`` is internal and may change without
+notice. Heavy libraries (torch, DALI, Colossal-AI) are never imported at module level here.
 """
 
 from __future__ import annotations
@@ -12,8 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from harness.datasets import DataError, Dataset, Sample, discover, select
+
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "API_VERSION", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "Backend", "BackendPlugin", "CannotRun", "CellSpec",
+    "DataError", "DataSpec", "DataSplits", "Dataset", "DeviceInfo", "EpochRecord", "LoaderPlugin", "ModelPlugin",
+    "Recipe", "RunContext", "Sample", "discover", "select",
+]
 
 #: Version of the hook API. Plugins may declare ``HARNESS_API = ">=1,<2"``.
 API_VERSION = 1
@@ -39,6 +48,8 @@ class DeviceInfo:
     capability: tuple[int, int] | None = None  # CUDA compute capability
     bf16_native: bool = False
     count: int = 1  # visible devices of this type
+    fp16_native: bool = False
+    isa: str | None = None  # CPUs: torch's kernel capability, e.g. "AVX2", "AVX512"
 
     @property
     def label(self) -> str:
@@ -204,11 +215,14 @@ class CellSpec:
     recipe: Recipe
     nproc: int = 1
     subset: int | None = None
+    model_plugin: str = ""  # the model family (registered name) that builds ``model``; set when the suite expands
     device: str = "auto"  # "auto", "cpu" or "cuda"
     model_params: Mapping[str, Any] = field(default_factory=dict)
     loader_params: Mapping[str, Any] = field(default_factory=dict)
     backend_params: Mapping[str, Any] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)  # tensorboard, checkpoint, ...
+    allow_emulated: bool = False  # run a precision this device only emulates (refused by default)
+    timeout_s: float | None = None  # the cell is killed and recorded failed past this wall time
 
     def describe(self) -> dict[str, Any]:
         """The cell's parameters as plain JSON data."""

@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any
 
-from harness.api import CellSpec, DeviceInfo
+from harness import devices
+from harness.api import CellSpec, DeviceInfo, Recipe
 from harness.plugins import Manager, Registration
 
 
@@ -22,10 +23,17 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
         offers = ", ".join(backend.impl.precisions)
         return f"backend {cell.backend} has no precision {cell.precision} (it offers {offers})"
     loader = manager.loaders()[cell.loader_plugin]
-    return ask(backend, lambda: backend.impl.can_run(device, cell.precision, cell.nproc, cell.backend_params,
-                                                     recipe=cell.recipe)) or (
+    return backend_blocker(backend, device, cell.precision, cell.nproc, cell.backend_params, cell.recipe,
+                           cell.allow_emulated) or (
         ask(loader, lambda: loader.impl.can_run(device, cell.loader_params))) or (
         model_blocker(cell, manager, backend, device))
+
+
+def backend_blocker(backend: Registration, device: DeviceInfo, precision: str, nproc: int,
+                    params: Mapping[str, Any], recipe: Recipe | None, allow_emulated: bool = False) -> str | None:
+    """The device's verdict on ``precision`` (:mod:`harness.devices`), then the backend's own ``can_run``."""
+    return devices.support(device, precision).refusal(allow_emulated) or ask(
+        backend, lambda: backend.impl.can_run(device, precision, nproc, params, recipe=recipe))
 
 
 def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, device: DeviceInfo) -> str | None:

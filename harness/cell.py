@@ -1,26 +1,55 @@
-"""The cell process: ``python -m harness.cell CELL_JSON --out OUT [--resume]``.
+"""The cell process: ``python -m harness.cell CELL_JSON --out OUT [--nproc N] [--resume]``.
 
-Started by the runner, once per cell (under ``torchrun`` when ``nproc > 1``), so CUDA,
-DALI and Colossal-AI global state, crashes and out-of-memory stay contained.
+Started by the runner, once per cell, so CUDA, DALI and Colossal-AI global state, crashes and
+out-of-memory stay contained. With ``--nproc N > 1`` it runs torchrun in-process, which starts
+the N ranks (each again ``python -m harness.cell``). Every one of these processes dies with its
+parent, even when the parent is SIGKILLed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import multiprocessing
 import os
+import shutil
+import signal
 import sys
 import traceback
+from contextlib import suppress
 from pathlib import Path
 
 import torch
 
-from harness import envinfo
+from harness import contract, envinfo
 from harness.api import CannotRun, CellSpec, DataSpec
 from harness.engine import Trainer
 from harness.plugins import get_manager
 from harness.store import CellStore, now
+
+PARENT_ENV = "HARNESS_PARENT_PID"  # the pid this process must die with: the runner, or the ranks' torchrun
+PR_SET_PDEATHSIG = 1
+FULL_DISK_BYTES = 1 << 20  # less free space than this where results go: the disk is called full
+
+
+def die_with_parent() -> None:
+    """Have Linux SIGKILL this process when its parent dies; exit now if it already has (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if str(os.getppid()) != os.environ.get(PARENT_ENV, str(os.getppid())):  # died before prctl took effect
+        os._exit(1)
+
+
+def launch(cell_json: Path, out: Path, nproc: int, resume: bool) -> int:
+    """Start ``nproc`` ranks of the cell with torchrun, in this process; they die with it."""
+    from torch.distributed.run import main as torchrun
+
+    os.environ[PARENT_ENV] = str(os.getpid())
+    torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "harness.cell", str(cell_json), "--out", str(out),
+              *(["--resume"] if resume else [])])
+    return 0
 
 
 def run(cell: CellSpec, out: Path, resume: bool) -> int:
@@ -35,13 +64,16 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
         backend = manager.backends()[cell.backend_plugin].impl.create(device, cell.precision, cell.backend_params,
                                                                       recipe=cell.recipe)
         torch.manual_seed(cell.seed)
-        data = manager.loaders()[cell.loader_plugin].impl.build(DataSpec(
+        loader = manager.loaders()[cell.loader_plugin]
+        data = contract.checked_splits(loader.impl.build(DataSpec(
             root=Path(cell.data) if cell.data else None, image_size=cell.image_size, batch_size=cell.recipe.batch_size,
             randaugment=cell.recipe.randaugment, seed=cell.seed, device=device, subset=cell.subset,
-            rank=backend.rank, world_size=backend.world_size, params=cell.loader_params))
-        family = manager.model_family(cell.model)
+            rank=backend.rank, world_size=backend.world_size, params=cell.loader_params)),
+            manager.owner("loaders", loader))
+        family = manager.family_of(cell)
         model = family.impl.build(cell.model, num_classes=len(data.classes), image_size=cell.image_size,
                                   **cell.model_params)
+        contract.check_model(model, manager.owner("models", family), cell.model)
         summary = Trainer(cell, model, data, backend, store, manager, env).run(resume=resume)
     except CannotRun as exc:
         if rank == 0:
@@ -49,9 +81,10 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
         return 0
     except Exception as exc:
         if rank == 0:
-            store.dir.mkdir(parents=True, exist_ok=True)
-            (store.dir / "error.log").write_text(traceback.format_exc())
-            store.write_result(cell, env, "failed", f"{type(exc).__name__}: {exc}", started_at=started)
+            with suppress(OSError):  # the reason below matters more than the log (e.g. on a full disk)
+                store.dir.mkdir(parents=True, exist_ok=True)
+                store.write_log("error.log", traceback.format_exc())
+            store.write_result(cell, env, "failed", failure_reason(exc, out), started_at=started)
         traceback.print_exc()
         return 1
     finally:
@@ -62,12 +95,27 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
     return 0
 
 
+def failure_reason(exc: Exception, out: Path) -> str:
+    """One line: the exception, and whether the disk holding the results is full (torch reports a full disk
+    as an unexplained ``RuntimeError`` from its zip writer)."""
+    reason = f"{type(exc).__name__}: {exc}"
+    with suppress(OSError):
+        free = shutil.disk_usage(out).free
+        if free < FULL_DISK_BYTES:
+            reason += f" (the disk holding {out} is full: {free} bytes free)"
+    return reason
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m harness.cell")
     parser.add_argument("cell_json", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--nproc", type=int, default=1, help="ranks to start under torchrun (1: train here)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    if args.nproc > 1:
+        return launch(args.cell_json, args.out, args.nproc, args.resume)
     cell = CellSpec.from_dict(json.loads(args.cell_json.read_text()))
     return run(cell, args.out, args.resume)
 

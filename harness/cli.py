@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from harness.api import CellSpec
 from harness.datasets import DataError, discover
-from harness.plugins import Manager, PluginError, get_manager, suite_path
-from harness.suite import SuiteError
+from harness.plugins import LABELS, Manager, PluginError, get_manager, suite_path
+from harness.store import CellStore, OutputLock, StoreError, show_warnings_briefly
+from harness.suite import SuiteError, check_count
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.
 COMMANDS = {
@@ -29,22 +32,50 @@ def fraction(text: str) -> float:
     return value
 
 
+def seconds(text: str) -> float:
+    """A positive number of seconds."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: give a positive number of seconds")
+    return value
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (0 is an error where it would mean 'none')."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        try:
+            return check_count(value, minimum)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every cell of a suite")
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
     p.add_argument("--data", type=Path,
                    help="prepared train/+validation/ folders or raw class folders (required unless no loader reads it)")
     p.add_argument("--out", type=Path, help="output directory (default: runs/SUITE-TIMESTAMP)")
-    p.add_argument("--epochs", type=int, help="override the suite's epoch count")
+    p.add_argument("--epochs", type=count(1), help="override the suite's epoch count")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the suite's device")
-    p.add_argument("--seed", type=int, help="override the suite's seed")
-    p.add_argument("--nproc", type=int, help="processes per cell (torchrun when > 1)")
+    p.add_argument("--seed", type=count(0), help="override the suite's seed")
+    p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only matching cells (id, model, loader, backend, precision); repeatable")
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="with --resume: move aside (cells/ID.old-TIMESTAMP) and rerun cells whose settings changed")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="write TensorBoard scalars per epoch")
     p.add_argument("--target-acc", type=fraction, help="validation accuracy for time-to-accuracy, e.g. 0.6")
+    p.add_argument("--cell-timeout", type=seconds, metavar="SECONDS",
+                   help="kill a cell running longer and record it failed (overrides the suite's timeout_s)")
+    p.add_argument("--allow-emulated", action="store_true", default=None,
+                   help="also run precisions this device only emulates (bf16 on AVX2 CPUs, ...), labelled 'emulated'")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
@@ -60,31 +91,68 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import report
-    from harness.runner import OutputExists, run_suite
+    from harness.runner import Interrupted, OutputExists, run_suite
     from harness.suite import expand, select
 
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
-                   device=args.device, seed=args.seed, nproc=args.nproc, tensorboard=args.tensorboard)
+                   device=args.device, seed=args.seed, nproc=args.nproc, tensorboard=args.tensorboard,
+                   allow_emulated=args.allow_emulated, timeout_s=args.cell_timeout)
     cells = select(suite.cells, args.only)
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
     check_data(args.data, cells, manager)
     out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
+    check_resume(cells, out, args.resume, args.rerun_changed)
+    interrupted = None
     try:
         outcomes = run_suite(cells, out, manager, resume=args.resume)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\nharness: interrupted; finished cells are kept. Continue with --resume --out {out}", file=sys.stderr)
-        return 130
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed")}
-    print(f"{len(outcomes)} cells: {counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed")
-    table = report.write_report([out], out, target_acc=args.target_acc)
-    print(report.console_table(table))
-    print(f"results and report in {out}")
+    except Interrupted as exc:
+        interrupted, outcomes = exc, exc.outcomes
+        print(f"\nharness: interrupted by {exc}; finished cells are kept. Continue with --resume --out {out}",
+              file=sys.stderr)
+    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "interrupted")}
+    print(f"{len(outcomes)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    if outcomes:  # none when interrupted before the first cell
+        try:
+            table = report.write_report([out], out, target_acc=args.target_acc)
+        except OSError as exc:  # e.g. a full disk: the cells' results are written, the report can be made later
+            print(f"harness: could not write the report into {out}: {exc}; once fixed: harness report {out} "
+                  f"--out {out}", file=sys.stderr)
+            return 1
+        print(report.console_table(table))
+        print(f"results and report in {out}")
+    if interrupted:
+        return 128 + interrupted.signum  # what a shell reports for a process the signal killed
     return 1 if counts["failed"] else 0
+
+
+def check_resume(cells: list[CellSpec], out: Path, resume: bool, rerun_changed: bool) -> None:
+    """Before a resumed run: refuse cells whose stored settings differ (or, with ``rerun_changed``, move them
+    aside), and repair the cells that will continue (unreadable epoch lines set aside, a checkpoint that the
+    epoch rows agree with)."""
+    if rerun_changed and not resume:
+        raise StoreError("--rerun-changed goes with --resume")
+    if not resume:
+        return
+    stores = {cell.id: CellStore(out, cell.id) for cell in cells}
+    changed = {cell.id: changes for cell in cells if (changes := stores[cell.id].spec_changes(cell))}
+    if changed and not rerun_changed:
+        listing = "; ".join(f"{cell_id}: {', '.join(changes)}" for cell_id, changes in changed.items())
+        raise StoreError(f"--resume {out}: {len(changed)} cell(s) were run with other settings ({listing}); pass "
+                         "--rerun-changed to move their results aside and run them again, or choose another --out")
+    for cell_id in changed:
+        print(f"harness: {cell_id}: settings changed; earlier results moved to {stores[cell_id].move_aside()}",
+              file=sys.stderr)
+    for cell_id, store in stores.items():
+        previous = store.result()
+        if cell_id not in changed and not (previous and previous["status"] in ("ok", "skipped")):
+            for message in store.prepare_resume():
+                print(f"harness: warning: {message}", file=sys.stderr)
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
@@ -95,17 +163,18 @@ def cmd_suites(args: argparse.Namespace) -> int:
         try:
             suite = expand(Path(registration.impl), manager)
             print(f"{name:24} {len(suite.cells):4} cells  {suite.description}")
-        except SuiteError as exc:
+        except (SuiteError, PluginError) as exc:
             print(f"{name:24} invalid: {exc}")
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     manager = get_manager()
+    environment = manager.environment_by_plugin()
     provided: dict[str, list[str]] = {}
     for kind in ("loaders", "models", "backends", "suites"):
         for name, reg in manager.registries[kind].items():
-            provided.setdefault(reg.plugin, []).append(f"{kind[:-1]} {name}")
+            provided.setdefault(reg.plugin, []).append(f"{LABELS[kind]} {name}")
     for info in manager.plugins:
         version = f" {info.version}" if info.version else ""
         if info.error:
@@ -115,9 +184,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{'':14} hooks: {', '.join(info.hooks)}")
         if provided.get(info.name):
             print(f"{'':14} provides: {', '.join(provided[info.name])}")
-    extra = {k: v for fields in manager.environment() for k, v in (fields or {}).items()}
-    for key, value in extra.items():
-        print(f"{key}: {value}")
+        if environment.get(info.name):
+            print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in environment[info.name].items())}")
+        for warning in info.warnings:
+            print(f"{'':14} warning: {warning}")
     return 0
 
 
@@ -136,15 +206,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    show_warnings_briefly()
     handlers = {"run": cmd_run, "suites": cmd_suites, "plugins": cmd_plugins}
     try:
         if args.command in handlers:
             return handlers[args.command](args)
         module = "harness.prepare" if args.command == "data" else COMMANDS[args.command][0]
         return importlib.import_module(module).command(args)
-    except (SuiteError, DataError, PluginError) as exc:
+    except (SuiteError, DataError, PluginError, StoreError) as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only or vanished folder: one line, not a traceback
+        print(f"harness: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

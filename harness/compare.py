@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from harness import store
+
 #: Harness per-epoch metrics compared by default, with their good direction.
 HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": False}
 #: The metric name given to pytest-benchmark's per-round times.
@@ -108,7 +110,7 @@ def _load_harness(path: Path, options: Options) -> Side:
     if cells_dir is None and (path / "epochs.jsonl").is_file():
         cell_dirs = [path]  # a single cell directory
     elif cells_dir is not None:
-        cell_dirs = sorted(p for p in cells_dir.iterdir() if p.is_dir())
+        cell_dirs = sorted(p for p in cells_dir.iterdir() if p.is_dir() and not store.is_set_aside(p.name))
     else:
         raise CompareError(
             f"{path}: not a harness output directory (no cells/ folder) nor a pytest-benchmark JSON file"
@@ -123,64 +125,46 @@ def _load_harness(path: Path, options: Options) -> Side:
 
 def _load_cell(cell_dir: Path, side: Side, options: Options) -> None:
     status, reason = _cell_status(cell_dir)
-    epochs = _read_epochs(cell_dir / "epochs.jsonl") if (cell_dir / "epochs.jsonl").is_file() else []
+    epochs = _read_epochs(cell_dir / "epochs.jsonl")
     cell_id = epochs[-1].get("cell_id", cell_dir.name) if epochs else cell_dir.name
     if status in ("skipped", "failed") or not epochs:
         side.absent[cell_id] = f"{status or 'no epochs'}{': ' + reason if reason else ''}"
         return
     for record in epochs:
-        _add_env(side.env, record.get("env") or {})
+        env = record.get("env")
+        _add_env(side.env, env if isinstance(env, Mapping) else {})
     if len(epochs) > 1 and not options.keep_warmup:
         epochs = [r for r in epochs if r["epoch"] != min(e["epoch"] for e in epochs)]
+    path = cell_dir / "epochs.jsonl"
     for metric in options.metrics:
-        values = [r.get(metric) for r in epochs]
-        if any(not isinstance(v, (int, float)) or isinstance(v, bool) for v in values):
-            raise CompareError(f"{cell_dir / 'epochs.jsonl'}: field {metric!r} missing or not a number")
+        values = []
+        for record in epochs:
+            value = record.get(metric)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                values.append(float(value))
+            else:
+                store.warn(f"{path}: epoch {record['epoch']}: field {metric!r} missing or not a number; sample skipped")
+        if not values:
+            continue
         key = f"{cell_id}/{metric}"
         default = HARNESS_METRICS.get(metric, _guess_higher_is_better(metric))
-        side.series[key] = Series(key, cell_id, metric, [float(v) for v in values], default)
+        side.series[key] = Series(key, cell_id, metric, values, default)
 
 
 def _cell_status(cell_dir: Path) -> tuple[str | None, str | None]:
-    result = cell_dir / "result.json"
-    if not result.is_file():
+    """The recorded status and reason; (None, None) without a usable result.json (warned about when unreadable)."""
+    result, problem = store.read_result(cell_dir / "result.json")
+    if result is None or problem:
         return None, None
-    try:
-        data = json.loads(result.read_text())
-    except json.JSONDecodeError as exc:
-        raise CompareError(f"{result}: not valid JSON ({exc})") from exc
-    _check_schema(result, data)
-    return data.get("status"), data.get("reason")
+    return result.get("status"), result.get("reason")
 
 
 def _read_epochs(path: Path) -> list[dict[str, Any]]:
-    """Epoch records of one cell, the last record of each epoch number (a resumed run may repeat one)."""
-    by_epoch: dict[int, dict[str, Any]] = {}
-    with path.open() as fh:
-        lines = fh.read().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):  # a torn last line of a killed run
-                break
-            raise CompareError(f"{path}:{number}: not valid JSON ({exc})") from exc
-        _check_schema(path, record, number)
-        if not isinstance(record.get("epoch"), int):
-            raise CompareError(f"{path}:{number}: field 'epoch' missing or not an integer")
-        by_epoch[record["epoch"]] = record
-    return [by_epoch[e] for e in sorted(by_epoch)]
+    """Epoch records of one cell, the last record of each epoch number (a resumed run may repeat one).
 
-
-def _check_schema(path: Path, data: Any, line: int | None = None) -> None:
-    where = f"{path}:{line}" if line else str(path)
-    if not isinstance(data, dict):
-        raise CompareError(f"{where}: expected a JSON object")
-    version = data.get("schema_version")
-    if version != 1:
-        raise CompareError(f"{where}: unsupported schema_version {version!r} (this harness reads version 1)")
+    Unreadable lines are warned about and skipped (:func:`harness.store.read_epochs`).
+    """
+    return store.latest_per_epoch(record for _, record in store.read_epochs(path))
 
 
 def _load_benchmark_json(path: Path) -> Side:
@@ -578,7 +562,15 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def command(args: argparse.Namespace) -> int:
-    """Run the comparison; 0 nothing regressed, 1 regressed, 2 usage error."""
+    """Run the comparison; 0 nothing regressed, 1 regressed, 2 usage error (a one-line message, never a traceback)."""
+    try:
+        return _command(args)
+    except Exception as exc:  # any input this module does not foresee is still an input error, not a crash
+        print(f"harness compare: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _command(args: argparse.Namespace) -> int:
     try:
         _require_scipy()
         options = options_from(args)
@@ -588,7 +580,7 @@ def command(args: argparse.Namespace) -> int:
                 f"cannot compare a {baseline.kind} input ({baseline.path}) with a "
                 f"{candidate.kind} input ({candidate.path})"
             )
-    except (CompareError, OSError) as exc:
+    except (CompareError, store.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     rows = compare(baseline, candidate, options)
@@ -628,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point (``python -m harness.compare``) until the CLI wires the command."""
     parser = argparse.ArgumentParser(prog="harness compare")
     configure(parser)
+    store.show_warnings_briefly()
     return command(parser.parse_args(argv))
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import resource
-import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness import contract, devices
 from harness.api import IMAGENET_MEAN_255, IMAGENET_STD_255, Backend, CellSpec, DataSplits, EpochRecord, Recipe
 from harness.plugins import Manager
 from harness.store import CellStore
@@ -148,7 +148,7 @@ class Trainer:
     best_acc: float = -1.0
     best_epoch: int = 0
     restored_wall: float = 0.0  # wall time of the epochs a resumed run skips
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[dict[str, str]] = field(default_factory=list)  # {"code": stable id, "message": text}
 
     def __post_init__(self) -> None:
         self.recipe = self.cell.recipe
@@ -160,18 +160,23 @@ class Trainer:
         self.flops = measure_train_flops(self.model, self.cell.image_size, self.device)
         self.model, self.optimizer = self.backend.prepare(self.model, build_optimizer(self.model, self.recipe))
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.warnings += self.backend.warnings
+        self.warnings += [{"code": "backend", "message": w} for w in self.backend.warnings]
+        if devices.recorded_support(self.env, self.cell.precision) == devices.EMULATED:
+            self.warn("emulated-precision", f"{self.cell.precision} is emulated on {self.env.get('device_name')}: "
+                                            "run on request (--allow-emulated); its timings are not the hardware's")
         self.context = Context(self.store.dir, self.backend.rank, self.backend.world_size, self.env, self)
+        self.model_owner = self.manager.model_owner(self.cell)  # names the model in contract errors
         # train_size is this process's shard: each process takes the same number of steps.
         self.nominal_steps = self.data.train_size / (self.recipe.batch_size * self.recipe.accumulation)
         if self.nominal_steps < FEW_STEPS:
-            self.warn(f"only {self.nominal_steps:.1f} optimizer steps per epoch "
+            self.warn("few-steps", f"only {self.nominal_steps:.1f} optimizer steps per epoch "
                       f"({self.data.train_size * self.backend.world_size} images / "
                       f"(batch {self.recipe.batch_size} x {self.backend.world_size} processes x "
                       f"accumulation {self.recipe.accumulation}))")
 
-    def warn(self, message: str) -> None:
-        self.warnings.append(message)
+    def warn(self, code: str, message: str) -> None:
+        """Record a caveat under a stable ``code`` (``few-steps``, ``emulated-precision``, ...)."""
+        self.warnings.append({"code": code, "message": message})
         if self.is_main:
             warnings.warn(f"{self.cell.id}: {message}", stacklevel=2)
 
@@ -206,6 +211,7 @@ class Trainer:
             with nullcontext() if sync else self.backend.no_sync(self.model):
                 with self.backend.autocast():
                     logits = self.model(images)
+                    contract.check_logits(logits, labels.shape[0], len(self.data.classes), self.model_owner)
                     loss = mixed(partial(F.cross_entropy, logits, label_smoothing=smoothing), labels, perm, lam)
                 self.backend.backward(loss / accumulation)
             pending += 1
@@ -218,6 +224,10 @@ class Trainer:
                 self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
                 self.steps, pending, window_loss = self.steps + 1, 0, 0.0
             tick = time.perf_counter()
+        if micro == 0:  # nothing trained: the cell must fail, not record an untrained model as ok
+            size, batch = self.data.train_size, self.recipe.batch_size
+            raise RuntimeError(f"0 training batches: {size} photos < batch {batch} with drop_last" if size < batch
+                               else f"0 training batches from the loader ({size} training photos, batch {batch})")
         if pending:  # an iterable without len(): flush the last accumulation window
             self.check_finite(window_loss, epoch, micro)
             self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
@@ -282,21 +292,13 @@ class Trainer:
         self.manager.call("harness_epoch_end", cell=self.cell, record=record, context=self.context)
 
     def checkpoint(self, record: EpochRecord) -> None:
-        """Atomically replace the cell's checkpoint: write a temporary directory, then rename."""
-        final = self.store.checkpoint_path
-        tmp = final.with_name(final.name + ".tmp")
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.backend.save(tmp, self.model, self.optimizer)
-        if self.is_main:
-            torch.save({"epoch": record.epoch, "steps": self.steps, "best_acc": self.best_acc,
-                        "best_epoch": self.best_epoch, "wall_time_s": record.wall_time_s}, tmp / "trainer.pt")
-            old = final.with_name(final.name + ".old")
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
+        """Replace the cell's checkpoint atomically (:meth:`CellStore.checkpoint`)."""
+        with self.store.checkpoint(main=self.is_main) as directory:
+            self.backend.save(directory, self.model, self.optimizer)
+            if self.is_main:
+                torch.save({"epoch": record.epoch, "steps": self.steps, "best_acc": self.best_acc,
+                            "best_epoch": self.best_epoch, "wall_time_s": record.wall_time_s},
+                           directory / "trainer.pt")
 
     def restore(self) -> int:
         """Load the last complete checkpoint, drop the epoch rows after it; return its epoch (0 when none).

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import capability, envinfo
+from harness import capability, devices, envinfo
 from harness.api import DeviceInfo
 from harness.plugins import Manager, get_manager, suite_path
 
@@ -30,9 +30,14 @@ def matrix(manager: Manager, device: DeviceInfo) -> list[dict[str, Any]]:
         reg.impl.can_run, device, {}))} for name, reg in sorted(manager.loaders().items())]
     for name, reg in sorted(manager.backends().items()):
         for precision in reg.impl.precisions:
-            reason = capability.ask(reg, partial(reg.impl.can_run, device, precision, 1, {}))
+            reason = capability.backend_blocker(reg, device, precision, 1, {}, None)
             rows.append({"kind": "backend", "name": name, "precision": precision, "reason": reason})
     return rows
+
+
+def precisions(device: DeviceInfo) -> list[dict[str, str]]:
+    """The device's verdict on each dtype, with the reason and expected slowdown where it is not native."""
+    return [{"precision": kind, **vars(devices.support(device, kind))} for kind in devices.DTYPES]
 
 
 def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Path]) -> dict[str, Any]:
@@ -68,6 +73,7 @@ def command(args: argparse.Namespace) -> int:
     device = envinfo.device_info(args.device)
     report: dict[str, Any] = {
         "environment": envinfo.fingerprint(device, manager.environment()),
+        "precisions": precisions(device),
         "capabilities": matrix(manager, device),
         "broken_plugins": {p.name: p.error for p in manager.plugins if p.error},
     }
@@ -81,6 +87,10 @@ def command(args: argparse.Namespace) -> int:
 def render(report: dict[str, Any]) -> str:
     lines = ["Environment"]
     lines += [f"  {k:18} {v}" for k, v in report["environment"].items() if v is not None]
+    lines.append(f"Precisions on this {report['environment']['device_type'].upper()}")
+    for row in report["precisions"]:
+        detail = f": {row['reason']}; {row['slowdown']}" if row["level"] != devices.NATIVE else ""
+        lines.append(f"  {row['precision']:6} {row['level']}{detail}")
     lines.append("Capabilities on this machine")
     for row in report["capabilities"]:
         name = row["name"] + (f" {row['precision']}" if row["precision"] else "")

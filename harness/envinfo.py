@@ -11,6 +11,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness import devices
 from harness.api import DeviceInfo
 
 PACKAGES = {
@@ -30,7 +31,7 @@ def device_info(requested: str = "auto") -> DeviceInfo:
     import torch
 
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return DeviceInfo("cpu", cpu_model(), count=os.cpu_count() or 1)
+        return devices.cpu_device(cpu_model(), os.cpu_count() or 1)
     if not torch.cuda.is_available():
         return DeviceInfo("cuda", "no CUDA device", count=0)
     return DeviceInfo(
@@ -96,6 +97,8 @@ def fingerprint(device: DeviceInfo, extra: list[dict[str, Any] | None] = ()) -> 
         "device_name": device.name,
         "device_capability": ".".join(map(str, device.capability)) if device.capability else None,
         "device_count": device.count,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "precision_support": devices.verdicts(device),
         "driver_version": _driver_version() if cuda else None,
         "cuda_version": torch.version.cuda if cuda else None,
         "cudnn_version": torch.backends.cudnn.version() if cuda else None,

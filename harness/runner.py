@@ -1,13 +1,18 @@
-"""Runs a suite's cells, each in its own process, and records ok / skipped / failed."""
+"""Runs a suite's cells, each in its own process group, and records ok / skipped / failed / interrupted."""
 
 from __future__ import annotations
 
+import math
 import os
-import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from collections import deque
+from collections.abc import Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,14 +20,27 @@ from tqdm import tqdm
 
 from harness import capability, envinfo
 from harness.api import CellSpec, DeviceInfo
+from harness.cell import PARENT_ENV
 from harness.plugins import Manager
 from harness.store import CellStore, write_json
 
-EPOCH_LINE = re.compile(r"^\[(?P<id>[^\]]+)\] epoch (?P<epoch>\d+)/(?P<epochs>\d+)")
+#: Handled like Ctrl-C: forwarded to the running cell, which is recorded ``interrupted``.
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+GRACE_S = 10.0  # a signalled cell's process group gets this long to exit before SIGKILL
+POLL_S = 0.5  # how often the runner reads the cell's progress and checks its time limit
 
 
 class OutputExists(RuntimeError):
     """The output directory already holds results and --resume was not given."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The runner got SIGINT, SIGTERM or SIGHUP; ``outcomes`` are the cells recorded until then."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.outcomes: list[Outcome] = []
 
 
 @dataclass
@@ -39,16 +57,14 @@ def free_port() -> int:
 
 
 def command(cell_json: Path, out: Path, nproc: int, resume: bool) -> list[str]:
-    """The cell process command line: plain Python, or torchrun for several processes."""
-    tail = ["-m", "harness.cell", str(cell_json), "--out", str(out), *(["--resume"] if resume else [])]
-    if nproc == 1:
-        return [sys.executable, *tail]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *tail]
+    """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process)."""
+    return [sys.executable, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}",
+            *(["--resume"] if resume else [])]
 
 
 def cell_env(nproc: int) -> dict[str, str]:
     """Single-process cells get the rendezvous variables torchrun would set, so backends need no special case."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
     # Loader threads and workers share the CPU with torch's OpenMP threads; spinning OpenMP threads
     # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -58,44 +74,126 @@ def cell_env(nproc: int) -> dict[str, str]:
     return env
 
 
+def recorded_epochs(store: CellStore) -> int:
+    """The cell's progress as data: complete records in its ``epochs.jsonl`` (a torn last line is not one)."""
+    try:
+        return store.epochs_path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def relay(stream: Iterable[str], tail: deque[str]) -> None:
+    """Echo the cell's output above the progress bar, keeping its last lines for a failure reason."""
+    for line in stream:
+        tail.append(line.rstrip())
+        tqdm.write(line.rstrip())
+
+
+def stop(proc: subprocess.Popen, signum: int) -> None:
+    """Send ``signum`` to the cell's process group; SIGKILL what is left of the group after ``GRACE_S``."""
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signum)
+    with suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=GRACE_S)
+    with suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def watch(proc: subprocess.Popen, store: CellStore, cell: CellSpec, bar: tqdm) -> tuple[str, str] | None:
+    """Wait for the cell's process, moving ``bar`` with its epoch records; stop it past ``cell.timeout_s``.
+
+    Returns the status and reason to record when the runner stopped the cell, else None.
+    """
+    deadline = time.monotonic() + (cell.timeout_s or math.inf)
+    while proc.poll() is None:
+        bar.update(recorded_epochs(store) - bar.n)
+        if time.monotonic() > deadline:
+            stop(proc, signal.SIGTERM)
+            done = recorded_epochs(store)
+            return "failed", f"timeout after {cell.timeout_s:g} s ({done} of {cell.epochs} epochs done)"
+        time.sleep(POLL_S)
+    return None
+
+
+def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: deque[str],
+           stopped: tuple[str, str] | None) -> None:
+    """Record what the cell's process could not: why the runner stopped it, or how it died."""
+    result = store.result()
+    if stopped and (result is None or result["status"] == "failed"):  # a cell that finished first keeps its result
+        store.write_result(cell, env, *stopped)
+    elif result is None or (result["status"] == "ok" and code != 0):
+        store.write_result(cell, env, "failed", f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:]))
+
+
 def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict) -> None:
-    """Start the cell's process, show its progress, and record a failure its process could not."""
+    """Run the cell in its own process group, relay its output, and record what its process could not.
+
+    On :class:`Interrupted` the group gets the runner's signal, the cell is recorded interrupted and the
+    exception goes on.
+    """
     store = CellStore(out, cell.id)
     store.write_cell(cell)
     store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
     tail: deque[str] = deque(maxlen=20)
-    bar = tqdm(total=cell.epochs, desc=cell.id, leave=True, unit="epoch", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
+               dynamic_ncols=True, disable=None)
+    # A session of its own: the runner's signals reach the whole group (cell or torchrun, loader workers), the
+    # terminal's Ctrl-C only the runner, which forwards it.
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                            start_new_session=True)
+    reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
+    reader.start()
+    stopped = None
     try:
-        for line in proc.stdout:
-            tail.append(line.rstrip())
-            match = EPOCH_LINE.match(line)
-            if match:
-                bar.n = int(match["epoch"])
-                bar.refresh()
-                tqdm.write(line.rstrip())
-        code = proc.wait()
-    except KeyboardInterrupt:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stopped = watch(proc, store, cell, bar)
+    except Interrupted as exc:
+        stop(proc, exc.signum)
+        stopped = "interrupted", f"interrupted by {exc} after {recorded_epochs(store)} of {cell.epochs} epochs"
         raise
     finally:
         bar.close()
-    result = store.result()
-    if result is None or (result["status"] == "ok" and code != 0):
-        reason = f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:])
-        store.write_result(cell, env, "failed", reason)
+        reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
+        record(store, cell, env, proc.returncode, tail, stopped)
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Signal handler: stop the run; a second signal must not cut the running cell's shutdown short."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    raise Interrupted(signum)
 
 
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False) -> list[Outcome]:
-    """Run every cell; finished cells of an earlier run are kept when resuming."""
+    """Run every cell; finished cells of an earlier run are kept when resuming.
+
+    SIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) raise :class:`Interrupted` once the running
+    cell is stopped and recorded.
+    """
     out = Path(out)
     cells_dir = out / "cells"
     if not resume and cells_dir.exists() and any(cells_dir.iterdir()):
         raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
     write_json(out / "run.json", {"cells": [c.id for c in cells]})
-    outcomes = []
+    outcomes: list[Outcome] = []
+    previous_handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
+    for sig, handler in previous_handlers.items():
+        if handler != signal.SIG_IGN:
+            signal.signal(sig, interrupt)
+    try:
+        run_cells(cells, out, manager, resume, outcomes)
+    except Interrupted as exc:
+        exc.outcomes = outcomes
+        raise
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+    return outcomes
+
+
+def run_cells(cells: list[CellSpec], out: Path, manager: Manager, resume: bool, outcomes: list[Outcome]) -> None:
+    """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted one's too)."""
     probes: dict[str, tuple[DeviceInfo, dict]] = {}  # one device probe and fingerprint per device, not per cell
     for cell in cells:
         store = CellStore(out, cell.id)
@@ -108,12 +206,22 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
             probes[cell.device] = (probed, envinfo.fingerprint(probed, manager.environment()))
         device, env = probes[cell.device]
         reason = capability.blocker(cell, manager, device)
-        if reason:
-            store.write_cell(cell)
-            store.write_result(cell, env, "skipped", reason)
-            tqdm.write(f"[{cell.id}] skipped: {reason}")
-        else:
-            run_cell(cell, out, resume, env)
-        result = store.result()
-        outcomes.append(Outcome(cell, result["status"], result["reason"]))
-    return outcomes
+        failure = None
+        try:
+            if reason:
+                store.write_cell(cell)
+                store.write_result(cell, env, "skipped", reason)
+                tqdm.write(f"[{cell.id}] skipped: {reason}")
+            else:
+                run_cell(cell, out, resume, env)
+        except OSError as exc:  # e.g. the disk filled up: this cell fails, the suite goes on
+            failure = f"{type(exc).__name__} while recording the cell: {exc}"
+            tqdm.write(f"[{cell.id}] failed: {failure}")
+            with suppress(OSError):
+                store.write_result(cell, env, "failed", failure)
+        finally:
+            result = store.result()
+            if failure and not (result and result["status"] == "failed"):
+                outcomes.append(Outcome(cell, "failed", failure))  # not even the failure could be written
+            elif result:
+                outcomes.append(Outcome(cell, result["status"], result["reason"]))

@@ -33,16 +33,30 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "recipe": ((str, dict), True),
     "tensorboard": ((bool,), False),
     "save_best": ((bool,), False),
+    "allow_emulated": ((bool,), False),
+    "timeout_s": ((int, float), False),
     "matrix": ((dict,), True),
     "models": ((dict,), False),
     "loaders": ((dict,), False),
     "backends": ((dict,), False),
 }
 DEVICES = ("auto", "cpu", "cuda")
+#: Counts and sizes, with their smallest allowed value (checked wherever they appear).
+COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "nproc": 1, "batch_size": 1, "accumulation": 1,
+          "workers": 0}
+#: Suite names become folder names (runs/NAME-TIMESTAMP): no separators, no leading dot.
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class SuiteError(ValueError):
     """An invalid suite; the message names the file, the key and the allowed values."""
+
+
+def check_count(value: Any, minimum: int) -> int:
+    """``value`` if it is an integer of at least ``minimum``, else ValueError saying what is expected."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"expected {'a positive' if minimum == 1 else 'a non-negative'} integer, got {value!r}")
+    return value
 
 
 @dataclass
@@ -84,6 +98,15 @@ class Validator:
                 self.fail(key, f"expected {' or '.join(t.__name__ for t in types)}, got {raw[key]!r}")
         if raw.get("device", "auto") not in DEVICES:
             self.fail("device", f"got {raw['device']!r}; allowed: {', '.join(DEVICES)}")
+        if not NAME.match(raw["name"]) or len(raw["name"]) > 100:
+            self.fail("name", f"{raw['name']!r}: use letters, digits and _ . + - (it names the output folder), "
+                              "starting with a letter or digit, at most 100 characters")
+        for key, minimum in COUNTS.items():
+            if key in raw:
+                self.check_count(key, raw[key], minimum)
+        timeout = raw.get("timeout_s")
+        if timeout is not None and not timeout > 0:
+            self.fail("timeout_s", f"expected a positive number of seconds, got {timeout!r}")
         self.check_recipe(raw["recipe"])
         self.check_variants(raw, "loaders", self.manager.loaders())
         self.check_variants(raw, "backends", self.manager.backends())
@@ -102,6 +125,14 @@ class Validator:
                 recipes.coerce(key, value)
             except (TypeError, ValueError) as exc:
                 self.fail(f"recipe.{key}", str(exc))
+            if key in COUNTS:
+                self.check_count(f"recipe.{key}", value, COUNTS[key])
+
+    def check_count(self, key: str, value: Any, minimum: int) -> None:
+        try:
+            check_count(value, minimum)
+        except ValueError as exc:
+            self.fail(key, str(exc))
 
     def check_variants(self, raw: dict[str, Any], section: str, registered: dict[str, Any]) -> None:
         for name, table in raw.get(section, {}).items():
@@ -109,9 +140,11 @@ class Validator:
                 self.fail(f"{section}.{name}", f"expected a table, got {table!r}")
             plugin = table.get("use", name)
             if plugin not in registered:
-                self.fail(f"{section}.{name}.use", f"unknown {section[:-1]} {plugin!r}; allowed: {_names(registered)}")
-            if "nproc" in table and (not isinstance(table["nproc"], int) or table["nproc"] < 1):
-                self.fail(f"{section}.{name}.nproc", f"expected a positive int, got {table['nproc']!r}")
+                self.fail(f"{section}.{name}.use", f"unknown {section[:-1]} {plugin!r}; allowed: {_names(registered)}"
+                                                   f"{self.manager.broken_hint(section, plugin)}")
+            for key in ("nproc", "workers"):
+                if key in table:
+                    self.check_count(f"{section}.{name}.{key}", table[key], COUNTS[key])
             check = getattr(registered[plugin].impl, "check_params", None)  # optional plugin method
             params = {k: v for k, v in table.items() if k not in ("use", "nproc")}
             problem = check and capability.ask(registered[plugin], partial(check, params), "check_params")
@@ -141,14 +174,19 @@ class Validator:
             values = matrix.get(axis)
             if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
                 self.fail(f"matrix.{axis}", f"expected a non-empty list of strings, got {values!r}")
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                self.fail(f"matrix.{axis}", f"{twice[0]!r} is listed twice")
             for value in values:
                 if axis == "model":
                     if self.manager.model_family(value) is None:
                         families = ", ".join(sorted(self.manager.models()))
-                        self.fail("matrix.model", f"unknown model {value!r}; no model family knows it ({families})")
+                        self.fail("matrix.model", f"unknown model {value!r}; no model family knows it ({families})"
+                                                  f"{self.manager.broken_hint('models', value)}")
                 elif value not in allowed[axis]:
                     names = ", ".join(sorted(allowed[axis]))
-                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}")
+                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}"
+                                                f"{self.manager.broken_hint(axis + 's', value)}")
 
 
 def _names(registered: dict[str, Any]) -> str:
@@ -163,9 +201,11 @@ def cell_id(model: str, loader: str, backend: str, precision: str) -> str:
 def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     """Validate ``path`` and expand its matrix into cells.
 
-    ``overrides``: data, epochs, device, nproc, seed, tensorboard (None means the suite's value).
+    ``overrides``: data, epochs, device, nproc, seed, tensorboard, allow_emulated, timeout_s (None means the
+    suite's value).
     """
     raw = load(path, manager)
+    _check_overrides(overrides)
     recipe = _recipe(raw["recipe"])
     options = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
     if overrides.get("tensorboard") is not None:
@@ -185,21 +225,55 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 precision=precision,
                 loader_plugin=loader_table.pop("use", loader),
                 backend_plugin=backend_table.pop("use", backend),
-                epochs=overrides.get("epochs") or raw["epochs"],
+                model_plugin=manager.model_family(model).name,
+                epochs=_pick(overrides.get("epochs"), raw["epochs"]),
                 image_size=raw["image_size"],
                 data=str(overrides.get("data") or ""),
                 seed=overrides.get("seed") if overrides.get("seed") is not None else raw.get("seed", 0),
                 recipe=recipe,
-                nproc=overrides.get("nproc") or nproc,
+                nproc=_pick(overrides.get("nproc"), nproc),
                 subset=raw.get("subset"),
                 device=overrides.get("device") or raw.get("device", "auto"),
                 model_params=dict(raw.get("models", {}).get(model, {})),
                 loader_params=loader_table,
                 backend_params=backend_table,
                 options=options,
+                allow_emulated=bool(overrides.get("allow_emulated") or raw.get("allow_emulated", False)),
+                timeout_s=_pick(overrides.get("timeout_s"), raw.get("timeout_s")),
             )
         )
+    _check_ids(path, cells)
     return Suite(raw["name"], path, cells, raw.get("description", ""))
+
+
+def _pick(override: Any, value: Any) -> Any:
+    """The override unless it is None (0 is a value, never 'not given')."""
+    return value if override is None else override
+
+
+def _check_overrides(overrides: dict[str, Any]) -> None:
+    for key in ("epochs", "nproc", "seed"):
+        if overrides.get(key) is not None:
+            try:
+                check_count(overrides[key], COUNTS[key])
+            except ValueError as exc:
+                raise SuiteError(f"--{key}: {exc}") from None
+    timeout = overrides.get("timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise SuiteError(f"timeout: expected a positive number of seconds, got {timeout!r}")
+
+
+def _check_ids(path: Path, cells: list[CellSpec]) -> None:
+    """Two cells must never share an id (they would overwrite each other's results)."""
+    seen: dict[str, CellSpec] = {}
+    for cell in cells:
+        other = seen.setdefault(cell.id, cell)
+        if other is not cell:
+            diff = [k for k in AXES if getattr(other, k) != getattr(cell, k)]
+            key = f"matrix.{diff[0]}" if len(diff) == 1 else "matrix"
+            a, b = (", ".join(f"{k} {getattr(c, k)!r}" for k in diff) for c in (other, cell))
+            raise SuiteError(f"{path}: key {key!r}: {a} and {b} both give the cell id {cell.id!r} "
+                             "(ids keep only letters, digits and _ . + -); rename one")
 
 
 def _recipe(value: str | dict[str, Any]) -> Recipe:

@@ -59,6 +59,8 @@ READERS = ("file", "tfrecord")
 DECODES = ("cpu", "gpu")
 LAST_BATCH = ("drop", "partial")
 NOT_INSTALLED = "nvidia-dali is not installed: pip install 'harness[dali]' (or 'harness[dali-cuda110]')"
+TFRECORD_NOT_INSTALLED = ("reader=tfrecord writes and indexes TFRecords with the 'tfrecord' package, which is not "
+                          "installed: pip install 'harness[dali]' (or pip install tfrecord)")
 VAL_RESIZE_RATIO = 0.875  # validation resizes the shorter side to round(image_size / 0.875), as torchvision's
 LABEL_KEY = "image/class/label"
 IMAGE_KEY = "image/encoded"
@@ -113,12 +115,16 @@ def dali_version() -> str | None:
     return None
 
 
-def dali_installed() -> bool:
-    """Whether ``nvidia.dali`` can be imported (checked without importing it)."""
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported (checked without importing it)."""
     try:
-        return importlib.util.find_spec("nvidia.dali") is not None
+        return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         return False
+
+
+def dali_installed() -> bool:
+    return installed("nvidia.dali")
 
 
 class DaliLoader:
@@ -136,6 +142,8 @@ class DaliLoader:
             return problem
         if not dali_installed():
             return NOT_INSTALLED
+        if params.get("reader") == "tfrecord" and not installed("tfrecord"):
+            return TFRECORD_NOT_INSTALLED
         if params.get("decode") == "gpu" and device.type != "cuda":
             return "decode=gpu needs CUDA; this machine has none"
         return None

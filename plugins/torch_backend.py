@@ -18,21 +18,6 @@ from harness.hookspecs import hookimpl
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def precision_blocker(device: DeviceInfo, precision: str) -> str | None:
-    """Device truth for torch autocast precisions, shared with other backends that use torch AMP."""
-    if device.type == "cpu" and precision == "fp16":
-        return "fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"
-    if device.type == "cuda" and precision == "bf16" and not device.bf16_native:
-        return f"bf16: {device.label} has no native bf16"
-    return None
-
-
-def fp16_warning(device: DeviceInfo, precision: str) -> str | None:
-    if device.type == "cuda" and precision == "fp16" and device.capability and device.capability[0] < 7:
-        return f"fp16 on {device.label}: no tensor cores and slow fp16 arithmetic; expect no speed-up over fp32"
-    return None
-
-
 class TorchBackend:
     """A thin adapter over torch: DDP when WORLD_SIZE > 1, autocast and GradScaler for AMP."""
 
@@ -46,7 +31,7 @@ class TorchBackend:
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo", timeout=timedelta(minutes=10))
         self.dtype = DTYPES.get(precision)
-        self.warnings = [w for w in [fp16_warning(device, precision)] if w]
+        self.warnings: list[str] = []
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
     def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
@@ -107,7 +92,7 @@ class Torch:
 
     def can_run(self, device: DeviceInfo, precision: str, nproc: int, params: Mapping[str, Any],
                 recipe: Recipe | None = None) -> str | None:
-        return self.check_params(params) or precision_blocker(device, precision)
+        return self.check_params(params)  # which precisions the device runs well: harness.devices decides
 
     def check_params(self, params: Mapping[str, Any]) -> str | None:
         return f"torch backend takes no parameters besides nproc, got {', '.join(params)}" if params else None

@@ -72,10 +72,18 @@ def test_without_colossalai_every_cell_says_how_to_install_it() -> None:
     ("gemini", H100, "fp32", cai.GEMINI_FP32),
     ("zero2", H100, "bf16", None),
     ("gemini", H100, "fp16", None),
-    ("zero1", T4, "bf16", "bf16: Tesla T4 (sm_75) has no native bf16"),
+    ("zero1", T4, "bf16", None),  # the device's verdict (emulated bf16) comes from harness.devices
 ])
 def test_capability_matrix(variant: str, device: DeviceInfo, precision: str, expected: str | None) -> None:
     assert cai.precision_blocker(variant, device, precision) == expected
+
+
+def test_the_device_refuses_emulated_bf16_before_the_backend_is_asked() -> None:
+    from harness import capability
+
+    registration = get_manager().backends()["colossalai-zero1"]
+    reason = capability.backend_blocker(registration, T4, "bf16", 1, {}, None)
+    assert reason.startswith("bf16 on Tesla T4 (sm_75) is emulated") and "--allow-emulated" in reason
 
 
 def test_gemini_refuses_a_recipe_without_adam_and_unknown_params_are_named() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,7 @@ import pytest
 
 from harness import compare
 from harness.api import CellSpec, EpochRecord, Recipe
-from harness.store import CellStore
+from harness.store import CellStore, ResultWarning
 
 ENV = {"hostname": "ci-1", "cpu_model": "Test CPU", "torch": "2.4.0", "git_commit": "abc"}
 
@@ -170,18 +171,23 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         assert code == 2 and message in err, (argv, err)
 
 
-def test_corrupt_epochs_line_and_schema_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_corrupt_epochs_line_is_skipped_loudly_and_a_newer_schema_refused(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     write_cell(tmp_path / "a", cell(), 100.0)
     epochs = tmp_path / "a" / "cells" / cell().id / "epochs.jsonl"
     lines = epochs.read_text().splitlines()
     epochs.write_text("\n".join([lines[0], "{not json", *lines[1:]]) + "\n")
-    code, _, err = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
-    assert code == 2 and f"{epochs}:2: not valid JSON" in err
-    epochs.write_text("\n".join([*lines[:-1], '{"torn']))  # a torn last line is a killed writer: fine
-    assert run(tmp_path / "a", tmp_path / "a", capsys=capsys)[0] == 0
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:2: not valid JSON")):
+        code, _, _ = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
+        side = compare.load_side(tmp_path / "a")
+    assert code == 0  # every other epoch is still compared
+    assert len(side.series[f"{cell().id}/throughput_img_s"].samples) == 5  # 6 epochs, the warm-up one dropped
+    epochs.write_text("\n".join([*lines[:-1], '{"torn']))  # a torn last line is a killed writer
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:6: torn last line")):
+        assert run(tmp_path / "a", tmp_path / "a", capsys=capsys)[0] == 0
     epochs.write_text("\n".join(lines).replace('"schema_version": 1', '"schema_version": 2') + "\n")
     code, _, err = run(tmp_path / "a", tmp_path / "a", capsys=capsys)
-    assert code == 2 and "unsupported schema_version 2" in err
+    assert code == 2 and f"{epochs}:1: schema_version 2 is newer than this harness reads (1)" in err
 
 
 def test_argparse_errors_exit_2(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import torch
 
 from harness.api import DataSpec, DeviceInfo
 from harness.datasets import Dataset, discover, select
-from harness_plugins.dali_loader import NOT_INSTALLED, DaliLoader, DaliParams
+from harness_plugins.dali_loader import NOT_INSTALLED, TFRECORD_NOT_INSTALLED, DaliLoader, DaliParams
 
 CPU = DeviceInfo("cpu", "cpu")
 CUDA = DeviceInfo("cuda", "NVIDIA test GPU", (9, 0), True)
@@ -70,23 +70,41 @@ def test_gpu_decode_needs_cuda() -> None:
     assert DaliLoader().can_run(CPU, {"decode": "cpu", "prefetch": 3}) is None
 
 
-def test_without_dali_the_loader_says_how_to_install() -> None:
-    """A real interpreter in which ``nvidia.dali`` cannot be imported (a finder refuses it)."""
-    code = textwrap.dedent("""
+def can_run_without(module: str, params: dict[str, str]) -> str:
+    """``DaliLoader.can_run`` in a real interpreter in which ``module`` cannot be imported (a finder refuses it)."""
+    code = textwrap.dedent(f"""
         import sys
-        class NoDali:
+        class Refuse:
             def find_spec(self, name, path=None, target=None):
-                if name == "nvidia.dali" or name.startswith("nvidia.dali."):
+                if name == {module!r} or name.startswith({module!r} + "."):
                     raise ModuleNotFoundError(name)
-        sys.meta_path.insert(0, NoDali())
+        sys.meta_path.insert(0, Refuse())
         from harness.api import DeviceInfo
         from harness_plugins.dali_loader import DaliLoader
-        print(DaliLoader().can_run(DeviceInfo("cpu", "cpu"), {"reader": "tfrecord"}))
-        assert "nvidia.dali" not in sys.modules
+        print(DaliLoader().can_run(DeviceInfo("cpu", "cpu"), {params!r}))
+        assert {module!r} not in sys.modules
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == NOT_INSTALLED
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_without_dali_the_loader_says_how_to_install() -> None:
+    out = can_run_without("nvidia.dali", {"reader": "tfrecord"})
+    assert out == NOT_INSTALLED
     assert "pip install 'harness[dali]'" in out
+
+
+@needs_dali
+def test_without_tfrecord_only_the_tfrecord_reader_is_skipped_with_the_install_hint() -> None:
+    assert can_run_without("tfrecord", {"reader": "tfrecord"}) == TFRECORD_NOT_INSTALLED
+    assert can_run_without("tfrecord", {"reader": "file"}) == "None"
+
+
+def test_every_dali_extra_brings_what_the_tfrecord_reader_needs() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    for name in ("dali", "dali-cuda110"):
+        assert any(req.startswith("tfrecord") for req in extras[name]), name
 
 
 @needs_dali

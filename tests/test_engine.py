@@ -169,10 +169,18 @@ def test_clip_grad_norm_scales_the_update() -> None:
     assert weight.grad is None
 
 
-def test_fp16_on_cpu_is_skipped_with_its_reason(photos: Path) -> None:
-    reason = capability.blocker(small_cell(photos, precision="fp16"), get_manager(), CPU)
-    assert reason == "fp16 on CPU: refused, torch autocast fp16 runs ~30x slower than fp32 on CPUs"
-    assert capability.blocker(small_cell(photos, precision="bf16"), get_manager(), CPU) is None
+def test_precisions_the_cpu_only_emulates_are_skipped_unless_allowed(photos: Path) -> None:
+    amx = DeviceInfo("cpu", "Xeon with AMX", bf16_native=True, isa="AVX512")
+    avx2 = DeviceInfo("cpu", "AMD EPYC 7B13", bf16_native=False, isa="AVX2")
+    fp16, bf16 = small_cell(photos, precision="fp16"), small_cell(photos, precision="bf16")
+    reason = capability.blocker(fp16, get_manager(), amx)
+    assert reason.startswith("fp16 on Xeon with AMX is emulated: no AMX-FP16 (torch CPU capability AVX512)")
+    assert capability.blocker(bf16, get_manager(), amx) is None
+    reason = capability.blocker(bf16, get_manager(), avx2)
+    assert reason.startswith("bf16 on AMD EPYC 7B13 is emulated: no AVX512-BF16 or AMX-BF16 "
+                             "(torch CPU capability AVX2)")
+    assert "10-50x slower than fp32" in reason and "--allow-emulated" in reason
+    assert capability.blocker(replace(bf16, allow_emulated=True), get_manager(), avx2) is None
 
 
 class NanModels:
@@ -213,4 +221,5 @@ def test_few_optimizer_steps_warn_and_are_recorded(photos: Path, tmp_path: Path)
     summary = CellStore(tmp_path, cell.id).result()["summary"]
     assert summary["nominal_optimizer_steps_per_epoch"] == pytest.approx(64 / (16 * 16))
     assert summary["optimizer_steps_per_epoch"] == 1
-    assert "only 0.2 optimizer steps per epoch" in summary["warnings"][0]
+    assert summary["warnings"][0]["code"] == "few-steps"
+    assert "only 0.2 optimizer steps per epoch" in summary["warnings"][0]["message"]

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -30,6 +31,7 @@ from harness.datasets import DataError, discover
 from harness.prepare import (
     FLOWERS_URL,
     MANIFEST,
+    MARKER,
     ChecksumError,
     Options,
     Result,
@@ -196,7 +198,8 @@ def test_tgz_of_the_real_photos_gives_the_same_split(full: Result, photos: Path,
     assert m["duplicates"]["groups"] == full.manifest["duplicates"]["groups"]
     assert m["placement"] == {"move": 3670} and m["source"]["root"] == "flower_photos"
     assert m["source"]["archive_sha256"] == sha(archive.read_bytes())
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["LICENSE.txt", MANIFEST, "train", "validation"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "LICENSE.txt", MANIFEST, "train",
+                                                                    "validation"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["flower_photos.tgz", "out"]
     archive.unlink()  # 232 MB
     shutil.rmtree(tmp_path / "out")
@@ -209,7 +212,7 @@ def test_killed_prepare_is_detected_and_redone(photos: Path, tmp_path: Path) -> 
                              "--source", str(photos), "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     tmp = tmp_path / f"out.tmp-{proc.pid}"
     deadline = time.monotonic() + 60
-    while not tmp.is_dir() and proc.poll() is None and time.monotonic() < deadline:
+    while not (tmp / MARKER).is_file() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=30)
@@ -223,16 +226,21 @@ def test_killed_prepare_is_detected_and_redone(photos: Path, tmp_path: Path) -> 
 # --- small folders of real photos ----------------------------------------------------------------------------
 
 def test_stale_leftovers_are_removed_and_live_ones_refused(photos: Path, tmp_path: Path) -> None:
+    """Marked leftovers only (tests/test_faults.py: unmarked folders of those names are never removed)."""
     src = link_photos(photos, tmp_path / "src", 5)
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is free: a leftover of a prepare that died
+    mark = {"tool": "harness data prepare", "pid": dead.pid, "host": socket.gethostname()}
     (tmp_path / f"out.tmp-{dead.pid}" / "train").mkdir(parents=True)
     (tmp_path / f"out.old-{dead.pid}").mkdir()
+    for name in (f"out.tmp-{dead.pid}", f"out.old-{dead.pid}"):
+        (tmp_path / name / MARKER).write_text(json.dumps(mark))
     prepare(tmp_path / "out", Options(source=str(src)), **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
     alive = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / f"out2.tmp-{alive.pid}").mkdir()
+        (tmp_path / f"out2.tmp-{alive.pid}" / MARKER).write_text(json.dumps({**mark, "pid": alive.pid}))
         with pytest.raises(DataError, match=f"another prepare \\(pid {alive.pid}\\)"):
             prepare(tmp_path / "out2", Options(source=str(src)), **QUIET)
     finally:
@@ -578,5 +586,5 @@ def test_cli_prints_counts_and_errors_name_the_path(photos: Path, tmp_path: Path
     assert command(args) == 0 and "up to date, verified" in capsys.readouterr().out
     (src / "dandelion").mkdir()
     args = parser.parse_args(["flowers", "--out", str(tmp_path / "out2"), "--source", str(src), "--quiet"])
-    assert command(args) == 1
+    assert command(args) == 2  # bad input
     assert f"{src / 'dandelion'}: empty class folder" in capsys.readouterr().err

@@ -15,11 +15,13 @@ import pandas as pd
 import pytest
 from report_fixtures import TRAIN_IMAGES, make_cell, make_env, make_epochs, t4_p40_results, write_cell
 
+from harness.devices import match_device
 from harness.report import ReportError, console_table, write_report
 from harness.report.compare_devices import compare
 from harness.report.load import load_results
-from harness.report.mfu import match_device, mfu, peak_flops
+from harness.report.mfu import mfu, peak_flops
 from harness.report.summary import SUMMARY_COLUMNS, derived_warnings, device_short, summarize
+from harness.store import ResultWarning
 
 REPO = Path(__file__).resolve().parents[1]
 FP16 = ("flowers", "vit_tiny_patch16_224", "torchvision", "torch", "fp16")
@@ -71,7 +73,8 @@ def test_summary_golden_values(two_machines: tuple[Path, Path]) -> None:
     assert p40["throughput_img_s"] == pytest.approx(100.0)
     assert p40["epoch_time_s"] == pytest.approx(40.0)
     assert math.isnan(p40["time_to_acc_s"])  # best 59 %: never reached 60 %
-    assert "fp16 on Tesla P40 (compute capability 6.1) without fast fp16" in p40["warnings"]
+    assert "fp16 on Tesla P40 (sm_61) has no fast fp16 arithmetic" in p40["warnings"]
+    assert p40["precision_support"] == "emulated" and t4["precision_support"] == "native"
     fp32 = _row(summary, "fp32", "Tesla T4")
     # Per-epoch throughputs 2936/48 and 2936/49: mean +- t(0.975, 1) * sd / sqrt(2).
     per_epoch = pd.Series([TRAIN_IMAGES / 48, TRAIN_IMAGES / 49])
@@ -111,7 +114,8 @@ def test_precision_warnings_follow_the_hardware(tmp_path: Path) -> None:
     write_cell(tmp_path / "h100", make_cell("bf16"), make_env("NVIDIA H100 80GB HBM3"), epochs)
     summary = summarize(load_results([tmp_path]))
     t4 = _row(summary, "bf16", "Tesla T4")
-    assert t4["warnings"] == "bf16 on Tesla T4 (compute capability 7.5) without native bf16"
+    assert t4["warnings"].startswith("bf16 on Tesla T4 (sm_75) is emulated: native bf16 needs compute capability 8.0+")
+    assert t4["precision_support"] == "emulated"
     assert t4["mfu"] == pytest.approx(200 * 3.8e9 / 8.1e12)  # the fp32 rate is the ceiling
     h100 = _row(summary, "bf16", "NVIDIA H100 80GB HBM3")
     assert h100["warnings"] == ""
@@ -134,7 +138,8 @@ def test_pivot_values_and_ratios(two_machines: tuple[Path, Path]) -> None:
     assert table.loc[FP32, ("T4 / P40", "throughput_img_s")] == pytest.approx(fp32_ratio)
     assert table.loc[BF16, ("P40", "status")] == "skipped"
     assert pd.isna(table.loc[BF16, ("T4", "status")])
-    assert list(table[("check", "flags")]) == ["", "", ""]  # same environment and cell spec everywhere
+    # same environment and cell spec everywhere; P40 fp16 (no fast fp16) is flagged, never silently compared
+    assert list(table[("check", "flags")]) == ["", "EMULATED precision on P40", ""]
     flat = comparison.flat()
     assert {"T4 throughput_img_s", "T4 / P40 throughput_img_s", "flags"} <= set(flat.columns)
     reversed_ = compare(summarize(load_results(two_machines)), baseline="T4").table
@@ -309,29 +314,40 @@ def test_newer_schema_version_is_refused_naming_the_file(two_machines: tuple[Pat
         load_results(two_machines)
 
 
-def test_corrupt_files_are_named(two_machines: tuple[Path, Path]) -> None:
+def test_corrupt_files_are_named_and_everything_readable_is_kept(two_machines: tuple[Path, Path]) -> None:
     result, epochs = _cell_files(two_machines[0])
+    run = str(result.parent)
     original = result.read_text()
     result.write_text(original[:40])
-    with pytest.raises(ReportError, match=re.escape(f"{result}: not valid JSON")):
-        load_results(two_machines)
+    with pytest.warns(ResultWarning, match=re.escape(f"{result}: unreadable")):
+        summary = summarize(load_results(two_machines))
+    row = _row(summary, "fp16", "Tesla T4")
+    assert row["status"] == "incomplete" and "result.json unreadable" in row["reason"]
+    assert row["epochs"] == 4  # its epoch rows are all kept
     result.write_text(json.dumps({**json.loads(original), "status": "exploded"}))
-    with pytest.raises(ReportError, match=re.escape(f"{result}: field 'status' must be one of ok, skipped, failed")):
-        load_results(two_machines)
+    bad_status = f"{result}: field 'status' must be one of ok, skipped, failed, interrupted, got 'exploded'"
+    with pytest.warns(ResultWarning, match=re.escape(bad_status)):
+        row = _row(summarize(load_results(two_machines)), "fp16", "Tesla T4")
+    assert row["status"] == "incomplete" and "got 'exploded'" in row["reason"] and "got 'exploded'" in row["warnings"]
     result.write_text(original)
     lines = epochs.read_text().splitlines()
     epochs.write_text("\n".join([lines[0], lines[1][:30], *lines[2:]]) + "\n")
-    with pytest.raises(ReportError, match=re.escape(f"{epochs}:2: not valid JSON")):
-        load_results(two_machines)
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:2: not valid JSON")):
+        loaded = load_results(two_machines)
+    assert loaded.epochs[loaded.epochs.run == run].epoch.tolist() == [1, 3, 4]  # rows after the bad one are kept
+    assert f"{epochs}:2: not valid JSON" in _row(summarize(loaded), "fp16", "Tesla T4")["warnings"]
     record = json.loads(lines[2])
     del record["val_acc"]
     epochs.write_text("\n".join([lines[0], lines[1], json.dumps(record), lines[3]]) + "\n")
-    with pytest.raises(ReportError, match=re.escape(f"{epochs}:3: missing field(s) 'val_acc'")):
-        load_results(two_machines)
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:3: missing field(s) 'val_acc'")):
+        loaded = load_results(two_machines)
+    kept = loaded.epochs[loaded.epochs.run == run]
+    assert kept.epoch.tolist() == [1, 2, 3, 4] and math.isnan(kept.val_acc.iloc[2])
     record = {**json.loads(lines[2]), "epoch_time_s": "fast"}
     epochs.write_text("\n".join([lines[0], lines[1], json.dumps(record), lines[3]]) + "\n")
-    with pytest.raises(ReportError, match=re.escape(f"{epochs}:3: field 'epoch_time_s' must be a number, got 'fast'")):
-        load_results(two_machines)
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:3: field 'epoch_time_s' must be a number, got 'fast'")):
+        loaded = load_results(two_machines)
+    assert len(loaded.epochs[loaded.epochs.run == run]) == 4
 
 
 def test_torn_last_line_and_missing_result_json(two_machines: tuple[Path, Path]) -> None:
@@ -339,7 +355,8 @@ def test_torn_last_line_and_missing_result_json(two_machines: tuple[Path, Path])
     lines = epochs.read_text().splitlines()
     epochs.write_text("\n".join([*lines[:3], lines[3][:25]]))  # killed while writing epoch 4
     result.unlink()  # ... so there is no result.json either
-    summary = summarize(load_results(two_machines))
+    with pytest.warns(ResultWarning, match=re.escape(f"{epochs}:4: torn last line")):
+        summary = summarize(load_results(two_machines))
     row = _row(summary, "fp16", "Tesla T4")
     assert row["status"] == "incomplete"
     assert row["epochs"] == 3
@@ -374,10 +391,15 @@ def test_cli_subprocess(two_machines: tuple[Path, Path], tmp_path: Path) -> None
     assert "5 cell run(s)" in done.stdout
     assert (out / "summary.md").exists() and not (out / "report.html").exists()
     result, _ = _cell_files(two_machines[1])
-    result.write_text("{")
+    original = result.read_text()
+    result.write_text("{")  # unreadable: the cell is reported incomplete, with a warning naming the file
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"harness: warning: {result}: unreadable" in done.stderr and "Traceback" not in done.stderr
+    result.write_text(original.replace('"schema_version": 1', '"schema_version": 7'))  # newer: refused
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2
-    assert f"harness report: error: {result}: not valid JSON" in done.stderr
+    assert f"harness report: error: {result}: schema_version 7 is newer than this harness reads" in done.stderr
 
 
 def test_device_table_matches_torch_names() -> None:

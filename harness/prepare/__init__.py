@@ -5,10 +5,18 @@ checksums, duplicates), :mod:`.build` (split, placement, manifest, atomic rename
 :mod:`.tfrecord` (shards and index files), :mod:`.cli` (``configure``/``command``).
 """
 
-from harness.prepare.build import DATASETS, MANIFEST, Options, Result, load_manifest, prepare
+from harness.prepare.build import DATASETS, MANIFEST, MARKER, Options, Result, load_manifest, prepare
 from harness.prepare.cli import command, configure
 from harness.prepare.scan import ChecksumError
-from harness.prepare.sources import FLOWERS_URL, ArchiveError, DownloadError, cache_dir, download, extract_archive
+from harness.prepare.sources import (
+    FLOWERS_URL,
+    ArchiveError,
+    DownloadError,
+    Limits,
+    cache_dir,
+    download,
+    extract_archive,
+)
 from harness.prepare.tfrecord import FEATURES, read_tfrecords, tfrecord_files, write_tfrecords
 
 __all__ = [
@@ -16,9 +24,11 @@ __all__ = [
     "FEATURES",
     "FLOWERS_URL",
     "MANIFEST",
+    "MARKER",
     "ArchiveError",
     "ChecksumError",
     "DownloadError",
+    "Limits",
     "Options",
     "Result",
     "cache_dir",

@@ -5,6 +5,11 @@ absent, a complete earlier result, or the complete new one; leftovers of a kille
 removed by the next. A complete ``OUT`` built from the same source with the same options is
 verified (every file present with its size) and left alone.
 
+Prepare deletes only what it wrote: every folder it builds carries :data:`MARKER` (pid, host,
+time), and only marked ``OUT.tmp-*``/``OUT.old-*`` folders of dead processes are removed. An
+``OUT`` to rebuild that holds a file prepare did not write (not in its manifest) is refused,
+naming the file; with ``force`` it is renamed ``OUT.old-<timestamp>`` (unmarked, so kept) instead.
+
 The split is the loaders' (:func:`harness.datasets.split_class` over the files
 :func:`harness.datasets.class_folders` lists), applied to the usable photos: bad files and
 dropped duplicates are left out first. For a source without bad files, every photo lands in
@@ -13,6 +18,7 @@ the split that a loader reading the raw folders puts it in.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -20,6 +26,8 @@ import importlib.util
 import json
 import os
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from glob import escape
 from importlib import metadata
@@ -39,6 +47,7 @@ from harness.prepare.scan import (
 from harness.prepare.sources import (
     FLOWERS_URL,
     ArchiveError,
+    Limits,
     Source,
     cached_download_path,
     download,
@@ -50,6 +59,8 @@ from harness.prepare.sources import (
 from harness.prepare.tfrecord import MAX_SHARD_BYTES, write_tfrecords
 
 MANIFEST = "manifest.json"
+#: Written first into every folder prepare builds: only marked leftovers are ever removed.
+MARKER = ".harness-prepare"
 SCHEMA_VERSION = 1
 DATASETS = {"flowers": FLOWERS_URL}  # dataset -> default source
 SPLIT_RULE = ("per class, over the usable photos (excluded and dropped files left out): sorted paths, "
@@ -78,10 +89,16 @@ class Result:
     status: str  # "prepared" or "up-to-date"
     manifest: dict[str, Any]
     reason: str | None = None  # why it was built (None for a fresh directory)
+    kept: Path | None = None  # where a replaced output holding files prepare did not write was moved (force)
 
 
-def prepare(out: Path | str, options: Options = Options(), progress: bool = True) -> Result:
-    """Prepare ``options.dataset`` into ``out`` (see the module docstring); idempotent."""
+def prepare(out: Path | str, options: Options = Options(), progress: bool = True, force: bool = False,
+            limits: Limits | None = None) -> Result:
+    """Prepare ``options.dataset`` into ``out`` (see the module docstring); idempotent.
+
+    ``force``: replace an ``out`` holding files prepare did not write (kept aside, never deleted).
+    ``limits``: the most an archive source may extract to.
+    """
     if options.dataset not in DATASETS:
         raise DataError(f"unknown dataset {options.dataset!r}; known: {', '.join(sorted(DATASETS))}")
     if options.scale < 1:
@@ -99,25 +116,39 @@ def prepare(out: Path | str, options: Options = Options(), progress: bool = True
         reason = stale_reason(out, existing, options, fingerprint)
         if reason is None:
             return Result(out, "up-to-date", existing)
-    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: exists and is not a prepared directory (no {MANIFEST}); choose another --out")
+    blocking = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise DataError(f"{out}: {blocking} is a file, not a folder; choose another --out")
+    foreign = _foreign_file(out, existing)
+    if foreign is not None and not force:
+        if foreign == out:
+            raise DataError(f"{out}: exists and is not a folder; choose another --out, or pass --force to build "
+                            "anyway (it is kept as OUT.old-TIME)")
+        if existing is None:
+            raise DataError(f"{out}: exists and is not a prepared directory (no {MANIFEST}; it holds {foreign}); "
+                            "choose another --out, or pass --force to build anyway (it is kept as OUT.old-TIME)")
+        raise DataError(f"{out}: must be rebuilt ({reason}) but holds {foreign}, which harness data prepare did not "
+                        "write; move it away, or pass --force (the old output is then kept as OUT.old-TIME)")
     if source.kind == "url":
         source = dataclasses.replace(source, path=download(source.location, cached_download_path(source.location),
                                                            progress=progress))
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     tmp.mkdir(parents=True)
+    kept = None
     try:
-        manifest = build(tmp, source, options, fingerprint, progress)
-        swap(tmp, out)
+        _mark(tmp)
+        manifest = build(tmp, source, options, fingerprint, progress, limits)
+        kept = swap(tmp, out, keep=foreign is not None)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, ChecksumError | ArchiveError) and source.kind == "url" and source.path:
             source.path.unlink(missing_ok=True)  # a bad download must not be reused
         raise
-    return Result(out, "prepared", manifest, reason)
+    return Result(out, "prepared", manifest, reason, kept)
 
 
-def build(tmp: Path, source: Source, options: Options, fingerprint: dict, progress: bool) -> dict[str, Any]:
+def build(tmp: Path, source: Source, options: Options, fingerprint: dict, progress: bool,
+          limits: Limits | None = None) -> dict[str, Any]:
     """Fill the empty folder ``tmp`` and return its manifest (also written as ``tmp/manifest.json``)."""
     assert source.path is not None
     staging = None
@@ -125,7 +156,7 @@ def build(tmp: Path, source: Source, options: Options, fingerprint: dict, progre
         root, mode = find_root(source.path), "copy" if options.copy else "link"
     else:
         staging = tmp / ".source"
-        extract_archive(source.path, staging)
+        extract_archive(source.path, staging, limits or Limits())
         root, mode = find_root(staging), "move"
     found = scan(root, progress)
     verified = _verify(found, source, options)
@@ -267,26 +298,87 @@ def source_fingerprint(source: Source) -> dict[str, Any]:
 
 
 def clean_stale(out: Path) -> None:
-    """Remove ``OUT.tmp-<pid>``/``OUT.old-<pid>`` left by a prepare that died; refuse if it still runs."""
+    """Remove ``OUT.tmp-*``/``OUT.old-*`` folders a prepare that died left behind; refuse if it still runs.
+
+    Only folders carrying prepare's :data:`MARKER` are removed (and an empty ``OUT.tmp-<pid>``, a
+    prepare killed right after creating it); anything else of that name is not prepare's and stays.
+    """
     if not out.parent.is_dir():
         return
     for pattern in (".tmp-*", ".old-*"):
         for leftover in out.parent.glob(escape(out.name) + pattern):
-            pid = leftover.name.rsplit("-", 1)[1]
-            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-                raise DataError(f"{leftover}: another prepare (pid {pid}) is writing here; wait for it to finish")
-            shutil.rmtree(leftover) if leftover.is_dir() and not leftover.is_symlink() else leftover.unlink()
+            if leftover.is_symlink() or not leftover.is_dir():
+                continue
+            mark = _read_mark(leftover)
+            if mark is None:
+                suffix = leftover.name.rsplit("-", 1)[1]
+                if pattern == ".tmp-*" and suffix.isdigit() and not _alive(int(suffix)):
+                    with contextlib.suppress(OSError):
+                        leftover.rmdir()  # only when empty
+                continue
+            pid = mark.get("pid")
+            here = mark.get("host") == socket.gethostname()
+            if isinstance(pid, int) and pid != os.getpid() and (not here or _alive(pid)):
+                where = "" if here else f" on {mark.get('host')}"
+                raise DataError(f"{leftover}: another prepare (pid {pid}{where}) is writing here; wait for it to "
+                                "finish")
+            shutil.rmtree(leftover)
 
 
-def swap(tmp: Path, out: Path) -> None:
-    """Rename the finished ``tmp`` to ``out``, replacing an earlier ``out``."""
-    if not out.exists():
+def swap(tmp: Path, out: Path, keep: bool = False) -> Path | None:
+    """Rename the finished ``tmp`` to ``out``, replacing an earlier ``out``.
+
+    The earlier ``out`` is removed, or with ``keep`` renamed ``OUT.old-<timestamp>`` without the
+    marker (so never removed); returns that path.
+    """
+    if not out.exists() and not out.is_symlink():
         tmp.rename(out)
-        return
+        return None
+    if keep:
+        kept = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+        if out.is_dir() and not out.is_symlink():
+            (out / MARKER).unlink(missing_ok=True)
+        out.rename(kept)
+        tmp.rename(out)
+        return kept
     old = out.with_name(f"{out.name}.old-{os.getpid()}")
     out.rename(old)
     tmp.rename(out)
     shutil.rmtree(old)
+    return None
+
+
+def _mark(folder: Path) -> None:
+    (folder / MARKER).write_text(json.dumps({"tool": "harness data prepare", "pid": os.getpid(),
+                                             "host": socket.gethostname(), "created_at": _now()}) + "\n")
+
+
+def _read_mark(folder: Path) -> dict[str, Any] | None:
+    try:
+        mark = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return mark if isinstance(mark, dict) and mark.get("tool") == "harness data prepare" else None
+
+
+def written_files(manifest: dict[str, Any]) -> set[str]:
+    """Every file (relative, ``/``-separated) a prepare with this manifest wrote into its output."""
+    files = set(manifest.get("files", {})) | {MANIFEST, MARKER}
+    files |= set((manifest.get("source") or {}).get("extra_files") or [])
+    for shard in _shards(manifest):
+        files |= {shard["file"], shard.get("index") or shard["file"] + ".idx"}
+    return files
+
+
+def _foreign_file(out: Path, manifest: dict[str, Any] | None) -> Path | None:
+    """A file in ``out`` that prepare did not write (None when there is none, or no ``out``)."""
+    if not out.is_dir() or out.is_symlink():
+        return out if out.exists() or out.is_symlink() else None
+    written = written_files(manifest) if manifest is not None else set()
+    for path in sorted(out.rglob("*")):
+        if (path.is_symlink() or not path.is_dir()) and path.relative_to(out).as_posix() not in written:
+            return path
+    return None
 
 
 def _check_apart(out: Path, source: Source) -> None:
@@ -361,6 +453,10 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _version() -> str | None:

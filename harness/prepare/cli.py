@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.datasets import SPLITS, DataError
 from harness.prepare.build import DATASETS, Options, Result, prepare
-from harness.prepare.sources import DownloadError
+from harness.prepare.sources import DownloadError, Limits
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -27,19 +27,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="accept photos that differ from the shipped checksum list")
     parser.add_argument("--shard-mb", type=int, default=64, help="largest TFRecord shard in MiB (default 64)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild an --out holding files prepare did not write (the old one is kept, OUT.old-TIME)")
+    parser.add_argument("--max-extract-mb", type=int, default=Limits.max_bytes >> 20,
+                        help=f"refuse an archive extracting to more MiB (default {Limits.max_bytes >> 20})")
+    parser.add_argument("--max-members", type=int, default=Limits.max_members,
+                        help=f"refuse an archive with more members (default {Limits.max_members})")
 
 
 def command(args: argparse.Namespace) -> int:
-    """Run ``prepare``; print a summary (exit 0) or the error naming the path (exit 1)."""
+    """Run ``prepare``; print a summary (exit 0), or the error naming the path: exit 2 for bad input
+    (source, archive, options, --out), 1 for a failed download or an I/O error."""
+    for flag, value in (("--shard-mb", args.shard_mb), ("--max-extract-mb", args.max_extract_mb),
+                        ("--max-members", args.max_members)):
+        if value < 1:
+            print(f"harness data prepare: error: {flag} {value}: expected a positive integer", file=sys.stderr)
+            return 2
     options = Options(dataset=args.dataset, source=args.source, seed=args.seed, scale=args.scale, copy=args.copy,
                       tfrecord=args.tfrecord, strict=args.strict, drop_duplicates=args.drop_duplicates,
                       verify=args.verify, max_shard_bytes=args.shard_mb << 20)
+    limits = Limits(max_bytes=args.max_extract_mb << 20, max_members=args.max_members)
     try:
-        result = prepare(args.out, options, progress=not args.quiet)
-    except (DataError, DownloadError) as e:
+        result = prepare(args.out, options, progress=not args.quiet, force=args.force, limits=limits)
+    except DataError as e:
+        print(f"harness data prepare: error: {e}", file=sys.stderr)
+        return 2
+    except (DownloadError, OSError) as e:
         print(f"harness data prepare: error: {e}", file=sys.stderr)
         return 1
     print(summary(result))
+    if result.kept:
+        print(f"  the previous {result.out.name} held files prepare did not write: kept as {result.kept}")
     return 0
 
 

@@ -2,8 +2,12 @@
 
 A source is a URL (downloaded once into :func:`cache_dir`), a local ``.tgz``/``.tar``/``.zip``
 archive, or a folder of class folders. Archives are checked member by member before anything
-is written: absolute names, ``..`` components, device files and links that leave the target
-are refused with an error naming the member.
+is written, whatever the Python version: absolute names, ``..`` components, device files, and
+names or links whose real destination (following the archive's own links, chains included)
+leaves the target are refused with an error naming the member and the rule; so are archives
+over :class:`Limits` (total bytes, member count). Where tarfile has extraction filters the
+``data`` filter is applied as well. Links between photos inside the archive are kept as
+separate files.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import lzma
 import os
 import posixpath
 import re
+import shutil
 import tarfile
 import urllib.error
 import urllib.parse
@@ -39,6 +44,14 @@ class DownloadError(OSError):
 
 class ArchiveError(DataError):
     """An archive cannot be read to the end (truncated or corrupt)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most an archive may extract to (the flowers archive: ~230 MB in ~3,700 members)."""
+
+    max_bytes: int = 4 << 30
+    max_members: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -159,33 +172,53 @@ def _total_size(resp: http.client.HTTPResponse, offset: int) -> int | None:
     return offset + int(length) if length is not None else None
 
 
-def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract ``archive`` into ``dest`` after checking every member; refuse unsafe ones."""
+def extract_archive(archive: Path, dest: Path, limits: Limits = Limits()) -> None:
+    """Extract ``archive`` into ``dest`` after checking every member; refuse unsafe ones (see the module)."""
     try:
-        _extract(archive, dest)
+        _extract(archive, dest, limits)
+    except tarfile.FilterError as e:  # the data filter found what the checks here let through
+        member = e.tarinfo.name if e.tarinfo is not None else "?"
+        raise DataError(f"{archive}: refusing member {member!r}: {e}") from None
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, OSError) as e:
         if isinstance(e, OSError) and e.errno is not None:  # a real I/O error (disk full, ...), not the archive
             raise
         raise ArchiveError(f"{archive}: damaged archive ({type(e).__name__}: {e})") from e
+    _materialize_links(archive, dest)
 
 
-def _extract(archive: Path, dest: Path) -> None:
+def _extract(archive: Path, dest: Path, limits: Limits) -> None:
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
+            infos = zf.infolist()
+            total = 0
+            for n, info in enumerate(infos, 1):
                 _safe_name(info.filename, archive)
+                total += info.file_size  # zipfile never writes more than a member declares
+                _check_limits(archive, info.filename, n, total, limits)
             zf.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            members = tf.getmembers()
-            for m in members:
-                _check_tar_member(m, archive)
+            members, links, total = [], {}, 0
+            for m in tf:  # headers only; stops at the first member over a limit
+                members.append(m)
+                total += m.size if m.isfile() else 0
+                _check_limits(archive, m.name, len(members), total, limits)
+                _check_tar_member(m, archive, links)
             if hasattr(tarfile, "data_filter"):
                 tf.extractall(dest, members=members, filter="data")
             else:  # Python without extraction filters: the checks above are the guard
                 tf.extractall(dest, members=members)
     else:
         raise DataError(f"{archive}: not a readable tar or zip archive")
+
+
+def _check_limits(archive: Path, name: str, members: int, total: int, limits: Limits) -> None:
+    if members > limits.max_members:
+        raise DataError(f"{archive}: refusing member {name!r}: more than {limits.max_members} members "
+                        "(raise the limit with --max-members)")
+    if total > limits.max_bytes:
+        raise DataError(f"{archive}: refusing member {name!r}: the archive would extract to more than "
+                        f"{limits.max_bytes >> 20} MiB (raise the limit with --max-extract-mb)")
 
 
 def _safe_name(name: str, archive: Path) -> str:
@@ -204,17 +237,88 @@ def _unsafe(name: str) -> str | None:
     return None
 
 
-def _check_tar_member(m: tarfile.TarInfo, archive: Path) -> None:
+#: More link hops than this while resolving one name: a loop (the kernel's limit is 40).
+MAX_LINK_HOPS = 40
+
+
+def _resolve(name: str, links: dict[str, str]) -> list[str] | None:
+    """Where ``name`` really lands under the target, following the archive's symlinks seen so far.
+
+    ``links`` maps each symlink's real location (components joined by ``/``) to its target.
+    Returns the real location's components, or None when it leaves the target (or loops).
+    """
+    pending = list(reversed(name.split("/")))
+    parts: list[str] = []
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                return None
+            parts.pop()
+            continue
+        here = "/".join([*parts, part])
+        if here in links:
+            hops += 1
+            target = links[here]
+            if hops > MAX_LINK_HOPS or target.startswith("/") or PureWindowsPath(target).is_absolute():
+                return None
+            pending.extend(reversed(target.split("/")))
+            continue
+        parts.append(part)
+    return parts
+
+
+def _check_tar_member(m: tarfile.TarInfo, archive: Path, links: dict[str, str]) -> None:
+    """Refuse a member whose real destination, or whose link's real target, leaves the target folder.
+
+    ``links`` (the symlinks of earlier members, by real location) is updated with ``m``.
+    """
     name = _safe_name(m.name, archive)
-    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
-        raise DataError(f"{archive}: refusing member {m.name!r}: device, fifo or other special file")
-    if m.issym():  # relative to the link's folder
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), m.linkname))
-        escapes = posixpath.isabs(m.linkname) or resolved == ".." or resolved.startswith("../")
-    else:  # hard links name another member, relative to the archive root
-        escapes = m.islnk() and _unsafe(m.linkname) is not None
-    if escapes:
+    if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) or m.issparse():
+        raise DataError(f"{archive}: refusing member {m.name!r}: device, fifo, sparse or other special file")
+    parent = _resolve(posixpath.dirname(name), links)
+    where = None if parent is None else "/".join([*parent, posixpath.basename(name)]).strip("/")
+    if parent is None or (not m.issym() and _resolve(name, links) is None):
+        raise DataError(f"{archive}: refusing member {m.name!r}: its path runs through a link that leaves the "
+                        "target folder")
+    if m.issym():  # relative to the link's (real) folder
+        target = m.linkname.replace("\\", "/")
+        if target.startswith("/") or PureWindowsPath(target).is_absolute() or \
+                _resolve("/".join([*parent, target]), links) is None:
+            raise DataError(f"{archive}: refusing member {m.name!r}: link to {m.linkname!r} leaves the target folder")
+        links[where] = target  # tarfile removes whatever was at this place first
+    elif m.islnk() and (_unsafe(m.linkname) is not None or _resolve(m.linkname, links) is None):
+        # hard links name another member, relative to the archive root
         raise DataError(f"{archive}: refusing member {m.name!r}: link to {m.linkname!r} leaves the target folder")
+    # A file or folder member at a link's place goes through the link (tarfile opens or makes it there).
+
+
+def _materialize_links(archive: Path, dest: Path) -> None:
+    """Turn the archive's symlinks to photos into files of their own (a hard link, else a copy).
+
+    Photos are moved out of the extraction folder one by one; a moved relative link would dangle.
+    A link to a folder is refused: it would repeat a class under another name.
+    """
+    root = dest.resolve()
+    for path in sorted(dest.rglob("*")):
+        if not path.is_symlink():
+            continue
+        target = path.resolve()
+        rel = path.relative_to(dest).as_posix()
+        if root not in target.parents:
+            raise DataError(f"{archive}: refusing member {rel!r}: link leaves the target folder")
+        if target.is_dir():
+            raise DataError(f"{archive}: refusing member {rel!r}: link to a folder ({os.readlink(path)!r}); "
+                            "put the photos in the archive itself")
+        path.unlink()
+        if target.exists():
+            try:
+                os.link(target, path)
+            except OSError:
+                shutil.copyfile(target, path)
 
 
 def find_root(top: Path) -> Path:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.report.compare_devices import compare
 from harness.report.load import ReportError, load_results
-from harness.report.render import Report, published_references, to_markdown
+from harness.report.render import Report, labelled_precision, published_references, to_markdown
 from harness.report.summary import SUMMARY_COLUMNS, summarize
 
 __all__ = ["FORMATS", "ReportError", "command", "configure", "console_table", "write_report"]
@@ -98,6 +98,7 @@ CONSOLE_COLUMNS = [
 def console_table(summary: pd.DataFrame, width: int = 60) -> str:
     """The summary's key columns as a plain-text table for the terminal."""
     table = summary[CONSOLE_COLUMNS].copy()
+    table["precision"] = labelled_precision(summary)
     table["reason"] = table["reason"].fillna("").str.slice(0, width)
     table["best_val_acc"] = (100 * table["best_val_acc"]).round(2)
     table = table.rename(columns={"best_val_acc": "best_val_acc_%"}).astype(object)
@@ -119,8 +120,11 @@ def command(args: argparse.Namespace) -> int:
     """Run ``harness report``; exit code 2 on bad input (the message names the file)."""
     try:
         summary = write_report(args.dirs, args.out, args.format.split(","), args.target_acc, args.by, args.baseline)
-    except ReportError as exc:
+    except (ReportError, OSError) as exc:
         print(f"harness report: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # input nothing foresaw: still a one-line error, never a traceback
+        print(f"harness report: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(f"harness report: {len(summary)} cell run(s) -> {args.out}")
     return 0

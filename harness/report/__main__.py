@@ -6,12 +6,14 @@ import argparse
 import sys
 
 from harness.report import command, configure
+from harness.store import show_warnings_briefly
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and write the report."""
     parser = argparse.ArgumentParser(prog="harness report", description=__doc__)
     configure(parser)
+    show_warnings_briefly()
     return command(parser.parse_args(argv))
 
 

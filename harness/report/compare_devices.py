@@ -92,6 +92,9 @@ def _flags(picked: pd.DataFrame, column: str, notes: Mapping[tuple, str]) -> dic
         found = _differences("env", envs, ENV_KEYS) + _differences("spec", specs, SPEC_KEYS)
         if key in notes:
             found.append(notes[key])
+        emulated = [g for g, level in zip(runs[column], runs["precision_support"], strict=True) if level == "emulated"]
+        if emulated:
+            found.insert(0, f"EMULATED precision on {', '.join(map(str, emulated))}")
         rows[key] = "; ".join(found)
     return rows
 

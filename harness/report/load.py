@@ -1,13 +1,15 @@
 """Read result directories (schema version 1) into pandas DataFrames.
 
-The report depends on the result schema only: it reads directories written on other
-machines by other versions of the harness, ignores fields it does not know, and refuses
-a newer ``schema_version`` with an error that names the file.
+The report depends on the result schema only (:mod:`harness.store`, which reads every
+result file): it reads directories written on other machines by other versions of the
+harness, ignores fields it does not know, and refuses a newer ``schema_version`` with an
+error that names the file. Anything else it cannot read (a corrupt line, a bad field, an
+unreadable ``result.json``) is warned about (:class:`harness.store.ResultWarning`, naming
+the file and line), shown in the cell's warnings, and skipped; the rest is kept.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -16,9 +18,12 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
-CELL_FILES = ("result.json", "epochs.jsonl", "cell.json")
-STATUSES = ("ok", "skipped", "failed", "incomplete")
+from harness import store
+from harness.store import CELL_FILES, INCOMPLETE, SCHEMA_VERSION, SchemaError
+
+STATUSES = store.REPORT_STATUSES
+__all__ = ["CELL_FILES", "SCHEMA_VERSION", "STATUSES", "ReportError", "Results", "find_cell_dirs", "load_results",
+           "read_epochs"]
 
 #: Epoch fields the report needs; anything else in a record is kept if known, ignored if not.
 REQUIRED_EPOCH_FIELDS = ("epoch", "val_acc", "epoch_time_s", "train_time_s", "train_images", "wall_time_s")
@@ -56,101 +61,92 @@ def find_cell_dirs(root: Path) -> list[Path]:
         raise ReportError(f"{root}: no such directory")
     if not root.is_dir():
         raise ReportError(f"{root}: not a directory")
-    found = {p.parent for name in CELL_FILES for p in root.rglob(name)}
-    return sorted(found)
+    return store.find_cell_dirs(root)
 
 
-def _check_version(data: Mapping[str, Any], where: str) -> None:
-    version = data.get("schema_version")
-    if version is None:
-        raise ReportError(f"{where}: missing field 'schema_version'")
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise ReportError(f"{where}: field 'schema_version' must be an integer, got {version!r}")
-    if version > SCHEMA_VERSION:
-        raise ReportError(
-            f"{where}: schema_version {version} is newer than this harness reads ({SCHEMA_VERSION}); "
-            "upgrade harness to report on it"
-        )
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from exc
-    except OSError as exc:
-        raise ReportError(f"{path}: cannot read ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-def _number(value: Any, where: str, name: str) -> float:
+def _number(value: Any, where: str, name: str, problems: list[str] | None = None) -> float:
+    """``value`` as a float; a non-number is warned about (and listed in ``problems``) and read as NaN."""
     if value is None:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ReportError(f"{where}: field {name!r} must be a number, got {value!r}")
+        _problem(problems, f"{where}: field {name!r} must be a number, got {value!r}; read as empty")
+        return math.nan
     return float(value)
 
 
-def read_epochs(path: Path) -> list[dict[str, Any]]:
-    """Epoch records of one ``epochs.jsonl``; a torn last line (a run killed mid-write) is dropped."""
-    lines = [(n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+def _problem(problems: list[str] | None, message: str) -> None:
+    store.warn(message)
+    if problems is not None:
+        problems.append(message)
+
+
+def read_epochs(path: Path, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """Epoch records of one ``epochs.jsonl``.
+
+    A line that is not an epoch record (torn, corrupt, no epoch number) is warned about and
+    skipped; a missing or non-numeric metric is warned about and read as NaN. ``problems``
+    collects the warnings for the cell's row.
+    """
     records = []
-    for i, (n, line) in enumerate(lines):
-        where = f"{path}:{n}"
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if i == len(lines) - 1:
-                break  # torn last line
-            raise ReportError(f"{where}: not valid JSON ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ReportError(f"{where}: expected a JSON object, got {type(data).__name__}")
-        _check_version(data, where)
+    for line in store.read_lines(path):
+        where = f"{path}:{line.number}"
+        if line.record is None:
+            _problem(problems, f"{where}: {line.problem}; line skipped")
+            continue
+        data = line.record
         missing = [f for f in REQUIRED_EPOCH_FIELDS if f not in data]
         if missing:
-            raise ReportError(f"{where}: missing field(s) {', '.join(map(repr, missing))}")
-        record = {f: _number(data.get(f), where, f) for f in EPOCH_FIELDS}
+            _problem(problems, f"{where}: missing field(s) {', '.join(map(repr, missing))}; read as empty")
+        record = {f: _number(data.get(f), where, f, problems) for f in EPOCH_FIELDS}
         record["_cell"] = data.get("cell")
         record["_env"] = data.get("env")
         records.append(record)
     return records
 
 
-def _mapping(data: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = data.get(key)
+def _mapping(data: Mapping[str, Any] | None, key: str, where: str, problems: list[str]) -> dict[str, Any]:
+    value = (data or {}).get(key)
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ReportError(f"{where}: field {key!r} must be an object, got {type(value).__name__}")
+        _problem(problems, f"{where}: field {key!r} must be an object, got {type(value).__name__}; ignored")
+        return {}
     return value
 
 
 def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One cell row and its epoch rows."""
     result_path, epochs_path, spec_path = (cell_dir / name for name in CELL_FILES)
-    epochs = read_epochs(epochs_path) if epochs_path.exists() else []
-    result: dict[str, Any] = {}
-    if result_path.exists():
-        result = _read_json(result_path)
-        _check_version(result, str(result_path))
-    spec: dict[str, Any] = {}
-    if spec_path.exists():
-        spec = _read_json(spec_path)
+    problems: list[str] = []
+    epochs = read_epochs(epochs_path, problems)
+    result, result_problem = store.read_result(result_path)
+    if result_problem:
+        problems.append(f"{result_path}: {result_problem.split(': ', 1)[-1]}")
+    result = result or {}
+    spec = store.read_json(spec_path) or {}
     where = str(result_path if result else epochs_path if epochs else spec_path)
-    cell = _mapping(result, "cell", where) or (epochs[0]["_cell"] if epochs else None) or spec
-    env = _mapping(result, "env", where) or (epochs[0]["_env"] if epochs else None) or {}
-    if not isinstance(cell, dict) or not isinstance(env, dict):
-        raise ReportError(f"{epochs_path}: fields 'cell' and 'env' must be objects")
-    summary = _mapping(result, "summary", where)
-    status = result.get("status", "incomplete") if result else "incomplete"
-    if status not in STATUSES:
-        raise ReportError(f"{where}: field 'status' must be one of {', '.join(STATUSES[:3])}, got {status!r}")
-    reason = result.get("reason") if result else "no result.json: run interrupted or still running"
+    first_cell, first_env = (epochs[0]["_cell"], epochs[0]["_env"]) if epochs else (None, None)
+    cell = _mapping(result, "cell", where, problems) or (first_cell if isinstance(first_cell, dict) else None) or spec
+    env = _mapping(result, "env", where, problems) or (first_env if isinstance(first_env, dict) else None) or {}
+    summary = _mapping(result, "summary", where, problems)
+    if result_problem or not result:
+        status = INCOMPLETE
+        reason = result_problem or "no result.json: run interrupted or still running"
+    else:
+        status, reason = result["status"], result.get("reason")
+    corrupt = store.read_lines(cell_dir / store.CORRUPT_EPOCHS, refuse_newer=False)
+    if corrupt:
+        problems.append(f"{len(corrupt)} unreadable line(s) of epochs.jsonl were set aside in "
+                        f"{cell_dir / store.CORRUPT_EPOCHS}")
     warnings = summary.get("warnings") or []
     if not isinstance(warnings, list):
-        raise ReportError(f"{where}: field 'summary.warnings' must be a list")
+        _problem(problems, f"{where}: field 'summary.warnings' must be a list; ignored")
+        warnings = []
+    try:
+        nproc = int(cell.get("nproc") or 1)
+    except (TypeError, ValueError):
+        _problem(problems, f"{where}: field 'cell.nproc' must be an integer, got {cell.get('nproc')!r}; read as 1")
+        nproc = 1
     row = {
         "run": str(cell_dir),
         "source": str(source),
@@ -160,14 +156,18 @@ def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[
         "loader": cell.get("loader"),
         "backend": cell.get("backend"),
         "precision": cell.get("precision"),
-        "nproc": int(cell.get("nproc") or 1),
+        "nproc": nproc,
         "status": status,
         "reason": reason,
         "started_at": result.get("started_at"),
         "finished_at": result.get("finished_at"),
-        "optimizer_steps_per_epoch_recorded": _number(summary.get("optimizer_steps_per_epoch"), where, "summary"),
-        "train_flops_per_image": _number(summary.get("train_flops_per_image"), where, "summary.train_flops_per_image"),
-        "recorded_warnings": [str(w) for w in warnings],
+        "optimizer_steps_per_epoch_recorded": _number(summary.get("optimizer_steps_per_epoch"), where,
+                                                      "summary.optimizer_steps_per_epoch", problems),
+        "train_flops_per_image": _number(summary.get("train_flops_per_image"), where, "summary.train_flops_per_image",
+                                         problems),
+        "recorded_warnings": [*(str(w.get("message")) if isinstance(w, dict) else str(w) for w in warnings),
+                              *problems],
+        "warning_codes": [str(w.get("code")) for w in warnings if isinstance(w, dict)],
         "cell": cell,
         "env": env,
     }
@@ -180,7 +180,7 @@ def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[
 CELL_COLUMNS = [
     "run", "source", "cell_id", "suite", "model", "loader", "backend", "precision", "nproc", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
-    "recorded_warnings", "cell", "env",
+    "recorded_warnings", "warning_codes", "cell", "env",
 ]  # fmt: skip
 
 
@@ -194,7 +194,12 @@ def load_results(dirs: Iterable[Path | str]) -> Results:
         if not cell_dirs:
             raise ReportError(f"{root}: no results found (no {', '.join(CELL_FILES)} under it)")
         for cell_dir in cell_dirs:
-            row, records = _load_cell(cell_dir, root)
+            try:
+                row, records = _load_cell(cell_dir, root)
+            except SchemaError as exc:
+                raise ReportError(str(exc)) from None
+            except OSError as exc:
+                raise ReportError(f"{exc.filename or cell_dir}: cannot read ({exc.strerror or exc})") from None
             rows.append(row)
             epochs.extend(records)
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS).drop_duplicates("run", ignore_index=True)

@@ -1,4 +1,4 @@
-"""Device facts (peak FLOP/s, memory, bandwidth), FLOPs per training image, and MFU.
+"""Peak FLOP/s from the device facts table (:mod:`harness.devices`), and MFU.
 
 MFU = achieved FLOP/s (training images per second x the training FLOPs per image that the
 engine measured once with ``torch.utils.flop_counter`` and stored in ``result.json``)
@@ -9,32 +9,11 @@ fp32 accumulation run at least on the fp32 units (P40 fp16, bf16 on a T4).
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from functools import cache
-from pathlib import Path
-from typing import Any
+
+from harness.devices import match_device
 
 FACT_FIELDS = ("fp32", "fp16", "bf16")
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # package data of harness
-
-
-@cache
-def device_facts() -> tuple[dict[str, Any], ...]:
-    """The shipped device table (``harness/data/devices.json``), specific variants first."""
-    text = (DATA_DIR / "devices.json").read_text()
-    return tuple(json.loads(text)["devices"])
-
-
-def match_device(name: str | None) -> dict[str, Any] | None:
-    """Facts for a torch device name such as ``"Tesla T4"`` or ``"NVIDIA H100 80GB HBM3"``."""
-    if not name:
-        return None
-    for facts in device_facts():
-        if re.search(facts["match"], name, re.IGNORECASE):
-            return facts
-    return None
 
 
 def peak_flops(device_name: str | None, precision: str) -> float | None:

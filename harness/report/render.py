@@ -10,8 +10,8 @@ from typing import Any
 
 import pandas as pd
 
+from harness.devices import match_device
 from harness.report.compare_devices import FLAGS, Comparison
-from harness.report.mfu import DATA_DIR, match_device
 from harness.report.summary import device_short
 
 NOTES = [
@@ -41,7 +41,7 @@ class Report:
 
 def published_references() -> list[dict[str, Any]]:
     """The tutorial's published figures (``harness/data/published.json``)."""
-    text = (DATA_DIR / "published.json").read_text()
+    text = (Path(__file__).resolve().parent.parent / "data" / "published.json").read_text()
     return list(json.loads(text)["references"])
 
 
@@ -72,6 +72,12 @@ METRIC_FORMATS = {
 }
 
 
+def labelled_precision(summary: pd.DataFrame) -> pd.Series:
+    """``bf16``, or ``bf16 (emulated)`` for a cell that ran in a precision its device only emulates."""
+    emulated = summary["precision_support"] == "emulated"
+    return summary["precision"].where(~emulated, summary["precision"] + " (emulated)")
+
+
 def summary_table(report: Report) -> pd.DataFrame:
     """The measured summary, formatted for reading."""
     s = report.summary
@@ -80,8 +86,9 @@ def summary_table(report: Report) -> pd.DataFrame:
         for lo, hi in zip(s["throughput_ci95_low"], s["throughput_ci95_high"], strict=True)
     ]
     table = pd.DataFrame({"suite": s["suite"]} if s["suite"].nunique() > 1 else {}, index=s.index)
-    for col in ["model", "loader", "backend", "precision"]:
+    for col in ["model", "loader", "backend"]:
         table[col] = s[col]
+    table["precision"] = labelled_precision(s)
     table["device"] = s["device_short"]
     table["status"] = s["status"]
     table["reason"] = s["reason"].fillna("")

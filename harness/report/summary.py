@@ -9,12 +9,14 @@ from typing import Any
 
 import pandas as pd
 
+from harness import devices
+from harness.devices import match_device
 from harness.report.load import Results
-from harness.report.mfu import match_device, mfu
+from harness.report.mfu import mfu
 
 #: Columns of ``summary.csv``, in order.
 SUMMARY_COLUMNS = [
-    "suite", "model", "loader", "backend", "precision", "device", "status", "reason", "epochs",
+    "suite", "model", "loader", "backend", "precision", "precision_support", "device", "status", "reason", "epochs",
     "epoch_time_s", "epoch_time_p90_s", "throughput_img_s", "throughput_ci95_low", "throughput_ci95_high",
     "best_val_acc", "best_epoch", "time_to_acc_s", "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct",
     "train_flops_per_image", "mfu", "warnings", "host", "nproc", "cell_id", "run",
@@ -78,33 +80,29 @@ def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, flo
     }
 
 
-def _major_minor(capability: str) -> tuple[int, ...]:
-    """``"7.5"`` -> ``(7, 5)``; anything unparseable sorts as the newest (no warning)."""
-    try:
-        return tuple(int(part) for part in capability.split("."))
-    except ValueError:
-        return (99,)
-
-
 def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Mapping[str, float],
                      recorded: Sequence[str] = ()) -> list[str]:
-    """Warnings the report can see from the data: slow fp16/bf16 hardware, tiny step counts (unless the
-    engine's own, more precise step warning is among the ``recorded`` ones)."""
+    """Warnings the report can see from the data: a precision the device only emulates (results older than
+    the engine's own ``emulated-precision`` warning), tiny step counts (unless the engine's own, more precise
+    step warning is among the ``recorded`` ones)."""
     out = []
-    precision = cell.get("precision")
-    facts = match_device(env.get("device_name")) if env.get("device_type") == "cuda" else None
-    capability = str(env.get("device_capability") or (facts or {}).get("capability") or "")
-    name = env.get("device_name")
-    if precision == "fp16" and (capability == "6.1" or (facts is not None and not facts["fast_fp16"])):
-        out.append(f"fp16 on {name} (compute capability {capability}) without fast fp16: expect no speed-up")
-    if precision == "bf16" and env.get("device_type") == "cuda" and _major_minor(capability) < (8, 0):
-        out.append(f"bf16 on {name} (compute capability {capability}) without native bf16")
+    device = devices.from_fingerprint(dict(env))
+    support = devices.support(device, str(cell.get("precision"))) if device else None
+    if support and support.level == devices.EMULATED and not any(" is emulated on " in w for w in recorded):
+        out.append(f"{support.reason}: {support.slowdown}")
     steps = stats.get("optimizer_steps_per_epoch", math.nan)
     if steps < MIN_OPTIMIZER_STEPS and not any("optimizer steps per epoch" in w for w in recorded):
         out.append(f"only {steps:g} optimizer step(s) per epoch")
     if stats.get("epochs") == 1:
         out.append("one epoch only: timings include warm-up")
     return out
+
+
+def precision_support(cell_row: Mapping[str, Any]) -> str | None:
+    """native / emulated for the precision a cell ran in (recorded by the engine, or derivable), else None."""
+    if "emulated-precision" in cell_row.get("warning_codes", []):
+        return devices.EMULATED
+    return devices.recorded_support(dict(cell_row["env"]), str(cell_row["precision"]))
 
 
 def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame:
@@ -129,6 +127,7 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
             cell_row["nproc"],
         )
         row["warnings"] = "; ".join(warnings)
+        row["precision_support"] = precision_support(cell_row) if cell_row["status"] != "skipped" else None
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "device_short", "finished_at", "env", "cell"])
     frame["epochs"] = frame["epochs"].fillna(0).astype(int)
