@@ -39,7 +39,7 @@ def backend_blocker(backend: Registration, device: DeviceInfo, precision: str, n
 def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, device: DeviceInfo) -> str | None:
     """The backend's optional ``check_model`` answer, on the cell's model built on the meta device."""
     check = getattr(backend.impl, "check_model", None)
-    family = manager.model_family(cell.model)
+    family = manager.family_of(cell)
     if check is None or family is None:
         return None
     try:

@@ -63,6 +63,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=count(1), help="override the suite's epoch count")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="override the suite's device")
     p.add_argument("--seed", type=count(0), help="override the suite's seed")
+    p.add_argument("--repeat", type=count(1), metavar="N",
+                   help="run each cell N times, seeds seed, seed+1, ... (ids ID, ID-r2, ...); the report aggregates")
     p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only matching cells (id, model, loader, backend, precision); repeatable")
@@ -96,8 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
-                   device=args.device, seed=args.seed, nproc=args.nproc, tensorboard=args.tensorboard,
-                   allow_emulated=args.allow_emulated, timeout_s=args.cell_timeout)
+                   device=args.device, seed=args.seed, repeat=args.repeat, nproc=args.nproc,
+                   tensorboard=args.tensorboard, allow_emulated=args.allow_emulated, timeout_s=args.cell_timeout)
     cells = select(suite.cells, args.only)
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")

@@ -58,7 +58,13 @@ def split_class(paths: list[Path], seed: int, scale: int = 4) -> tuple[list[Path
 
 
 def discover(root: Path | str, seed: int = 0, scale: int = 4) -> Dataset:
-    """Read a prepared ``train/``+``validation/`` directory, or split raw class folders."""
+    """Read a prepared ``train/``+``validation/`` directory, or split raw class folders 4:1 (``scale``).
+
+    ``seed`` seeds only the split of raw class folders (prepared folders are read as they are); the
+    built-in loaders keep the default 0, so every cell sees the same split whatever its own seed.
+    Returns a :class:`Dataset`: sorted ``classes`` and ``splits["train"]``/``splits["validation"]``,
+    lists of :class:`Sample` (``path``, ``label`` indexing ``classes``). Raises :class:`DataError`.
+    """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data directory does not exist")
@@ -112,7 +118,8 @@ def _check(root: Path, dataset: Dataset) -> None:
 
 
 def select(dataset: Dataset, limit: int | None, seed: int) -> dict[str, list[Sample]]:
-    """Each split's samples; with ``limit``, at most that many training photos and a 4:1 validation share."""
+    """Each split's samples; with ``limit`` (``DataSpec.subset``), at most that many training photos and a 4:1
+    validation share, class-balanced and seeded (pass ``DataSpec.seed``), as the built-in loaders apply it."""
     if limit is None:
         return dataset.splits
     return {"train": subset(dataset.splits["train"], limit, seed),

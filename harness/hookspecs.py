@@ -25,8 +25,8 @@ hookimpl = pluggy.HookimplMarker("harness")
 def register_loaders(register: Callable[..., None]) -> None:
     """Register data loaders: ``register(name, loader)``.
 
-    ``loader`` implements :class:`harness.api.LoaderPlugin`; ``name`` is what
-    suites write in ``matrix.loader``.
+    ``loader`` (an instance, not the class) implements :class:`harness.api.LoaderPlugin`;
+    ``name`` is what suites write in ``matrix.loader``.
     """
 
 
@@ -34,8 +34,9 @@ def register_loaders(register: Callable[..., None]) -> None:
 def register_models(register: Callable[..., None]) -> None:
     """Register model families: ``register(name, family)``.
 
-    ``family`` implements :class:`harness.api.ModelPlugin`; its ``knows(model)``
-    decides which suite model names it builds.
+    ``family`` (an instance) implements :class:`harness.api.ModelPlugin`; its ``knows(model)``
+    decides which suite model names it builds. Third-party families are asked before built-in
+    ones; two third-party families knowing one model name is an error naming both.
     """
 
 
@@ -43,8 +44,8 @@ def register_models(register: Callable[..., None]) -> None:
 def register_backends(register: Callable[..., None]) -> None:
     """Register training backends: ``register(name, backend)``.
 
-    ``backend`` implements :class:`harness.api.BackendPlugin`; ``name`` is what
-    suites write in ``matrix.backend``.
+    ``backend`` (an instance) implements :class:`harness.api.BackendPlugin`; ``name`` is
+    what suites write in ``matrix.backend``.
     """
 
 

@@ -2,13 +2,20 @@
 
 Plugins are modules (or objects) with ``@hookimpl`` functions, found in the
 entry-point group ``harness``. ``HARNESS_PLUGINS=a,b`` loads only the named entry
-points. A plugin that fails to import, or declares an incompatible ``HARNESS_API``
-range, is listed as broken and the rest of the harness keeps working.
+points. A plugin that fails to import, declares an incompatible ``HARNESS_API`` range,
+breaks the contract (:mod:`harness.contract`) or loses a name clash is listed as broken
+and the rest of the harness keeps working.
+
+Precedence (who keeps a contested entry-point or registered name, and whose model family
+is asked first): built-in plugins (distribution ``harness``), then installed distributions,
+the earliest installed first, then ``HARNESS_PLUGIN_MODULES`` in order, then plugins
+registered in-process by tests.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -21,15 +28,19 @@ from typing import Any
 
 import pluggy
 
-from harness import hookspecs
-from harness.api import API_VERSION, BackendPlugin, LoaderPlugin, ModelPlugin
+from harness import contract, hookspecs
+from harness.api import API_VERSION, BackendPlugin, CellSpec, LoaderPlugin, ModelPlugin
 
 ENTRY_POINT_GROUP = "harness"
 ALLOW_LIST_ENV = "HARNESS_PLUGINS"
 MODULES_ENV = "HARNESS_PLUGIN_MODULES"  # extra importable modules to register, comma-separated
 KINDS = ("loaders", "models", "backends", "suites")
+LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite"}
 PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin}
+BUILTIN = "harness"  # the distribution of the built-in plugins
 IN_PROCESS = "(registered in-process)"
+#: Why a plugin of each precedence tier keeps a contested name.
+TIERS = ("built-in", "installed first", "loaded first", "registered first")
 
 
 class PluginError(RuntimeError):
@@ -43,6 +54,9 @@ class PluginInfo:
     version: str
     hooks: list[str] = field(default_factory=list)
     error: str | None = None  # set for a broken plugin
+    warnings: list[str] = field(default_factory=list)  # e.g. a hook-named function without @hookimpl
+    precedence: tuple[Any, ...] = (len(TIERS) - 1,)  # (tier, ...): the lower keeps a contested name
+    offered: set[tuple[str, str]] = field(default_factory=set)  # (kind, name) it registered or tried to
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,10 @@ class Registration:
     impl: Any
     plugin: str
     distribution: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.distribution == BUILTIN
 
 
 @dataclass
@@ -78,11 +96,29 @@ class Manager:
         return self.registries["suites"]
 
     def model_family(self, model: str) -> Registration | None:
-        """The family that builds ``model``: an exact registered name first, then ``knows``."""
+        """The family that builds ``model``: the one registered under exactly that name, else the one whose
+        ``knows(model)`` is true, third-party families asked before built-in ones. Two third-party families
+        knowing it is a PluginError naming both: what a benchmark measures must not depend on install order."""
         families = self.models()
         if model in families:
             return families[model]
-        return next((r for r in families.values() if r.impl.knows(model)), None)
+        knowing = [r for r in families.values() if not r.builtin and self._knows(r, model)] or [
+            r for r in families.values() if r.builtin and self._knows(r, model)]
+        if len(knowing) > 1:
+            named = " and ".join(self.owner("models", r) for r in knowing)
+            raise PluginError(f"model {model!r} is known to {len(knowing)} model families: {named}; uninstall one, "
+                              f"or load only one with {ALLOW_LIST_ENV}")
+        return knowing[0] if knowing else None
+
+    def _knows(self, family: Registration, model: str) -> bool:
+        try:
+            return bool(family.impl.knows(model))
+        except Exception as exc:
+            raise PluginError(f"{self.owner('models', family)} raised in knows({model!r}): {exc!r}") from exc
+
+    def family_of(self, cell: CellSpec) -> Registration | None:
+        """The family that builds ``cell``'s model: ``cell.model_plugin`` when set, else :meth:`model_family`."""
+        return self.models().get(cell.model_plugin) or self.model_family(cell.model)
 
     def describe(self, plugin: str) -> str:
         """``'name' (distribution D V)``: how messages name a plugin."""
@@ -90,6 +126,22 @@ class Manager:
         if info is None:
             return repr(plugin)
         return f"{plugin!r} (distribution {' '.join(filter(None, (info.distribution, info.version)))})"
+
+    def owner(self, kind: str, registration: Registration) -> str:
+        """``loader 'x' of plugin 'p' (distribution D V)``: how contract errors name what a plugin registered."""
+        return f"{LABELS[kind]} {registration.name!r} of plugin {self.describe(registration.plugin)}"
+
+    def model_owner(self, cell: CellSpec) -> str:
+        """``model 'm' built by model family 'f' of plugin ...``: how contract errors name a cell's model."""
+        family = self.family_of(cell)
+        return f"model {cell.model!r}" + (f" built by {self.owner('models', family)}" if family else "")
+
+    def broken_hint(self, kind: str, name: str) -> str:
+        """``"; plugin 'p' that may provide it is broken: why"`` for each broken plugin that offered ``name``
+        as a ``kind``, else for each that broke before offering anything (it may have been about to)."""
+        broken = [p for p in self.plugins if p.error]
+        suspects = [p for p in broken if (kind, name) in p.offered] or [p for p in broken if not p.offered]
+        return "".join(f"; plugin {p.name!r} that may provide it is broken: {p.error}" for p in suspects)
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook; an exception names the plugin that raised it."""
@@ -101,22 +153,41 @@ class Manager:
                 raise PluginError(f"plugin {self.describe(impl.plugin_name)} raised in {hook_name}: {exc!r}") from exc
         return results
 
-    def environment(self) -> list[dict[str, Any] | None]:
-        """``harness_environment`` results, as ``hook.harness_environment()`` gives them; a raising plugin is skipped
-        with a warning naming it, so it cannot take the fingerprint (and every cell) down."""
-        results: list[dict[str, Any] | None] = []
+    def environment_by_plugin(self) -> dict[str, dict[str, Any] | None]:
+        """Plugin name -> its ``harness_environment`` fields; a raising plugin is left out with a warning naming
+        it, so it cannot take the fingerprint (and every cell) down."""
+        results: dict[str, dict[str, Any] | None] = {}
         for impl in reversed(self.pm.hook.harness_environment.get_hookimpls()):
             try:
-                results.append(impl.function())
+                results[impl.plugin_name] = impl.function()
             except Exception as exc:
                 warnings.warn(f"plugin {self.describe(impl.plugin_name)} raised in harness_environment: {exc!r}",
-                              stacklevel=2)
+                              stacklevel=3)
         return results
 
+    def environment(self) -> list[dict[str, Any] | None]:
+        """``harness_environment`` results, as ``hook.harness_environment()`` gives them (raising plugins left out)."""
+        return list(self.environment_by_plugin().values())
 
-def _distribution(ep: metadata.EntryPoint) -> tuple[str, str]:
-    dist = ep.dist
-    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+@dataclass(frozen=True)
+class Source:
+    """A plugin to load: its name, where it comes from, its precedence and how to import it."""
+
+    name: str
+    distribution: str
+    version: str
+    precedence: tuple[Any, ...]
+    load: Callable[[], object]
+
+
+def _installed_at(dist: metadata.Distribution | None) -> float:
+    """When ``dist`` was installed: the modification time of its metadata folder (inf when unknown)."""
+    folder = getattr(dist, "_path", None)  # importlib.metadata.PathDistribution's *.dist-info folder
+    try:
+        return Path(folder).stat().st_mtime
+    except (TypeError, OSError):
+        return math.inf
 
 
 def _check_api(plugin: object) -> None:
@@ -141,51 +212,62 @@ def _entry_points() -> Iterator[metadata.EntryPoint]:
             yield ep
 
 
-def _module_sources() -> Iterator[tuple[str, str, str, Callable[[], object]]]:
-    """(name, distribution, version, loader) for every plugin to load."""
+def _sources() -> Iterator[Source]:
+    """Every plugin to load, in load order: entry points by name, then ``HARNESS_PLUGIN_MODULES``."""
     for ep in _entry_points():
-        yield (ep.name, *_distribution(ep), ep.load)
-    for module in filter(None, os.environ.get(MODULES_ENV, "").split(",")):
-        yield (module, f"(module {module})", "", lambda m=module: importlib.import_module(m))
+        dist, version = (ep.dist.name, ep.dist.version) if ep.dist is not None else ("?", "?")
+        precedence = (0,) if dist == BUILTIN else (1, _installed_at(ep.dist), dist)
+        yield Source(ep.name, dist, version, precedence, ep.load)
+    for index, module in enumerate(filter(None, os.environ.get(MODULES_ENV, "").split(","))):
+        yield Source(module, f"(module {module})", "", (2, index), lambda m=module: importlib.import_module(m))
 
 
-def _register(pm: pluggy.PluginManager, plugin: object, name: str) -> list[str]:
-    """Register ``plugin`` after checking its API range and hook names; return the hooks it implements."""
+def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: object) -> None:
+    """Register ``plugin`` as ``info.name`` after checking its API range and hooks; record its hooks and warnings."""
     _check_api(plugin)
-    pm.register(plugin, name=name)  # pluggy refuses argument names the spec lacks
-    try:
-        pm.check_pending()  # a misspelt hook would otherwise never be called, silently
-    except pluggy.PluginValidationError as exc:
-        pm.unregister(name=name)
-        raise PluginError(str(exc)) from None
-    return sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+    info.warnings = contract.check_hooks(pm, plugin)
+    pm.register(plugin, name=info.name)
+    info.hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
 
 
 def _load(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """Load every source; of sources sharing a name, the one of highest precedence is loaded (listed first) and
+    the others are listed broken, naming it."""
+    sources = list(_sources())
+    keepers: dict[str, Source] = {}
+    for source in sources:
+        if source.name not in keepers or source.precedence < keepers[source.name].precedence:
+            keepers[source.name] = source
+    position = {name: index for index, name in enumerate(keepers)}
     infos: list[PluginInfo] = []
-    for name, dist, version, load in _module_sources():
-        first = next((i for i in infos if i.name == name), None)
-        if first is not None and first.distribution == dist:
+    for source in sorted(sources, key=lambda s: (position[s.name], s.precedence)):
+        keeper = keepers[source.name]
+        if source is not keeper and source.distribution == keeper.distribution:
             continue  # the same entry point seen twice (e.g. an editable install)
-        info = PluginInfo(name, dist, version)
+        info = PluginInfo(source.name, source.distribution, source.version, precedence=source.precedence)
         infos.append(info)
-        if first is not None:
-            info.error = (f"entry point name {name!r} is taken by distribution {first.distribution}; "
-                          f"rename one of them in its [project.entry-points.{ENTRY_POINT_GROUP}] table")
+        if source is not keeper:
+            info.error = (f"entry point name {source.name!r} is taken by distribution {keeper.distribution} "
+                          f"({TIERS[keeper.precedence[0]]}); rename one of them in its "
+                          f"[project.entry-points.{ENTRY_POINT_GROUP}] table")
             continue
         try:
-            info.hooks = _register(pm, load(), name)
+            _register(pm, info, source.load())
         except Exception as exc:  # a broken plugin must not take the harness down
-            info.error = f"{type(exc).__name__}: {exc}"
+            info.error = " ".join(f"{type(exc).__name__}: {exc}".split())
     return infos
 
 
-def _registrations(manager: Manager, kind: str) -> list[Registration]:
-    """What every plugin registers for ``kind``, in load order.
+def _fail(info: PluginInfo, message: str) -> None:
+    """Mark ``info`` broken; an in-process (test) plugin raises instead, so that its test fails loudly."""
+    if info.distribution == IN_PROCESS:
+        raise PluginError(f"plugin {info.name!r}: {message}")
+    info.error = message
 
-    A plugin whose hook raises or registers something that is not a ``kind`` is marked broken
-    (in-process test plugins raise instead, so a test fails loudly).
-    """
+
+def _collect(manager: Manager, kind: str) -> list[Registration]:
+    """What every loaded plugin registers for ``kind``; a hook that raises or registers something that breaks
+    the contract marks its plugin broken."""
     infos = _owners(manager.plugins)
     protocol = PROTOCOLS.get(kind)
     found: list[Registration] = []
@@ -194,40 +276,50 @@ def _registrations(manager: Manager, kind: str) -> list[Registration]:
         mine: list[Registration] = []
 
         def register(name: str, value: Any, _mine: list[Registration] = mine, _info: PluginInfo = info) -> None:
-            if protocol is not None and not isinstance(value, protocol):
-                raise PluginError(f"{kind[:-1]} {name!r} ({type(value).__name__}) does not implement "
-                                  f"harness.api.{protocol.__name__}")
+            if isinstance(name, str):
+                _info.offered.add((kind, name))
+            contract.check_registration(LABELS[kind], protocol, name, value)
+            if any(r.name == name for r in _mine):
+                raise contract.ContractError(f"{LABELS[kind]} {name!r} is registered twice by this plugin")
             _mine.append(Registration(name, value, _info.name, _info.distribution))
 
         try:
             impl.function(register=register)
+        except contract.ContractError as exc:
+            _fail(info, f"register_{kind}: {exc}")
+            continue
         except Exception as exc:
-            message = f"register_{kind} raised {type(exc).__name__}: {exc}"
-            if info.distribution == IN_PROCESS:
-                raise PluginError(f"plugin {info.name!r}: {message}") from exc
-            info.error = message
+            _fail(info, f"register_{kind} raised {type(exc).__name__}: {exc}")
             continue
         found += mine
     return found
 
 
 def _owners(infos: list[PluginInfo]) -> dict[str, PluginInfo]:
-    """Plugin name -> the info of the plugin registered under it (a later clash on the name is not)."""
+    """Plugin name -> the info of the plugin loaded under it (listed before any that lost the name to it)."""
     return {p.name: p for p in reversed(infos)}
 
 
-def _index(kind: str, registrations: list[Registration]) -> dict[str, Registration]:
-    """Registrations by name; two plugins registering one name is an error naming both distributions."""
-    found: dict[str, Registration] = {}
-    for reg in registrations:
-        if reg.name in found:
-            other = found[reg.name]
-            raise PluginError(
-                f"{kind[:-1]} {reg.name!r} is registered twice: by plugin {other.plugin!r} "
-                f"(distribution {other.distribution}) and by plugin {reg.plugin!r} (distribution {reg.distribution})"
-            )
-        found[reg.name] = reg
-    return found
+def _claim(manager: Manager, collected: dict[str, list[Registration]]) -> dict[str, dict[str, Registration]]:
+    """Registrations by kind and name. Plugins claim their names in precedence order: one registering a name
+    already claimed is broken, naming both plugins, and none of its registrations are kept."""
+    registries: dict[str, dict[str, Registration]] = {kind: {} for kind in KINDS}
+    owners = _owners(manager.plugins)
+    for info in sorted(owners.values(), key=lambda p: p.precedence):
+        if info.error:
+            continue
+        mine = [(kind, r) for kind in KINDS for r in collected[kind] if r.plugin == info.name]
+        taken = next(((kind, r) for kind, r in mine if r.name in registries[kind]), None)
+        if taken is not None:
+            kind, reg = taken
+            first = registries[kind][reg.name]
+            _fail(info, f"{LABELS[kind]} {reg.name!r} is registered twice: by plugin {manager.describe(first.plugin)} "
+                        f"and by plugin {manager.describe(reg.plugin)}; {first.plugin!r} keeps it "
+                        f"({TIERS[owners[first.plugin].precedence[0]]})")
+            continue
+        for kind, reg in mine:
+            registries[kind][reg.name] = reg
+    return registries
 
 
 def build_manager(extra: list[tuple[str, object]] = ()) -> Manager:
@@ -235,16 +327,17 @@ def build_manager(extra: list[tuple[str, object]] = ()) -> Manager:
     pm = pluggy.PluginManager("harness")
     pm.add_hookspecs(hookspecs)
     infos = _load(pm)
-    for name, plugin in extra:
-        infos.append(PluginInfo(name, IN_PROCESS, "", _register(pm, plugin, name)))
+    for index, (name, plugin) in enumerate(extra):
+        info = PluginInfo(name, IN_PROCESS, "", precedence=(len(TIERS) - 1, index))
+        _register(pm, info, plugin)
+        for message in info.warnings:
+            warnings.warn(f"plugin {name!r}: {message}", stacklevel=2)
+        infos.append(info)
     manager = Manager(pm, infos)
-    collected = {kind: _registrations(manager, kind) for kind in KINDS}
-    broken = {name for name, info in _owners(infos).items() if info.error}
-    for name in broken:  # whatever a plugin broke in one kind, none of its hooks or registrations stay
-        if pm.has_plugin(name):
+    manager.registries = _claim(manager, {kind: _collect(manager, kind) for kind in KINDS})
+    for name, info in _owners(infos).items():  # whatever a plugin broke, none of its hooks stay
+        if info.error and pm.has_plugin(name):
             pm.unregister(name=name)
-    manager.registries = {kind: _index(kind, [r for r in regs if r.plugin not in broken])
-                          for kind, regs in collected.items()}
     return manager
 
 
@@ -281,5 +374,5 @@ def suite_path(name_or_path: str) -> Path:
 
 
 def hook_names() -> list[str]:
-    return sorted(n for n in dir(hookspecs) if n.startswith(("register_", "harness_")))
+    return sorted(contract.hooks())
 

@@ -50,8 +50,9 @@ LOCK_FILE = ".lock"
 #: Suffix of a cell directory moved aside by ``--rerun-changed`` (``cells/<id>.old-<timestamp>``).
 ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 #: CellSpec fields whose change makes stored results a different experiment (``--resume`` compares them).
-SPEC_KEYS = ("model", "loader", "backend", "precision", "loader_plugin", "backend_plugin", "recipe", "epochs",
-             "image_size", "subset", "seed", "data", "nproc", "model_params", "loader_params", "backend_params")
+SPEC_KEYS = ("model", "loader", "backend", "precision", "model_plugin", "loader_plugin", "backend_plugin", "recipe",
+             "epochs", "image_size", "subset", "seed", "data", "nproc", "model_params", "loader_params",
+             "backend_params", "allow_emulated")
 
 
 class ResultWarning(UserWarning):
@@ -471,6 +472,8 @@ def spec_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
     new = json.loads(json.dumps(dict(new), default=str))  # as it would read back from cell.json
     changes = []
     for key in SPEC_KEYS:
+        if key not in stored:  # written before the key existed: nothing to compare against
+            continue
         before, after = stored.get(key), new.get(key)
         if before == after:
             continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "image_size": ((int,), True),
     "subset": ((int,), False),
     "seed": ((int,), False),
+    "repeat": ((int,), False),
     "nproc": ((int,), False),
     "device": ((str,), False),
     "recipe": ((str, dict), True),
@@ -42,8 +43,8 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
 }
 DEVICES = ("auto", "cpu", "cuda")
 #: Counts and sizes, with their smallest allowed value (checked wherever they appear).
-COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "nproc": 1, "batch_size": 1, "accumulation": 1,
-          "workers": 0}
+COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "repeat": 1, "nproc": 1, "batch_size": 1,
+          "accumulation": 1, "workers": 0}
 #: Suite names become folder names (runs/NAME-TIMESTAMP): no separators, no leading dot.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -201,8 +202,9 @@ def cell_id(model: str, loader: str, backend: str, precision: str) -> str:
 def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     """Validate ``path`` and expand its matrix into cells.
 
-    ``overrides``: data, epochs, device, nproc, seed, tensorboard, allow_emulated, timeout_s (None means the
-    suite's value).
+    ``overrides``: data, epochs, device, nproc, seed, repeat, tensorboard, allow_emulated, timeout_s (None means
+    the suite's value). With ``repeat`` N > 1 every cell runs N times, with seeds seed, seed + 1, ... and ids
+    ``ID``, ``ID-r2``, ... (all cells' first repeat first, so each repeat samples the machine at another time).
     """
     raw = load(path, manager)
     _check_overrides(overrides)
@@ -243,6 +245,8 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
             )
         )
     _check_ids(path, cells)
+    repeats = _pick(overrides.get("repeat"), raw.get("repeat", 1))
+    cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
     return Suite(raw["name"], path, cells, raw.get("description", ""))
 
 
@@ -252,7 +256,7 @@ def _pick(override: Any, value: Any) -> Any:
 
 
 def _check_overrides(overrides: dict[str, Any]) -> None:
-    for key in ("epochs", "nproc", "seed"):
+    for key in ("epochs", "nproc", "seed", "repeat"):
         if overrides.get(key) is not None:
             try:
                 check_count(overrides[key], COUNTS[key])

@@ -7,8 +7,13 @@ Fixtures:
 Functions:
 - ``make_photos``: the same photos, anywhere, with your own counts and size.
 - ``data_spec``: a :class:`~harness.api.DataSpec` for calling a loader's ``build`` directly.
+- ``check_loader``: a loader's ``build`` with the contract checks a cell applies to its batches.
+- ``plugin_manager``: the plugin manager as ``harness`` commands see it (installed plugins included).
+- ``suite_cells``: the cells a registered suite (or suite file) expands to.
 - ``run_harness``: the real ``harness`` CLI in a subprocess, with plugin modules of your own loaded.
 - ``results``: the ``result.json`` of every cell of a ``harness run`` output directory.
+
+The fixtures need pytest; the functions do not.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from harness.api import DataSpec, DeviceInfo
-from harness.plugins import MODULES_ENV, Manager, registered
+from harness.api import CellSpec, DataSpec, DataSplits, DeviceInfo, LoaderPlugin
+from harness.contract import ContractError, checked_splits
+from harness.plugins import MODULES_ENV, Manager, get_manager, registered, suite_path
+
+__all__ = ["ContractError", "check_loader", "data_spec", "make_photos", "plugin_manager", "results", "run_harness",
+           "suite_cells"]
 
 try:
     import pytest
@@ -56,6 +65,28 @@ def data_spec(root: Path | str = ".", *, image_size: int = 32, batch_size: int =
     fields.setdefault("randaugment", False)
     return DataSpec(root=Path(root), image_size=image_size, batch_size=batch_size, seed=seed,
                     params=dict(params or {}), **fields)
+
+
+def check_loader(loader: LoaderPlugin, spec: DataSpec) -> DataSplits:
+    """``loader.build(spec)``, checked as a cell checks it: a :class:`~harness.api.DataSplits` with a training
+    split, and a first batch of each split as it documents; raises :class:`ContractError` saying what is wrong."""
+    data = checked_splits(loader.build(spec), f"loader {type(loader).__name__}")
+    for batches in (data.train, data.validation):
+        next(iter(batches), None)
+    return data
+
+
+def plugin_manager() -> Manager:
+    """The plugin manager as ``harness`` commands see it: installed plugins, ``HARNESS_PLUGIN_MODULES``, and
+    the current test's ``harness_plugin`` registrations."""
+    return get_manager()
+
+
+def suite_cells(suite: str | os.PathLike[str]) -> list[CellSpec]:
+    """The cells of a registered suite (by name) or of a suite file, validated as ``harness run`` does."""
+    from harness.suite import expand
+
+    return expand(suite_path(str(suite)), get_manager()).cells
 
 
 def run_harness(*args: str | os.PathLike[str], plugin_modules: Iterable[str] = (),

@@ -130,8 +130,8 @@ def test_harness_plugins_lists_the_installed_example(installed: Path) -> None:
     lines = done.stdout.splitlines()
     line = next(i for i, text in enumerate(lines) if text.startswith("synthetic "))
     assert "harness-synthetic 0.1.0" in lines[line] and "BROKEN" not in lines[line]
-    assert "provides: loader synthetic, model tinycnn, suite synthetic-smoke" in lines[line + 2]
-    assert "harness_synthetic: 0.1.0" in lines
+    assert "provides: loader synthetic, model family tinycnn, suite synthetic-smoke" in lines[line + 2]
+    assert lines[line + 3].split() == ["environment:", "harness_synthetic=0.1.0"]
 
 
 def test_example_suite_cell_runs_and_learns(installed: Path, tmp_path: Path) -> None:
@@ -230,13 +230,15 @@ class Loader:
 """
 
 
-def test_two_plugins_registering_one_name_is_an_error_naming_both(plugin_modules: PluginModules) -> None:
+def test_two_plugins_registering_one_name_break_the_second_naming_both(plugin_modules: PluginModules) -> None:
     body = LOADER + "\n@hookimpl\ndef register_loaders(register):\n    register('twice', Loader())\n"
     plugin_modules({"first_dist": body, "second_dist": body})
-    with pytest.raises(PluginError) as error:
-        build_manager()
-    assert "loader 'twice' is registered twice" in str(error.value)
-    assert "(module first_dist)" in str(error.value) and "(module second_dist)" in str(error.value)
+    manager = build_manager()
+    errors = {p.name: p.error for p in manager.plugins if p.error}
+    assert errors == {"second_dist": "loader 'twice' is registered twice: by plugin 'first_dist' (distribution "
+                                     "(module first_dist)) and by plugin 'second_dist' (distribution (module "
+                                     "second_dist)); 'first_dist' keeps it (loaded first)"}
+    assert manager.loaders()["twice"].plugin == "first_dist"
 
 
 def test_a_name_taken_by_an_installed_distribution_names_it(installed: Path, tmp_path: Path) -> None:
@@ -246,9 +248,10 @@ def register_loaders(register):
     register("synthetic", Loader())
 """)
     done = run_harness("plugins", plugin_modules=["copycat"], pythonpath=[mods, installed])
-    assert done.returncode == 2
-    assert "loader 'synthetic' is registered twice" in done.stderr
-    assert "distribution harness-synthetic" in done.stderr and "distribution (module copycat)" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert ("copycat        (module copycat)  BROKEN: loader 'synthetic' is registered twice: by plugin 'synthetic' "
+            "(distribution harness-synthetic 0.1.0) and by plugin 'copycat' (distribution (module copycat)); "
+            "'synthetic' keeps it (installed first)") in done.stdout
 
 
 def test_in_process_duplicate_names_the_builtin_distribution(harness_plugin: Callable[..., object]) -> None:
@@ -259,7 +262,7 @@ def test_in_process_duplicate_names_the_builtin_distribution(harness_plugin: Cal
     plugin = SimpleNamespace(register_loaders=hookimpl(lambda register: register("torchvision", loader)))
     with pytest.raises(PluginError, match="loader 'torchvision' is registered twice") as error:
         harness_plugin(plugin, name="mine")
-    assert "plugin 'torchvision' (distribution harness)" in str(error.value)
+    assert "plugin 'torchvision' (distribution harness " in str(error.value)
     assert "plugin 'mine' (distribution (registered in-process))" in str(error.value)
 
 
@@ -283,8 +286,8 @@ def harness_run_end(summary):
     errors = {p.name: p.error for p in manager.plugins if p.error}
     assert errors["raises_in_register"] == "register_loaders raised ValueError: no config file"
     assert "'nothing' (int) does not implement harness.api.LoaderPlugin" in errors["not_a_loader"]
-    assert "unknown hook 'harness_epoch_ends'" in errors["misspelt"]
-    assert "epoch" in errors["wrong_argument"]
+    assert "unknown hook 'harness_epoch_ends'; did you mean 'harness_epoch_end'?" in errors["misspelt"]
+    assert "unknown argument 'epoch'" in errors["wrong_argument"]
     assert "half-registered" not in manager.loaders() and "nothing" not in manager.loaders()
     assert not manager.pm.has_plugin("raises_in_register")  # its lifecycle hooks are gone too
     assert "torchvision" in manager.loaders()  # the rest still works

@@ -38,6 +38,8 @@ OPTIONAL_EPOCH_FIELDS = (
     "optimizer_steps",
 )
 EPOCH_FIELDS = REQUIRED_EPOCH_FIELDS + OPTIONAL_EPOCH_FIELDS
+#: The environment of results whose fingerprint names none (a name such as "colossalai" tells venvs apart).
+DEFAULT_ENVIRONMENT = "default"
 
 
 class ReportError(ValueError):
@@ -114,8 +116,8 @@ def _mapping(data: Mapping[str, Any] | None, key: str, where: str, problems: lis
     return value
 
 
-def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """One cell row and its epoch rows."""
+def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One cell row and its epoch rows; ``index`` is the position of ``source`` among the directories given."""
     result_path, epochs_path, spec_path = (cell_dir / name for name in CELL_FILES)
     problems: list[str] = []
     epochs = read_epochs(epochs_path, problems)
@@ -150,6 +152,7 @@ def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[
     row = {
         "run": str(cell_dir),
         "source": str(source),
+        "source_index": index,
         "cell_id": result.get("cell_id") or cell.get("id") or cell_dir.name,
         "suite": cell.get("suite"),
         "model": cell.get("model"),
@@ -157,6 +160,8 @@ def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[
         "backend": cell.get("backend"),
         "precision": cell.get("precision"),
         "nproc": nproc,
+        "seed": cell.get("seed"),
+        "environment": str(env.get("environment") or DEFAULT_ENVIRONMENT),
         "status": status,
         "reason": reason,
         "started_at": result.get("started_at"),
@@ -178,7 +183,8 @@ def _load_cell(cell_dir: Path, source: Path) -> tuple[dict[str, Any], list[dict[
 
 
 CELL_COLUMNS = [
-    "run", "source", "cell_id", "suite", "model", "loader", "backend", "precision", "nproc", "status", "reason",
+    "run", "source", "source_index", "cell_id", "suite", "model", "loader", "backend", "precision", "nproc", "seed",
+    "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
     "recorded_warnings", "warning_codes", "cell", "env",
 ]  # fmt: skip
@@ -188,14 +194,14 @@ def load_results(dirs: Iterable[Path | str]) -> Results:
     """Read every cell under ``dirs`` (result store roots, cell directories, or folders of them)."""
     rows: list[dict[str, Any]] = []
     epochs: list[dict[str, Any]] = []
-    for d in dirs:
+    for index, d in enumerate(dirs):
         root = Path(d)
         cell_dirs = find_cell_dirs(root)
         if not cell_dirs:
             raise ReportError(f"{root}: no results found (no {', '.join(CELL_FILES)} under it)")
         for cell_dir in cell_dirs:
             try:
-                row, records = _load_cell(cell_dir, root)
+                row, records = _load_cell(cell_dir, root, index)
             except SchemaError as exc:
                 raise ReportError(str(exc)) from None
             except OSError as exc:

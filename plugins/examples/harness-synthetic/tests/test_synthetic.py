@@ -17,9 +17,7 @@ from harness_synthetic.data import SyntheticLoader
 from harness_synthetic.models import TinyCNNFamily
 
 from harness.api import CellSpec, LoaderPlugin, ModelPlugin, Recipe
-from harness.plugins import get_manager
-from harness.suite import expand
-from harness.testing import data_spec, results, run_harness
+from harness.testing import check_loader, data_spec, plugin_manager, results, run_harness, suite_cells
 
 PARAMS = {"train_size": 64, "classes": 4}
 
@@ -30,13 +28,13 @@ def batches(iterable: object) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_installed_plugin_registers_everything() -> None:
-    manager = get_manager()
+    manager = plugin_manager()
     plugin = next(p for p in manager.plugins if p.distribution == "harness-synthetic")
-    assert plugin.error is None
+    assert plugin.error is None and plugin.warnings == []
     assert manager.loaders()["synthetic"].distribution == "harness-synthetic"
     assert manager.model_family("tinycnn-wide").distribution == "harness-synthetic"
-    suite = expand(Path(manager.suites()["synthetic-smoke"].impl), manager)
-    assert len(suite.cells) == 4
+    cells = suite_cells("synthetic-smoke")
+    assert len(cells) == 4 and {c.model_plugin for c in cells} == {"tinycnn"}
 
 
 def test_implements_the_protocols() -> None:
@@ -45,7 +43,7 @@ def test_implements_the_protocols() -> None:
 
 
 def test_batches_are_uint8_nchw_with_balanced_labels() -> None:
-    data = SyntheticLoader().build(data_spec(params=PARAMS, image_size=24, batch_size=16))
+    data = check_loader(SyntheticLoader(), data_spec(params=PARAMS, image_size=24, batch_size=16))  # as a cell checks
     images, labels = batches(data.train)
     assert images.shape == (64, 3, 24, 24) and images.dtype == torch.uint8
     assert labels.dtype == torch.int64 and labels.bincount().tolist() == [16, 16, 16, 16]
