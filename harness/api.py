@@ -91,6 +91,13 @@ class DataSpec:
     world_size: int = 1
     params: Mapping[str, Any] = field(default_factory=dict)  # the suite's loader params
 
+    @property
+    def data_dir(self) -> Path:
+        """``root``, for loaders that read photos (``harness run`` requires ``--data`` for them)."""
+        if self.root is None:
+            raise DataError("this loader reads photos: pass --data DIR")
+        return self.root
+
 
 @dataclass
 class DataSplits:

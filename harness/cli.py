@@ -186,8 +186,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(f"{'':14} hooks: {', '.join(info.hooks)}")
         if provided.get(info.name):
             print(f"{'':14} provides: {', '.join(provided[info.name])}")
-        if environment.get(info.name):
-            print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in environment[info.name].items())}")
+        if fields := environment.get(info.name):
+            print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in fields.items())}")
         for warning in info.warnings:
             print(f"{'':14} warning: {warning}")
     return 0

@@ -148,7 +148,7 @@ class SizedChecked(Checked):
     """A :class:`Checked` iterable with ``__len__`` (only when the wrapped one has it: the engine asks)."""
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.batches)  # type: ignore[arg-type]  # SizedChecked wraps only Sized iterables
 
 
 def checked_splits(data: Any, owner: str) -> DataSplits:

@@ -6,6 +6,7 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Sequence
 from functools import cache
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 from harness import devices
 from harness.api import DeviceInfo
 
-PACKAGES = {
+PACKAGES: dict[str, str | tuple[str, ...]] = {
     "torch": "torch",
     "torchvision": "torchvision",
     "timm": "timm",
@@ -81,7 +82,7 @@ def memory_gb() -> float | None:
     return round(pages * size / 1e9, 1)
 
 
-def fingerprint(device: DeviceInfo, extra: list[dict[str, Any] | None] = ()) -> dict[str, Any]:
+def fingerprint(device: DeviceInfo, extra: Sequence[dict[str, Any] | None] = ()) -> dict[str, Any]:
     """The environment fingerprint every result record carries."""
     import torch
 

@@ -18,13 +18,13 @@ import importlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pluggy
 
@@ -159,7 +159,7 @@ class Manager:
         results: dict[str, dict[str, Any] | None] = {}
         for impl in reversed(self.pm.hook.harness_environment.get_hookimpls()):
             try:
-                results[impl.plugin_name] = impl.function()
+                results[impl.plugin_name] = cast("dict[str, Any] | None", impl.function())
             except Exception as exc:
                 warnings.warn(f"plugin {self.describe(impl.plugin_name)} raised in harness_environment: {exc!r}",
                               stacklevel=3)
@@ -185,7 +185,7 @@ def _installed_at(dist: metadata.Distribution | None) -> float:
     """When ``dist`` was installed: the modification time of its metadata folder (inf when unknown)."""
     folder = getattr(dist, "_path", None)  # importlib.metadata.PathDistribution's *.dist-info folder
     try:
-        return Path(folder).stat().st_mtime
+        return Path(folder).stat().st_mtime if folder is not None else math.inf
     except (TypeError, OSError):
         return math.inf
 
@@ -219,7 +219,7 @@ def _sources() -> Iterator[Source]:
         precedence = (0,) if dist == BUILTIN else (1, _installed_at(ep.dist), dist)
         yield Source(ep.name, dist, version, precedence, ep.load)
     for index, module in enumerate(filter(None, os.environ.get(MODULES_ENV, "").split(","))):
-        yield Source(module, f"(module {module})", "", (2, index), lambda m=module: importlib.import_module(m))
+        yield Source(module, f"(module {module})", "", (2, index), partial(importlib.import_module, module))
 
 
 def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: object) -> None:
@@ -322,7 +322,7 @@ def _claim(manager: Manager, collected: dict[str, list[Registration]]) -> dict[s
     return registries
 
 
-def build_manager(extra: list[tuple[str, object]] = ()) -> Manager:
+def build_manager(extra: Sequence[tuple[str, object]] = ()) -> Manager:
     """Load every entry-point plugin plus ``extra`` (name, plugin) pairs, then collect registrations."""
     pm = pluggy.PluginManager("harness")
     pm.add_hookspecs(hookspecs)

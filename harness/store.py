@@ -461,7 +461,8 @@ def _checkpoint_agrees(path: Path, rows: Mapping[int, Mapping[str, Any]]) -> boo
         state = torch.load(path / "trainer.pt", weights_only=True)
     except Exception:  # an unreadable checkpoint agrees with nothing
         return False
-    row = rows.get(state.get("epoch")) if isinstance(state, dict) else None
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    row = rows.get(epoch) if isinstance(epoch, int) else None
     wall, recorded = (state.get("wall_time_s"), row.get("wall_time_s")) if row else (None, None)
     return (isinstance(wall, (int, float)) and isinstance(recorded, (int, float))
             and math.isclose(wall, recorded, rel_tol=1e-9, abs_tol=1e-9))

@@ -227,11 +227,11 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 precision=precision,
                 loader_plugin=loader_table.pop("use", loader),
                 backend_plugin=backend_table.pop("use", backend),
-                model_plugin=manager.model_family(model).name,
+                model_plugin=getattr(manager.model_family(model), "name", ""),  # validated above
                 epochs=_pick(overrides.get("epochs"), raw["epochs"]),
                 image_size=raw["image_size"],
                 data=str(overrides.get("data") or ""),
-                seed=overrides.get("seed") if overrides.get("seed") is not None else raw.get("seed", 0),
+                seed=_pick(overrides.get("seed"), raw.get("seed", 0)),
                 recipe=recipe,
                 nproc=_pick(overrides.get("nproc"), nproc),
                 subset=raw.get("subset"),

@@ -38,7 +38,7 @@ __all__ = ["ContractError", "check_loader", "data_spec", "make_photos", "plugin_
 try:
     import pytest
 except ImportError:  # pragma: no cover: installed without the test extra
-    pytest = None
+    pytest = None  # type: ignore[assignment]
 
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 70, 220), (230, 210, 40), (200, 60, 210)]
 

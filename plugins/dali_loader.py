@@ -150,9 +150,9 @@ class DaliLoader:
 
     def build(self, spec: DataSpec) -> DataSplits:
         p = DaliParams.parse(spec.params).resolved()
-        dataset = discover(spec.root)
+        dataset = discover(spec.data_dir)
         chosen = select(dataset, spec.subset, spec.seed)  # the torchvision loader's photos
-        if p.reader == "tfrecord" and not (spec.root / "tfrecord").is_dir():
+        if p.reader == "tfrecord" and not (spec.data_dir / "tfrecord").is_dir():
             spec = replace(spec, root=cached_tfrecords(dataset.classes, chosen))
         splits = {}
         for split in ("train", "validation"):
@@ -245,7 +245,7 @@ def scan_tfrecords(records: list[str], indexes: list[str], num_classes: int) -> 
     }
 
     @pipeline_def(batch_size=min(256, total), num_threads=1, device_id=None, prefetch_queue_depth=1)
-    def scan():  # type: ignore[no-untyped-def]
+    def scan():
         out = fn.readers.tfrecord(path=records, index_path=indexes, features=features, pad_last_batch=True)
         return out[LABEL_KEY], fn.pad(out[NAME_KEY], fill_value=0)
 
@@ -268,7 +268,7 @@ def _tfrecord_source(spec: DataSpec, chosen: list[Sample], train: bool, num_clas
     from harness.prepare.tfrecord import tfrecord_files
 
     split = "train" if train else "validation"
-    records, indexes = (list(map(str, x)) for x in tfrecord_files(spec.root, split))
+    records, indexes = (list(map(str, x)) for x in tfrecord_files(spec.data_dir, split))
     scanned = scan_tfrecords(records, indexes, num_classes)
     if all(name for _, name in scanned):
         wanted = {(s.label, s.path.name) for s in chosen}
@@ -414,7 +414,7 @@ def build_pipeline(src: ReaderSource, spec: DataSpec, p: DaliParams, train: bool
         device_id = _cuda_device()
 
     @pipeline_def(enable_conditionals=train and spec.randaugment)
-    def pipeline():  # type: ignore[no-untyped-def]
+    def pipeline():
         jpegs, labels = _reader(src, spec, p, train)
         if train:
             images = _train_images(jpegs, spec.image_size, p, spec.randaugment)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -50,7 +50,9 @@ class TorchBackend:
         self.scaler.scale(loss).backward()
 
     def no_sync(self, model: torch.nn.Module) -> AbstractContextManager[Any]:
-        return model.no_sync() if self.world_size > 1 else nullcontext()
+        if self.world_size > 1:
+            return cast(torch.nn.parallel.DistributedDataParallel, model).no_sync()  # prepare() wrapped it
+        return nullcontext()
 
     def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip_grad_norm: float | None) -> None:
         if clip_grad_norm:

@@ -130,7 +130,7 @@ class TorchvisionLoader:
         return None
 
     def build(self, spec: DataSpec) -> DataSplits:
-        dataset = discover(spec.root)
+        dataset = discover(spec.data_dir)
         splits = select(dataset, spec.subset, spec.seed)
         workers = spec.params.get("workers", min(os.cpu_count() or 1, 8))
         short_side = round(spec.image_size / CROP_RATIO)

@@ -198,7 +198,9 @@ def _extract(archive: Path, dest: Path, limits: Limits) -> None:
             zf.extractall(dest)
     elif tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
-            members, links, total = [], {}, 0
+            members: list[tarfile.TarInfo] = []
+            links: dict[str, str] = {}
+            total = 0
             for m in tf:  # headers only; stops at the first member over a limit
                 members.append(m)
                 total += m.size if m.isfile() else 0
@@ -280,10 +282,10 @@ def _check_tar_member(m: tarfile.TarInfo, archive: Path, links: dict[str, str]) 
     if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) or m.issparse():
         raise DataError(f"{archive}: refusing member {m.name!r}: device, fifo, sparse or other special file")
     parent = _resolve(posixpath.dirname(name), links)
-    where = None if parent is None else "/".join([*parent, posixpath.basename(name)]).strip("/")
     if parent is None or (not m.issym() and _resolve(name, links) is None):
         raise DataError(f"{archive}: refusing member {m.name!r}: its path runs through a link that leaves the "
                         "target folder")
+    where = "/".join([*parent, posixpath.basename(name)]).strip("/")
     if m.issym():  # relative to the link's (real) folder
         target = m.linkname.replace("\\", "/")
         if target.startswith("/") or PureWindowsPath(target).is_absolute() or \

@@ -123,7 +123,8 @@ def tfrecord_files(root: Path, split: str) -> tuple[list[Path], list[Path]]:
     if not records:
         raise DataError(f"{folder}: no {split} TFRecord shards ({split}-00000-of-NNNNN); "
                         "run `harness data prepare ... --tfrecord`")
-    expected = int(pattern.fullmatch(records[0].name).group(2))
+    first = pattern.fullmatch(records[0].name)
+    expected = int(first.group(2)) if first else 0
     if len(records) != expected:
         raise DataError(f"{folder}: {len(records)} {split} shards found, their names say {expected}")
     indexes = [p.with_name(p.name + ".idx") for p in records]

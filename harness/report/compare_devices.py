@@ -2,7 +2,8 @@
 
 Rows compare like with like: when the runs being compared differ in more than the device
 (library versions, or the cell's own parameters such as epochs or image size), the row is
-flagged in the ``flags`` column rather than silently compared.
+flagged in the ``flags`` column rather than silently compared. Groups keep the order in which
+their result directories were given; the first is the baseline unless ``--baseline`` names one.
 """
 
 from __future__ import annotations
@@ -14,25 +15,16 @@ from typing import Any
 
 import pandas as pd
 
+from harness.report.aggregate import CONFIG
 from harness.report.load import ReportError
 
-ROW_KEYS = ["suite", "model", "loader", "backend", "precision"]
-METRICS = ["status", "throughput_img_s", "epoch_time_s", "best_val_acc", "time_to_acc_s", "mfu"]
+ROW_KEYS = [*CONFIG, "environment"]
+METRICS = ["status", "runs", "throughput_img_s", "epoch_time_s", "best_val_acc", "time_to_acc_s", "mfu"]
 RATIO_METRICS = ["throughput_img_s"]
 #: Environment fields whose difference makes a comparison across devices unfair.
 ENV_KEYS = ("torch", "torchvision", "timm", "cuda_version", "cudnn_version", "dali", "colossalai", "harness")
-#: Cell fields that must agree (everything that changes the work done, not where it runs).
-SPEC_KEYS = (
-    "epochs",
-    "image_size",
-    "seed",
-    "subset",
-    "nproc",
-    "recipe",
-    "model_params",
-    "loader_params",
-    "backend_params",
-)
+#: Cell fields that must agree (everything that changes the work done, not where it runs; repeats differ in seed).
+SPEC_KEYS = ("epochs", "image_size", "subset", "nproc", "recipe", "model_params", "loader_params", "backend_params")
 GROUP_COLUMNS = {"device": "device_short", "host": "host"}
 FLAGS = ("check", "flags")
 
@@ -45,9 +37,11 @@ class Comparison:
     groups: list[str]
     baseline: str | None
 
-    def flat(self) -> pd.DataFrame:
-        """The pivot with flat column names (``"T4 throughput_img_s"``, ``"T4 / P40 throughput_img_s"``)."""
-        flat = self.table.copy()
+    def flat(self, target: bool = True) -> pd.DataFrame:
+        """The pivot with flat column names (``"T4 throughput_img_s"``, ``"T4 / P40 throughput_img_s"``);
+        without a target accuracy, no time-to-accuracy columns."""
+        flat = self.table if target else self.table.drop(columns="time_to_acc_s", level=1)
+        flat = flat.copy()
         flat.columns = [metric if group == FLAGS[0] else f"{group} {metric}" for group, metric in flat.columns]
         return flat.reset_index()
 
@@ -61,53 +55,51 @@ def group_column(summary: pd.DataFrame, by: str) -> str:
     return column
 
 
-def _pick_runs(summary: pd.DataFrame, column: str) -> tuple[pd.DataFrame, dict[tuple, str]]:
-    """One run per configuration and group: the latest ok one. Also notes where runs were dropped."""
-    ranked = summary.assign(_ok=summary["status"].eq("ok")).sort_values(["_ok", "finished_at"], na_position="first")
-    keys = [*ROW_KEYS, column]
-    counts = ranked.groupby(keys, dropna=False).size()
-    notes = {k[:-1]: f"{n} runs on {k[-1]}: latest shown" for k, n in counts.items() if n > 1}
-    return ranked.drop_duplicates(keys, keep="last").drop(columns="_ok"), notes
+def ordered_groups(summary: pd.DataFrame, column: str) -> list[str]:
+    """Groups in the order their result directories were given."""
+    ordered = summary.sort_values("source_index", kind="stable")[column].dropna().astype(str)
+    return list(dict.fromkeys(ordered))
 
 
 def _describe(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
-def _differences(label: str, values: Mapping[str, Mapping[str, Any]], keys: tuple[str, ...]) -> list[str]:
+def differences(label: str, values: Mapping[str, Mapping[str, Any]], keys: tuple[str, ...]) -> list[str]:
     """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups."""
     out = []
     for key in keys:
-        seen = {group: _describe(values[group].get(key)) for group in sorted(values)}
-        if len(set(seen.values())) > 1:
-            out.append(f"{label} {key} " + " vs ".join(f"{v} ({g})" for g, v in seen.items()))
+        seen: dict[str, list[str]] = {}
+        for group, mapping in values.items():
+            seen.setdefault(_describe(mapping.get(key)), []).append(group)
+        if len(seen) > 1:
+            out.append(f"{label}{key} " + " vs ".join(f"{v} ({', '.join(g)})" for v, g in seen.items()))
     return out
 
 
-def _flags(picked: pd.DataFrame, column: str, notes: Mapping[tuple, str]) -> dict[tuple, str]:
-    rows = {}
-    for key, runs in picked.groupby(ROW_KEYS, dropna=False, sort=False):
-        envs = {g: env for g, env in zip(runs[column], runs["env"], strict=True)}
-        specs = {g: cell for g, cell in zip(runs[column], runs["cell"], strict=True)}
-        found = _differences("env", envs, ENV_KEYS) + _differences("spec", specs, SPEC_KEYS)
-        if key in notes:
-            found.append(notes[key])
+def _flags(rows: pd.DataFrame, column: str) -> dict[tuple, str]:
+    flags = {}
+    for key, runs in rows.groupby(ROW_KEYS, dropna=False, sort=False):
+        envs = dict(zip(runs[column], runs["env"], strict=True))
+        specs = dict(zip(runs[column], runs["cell"], strict=True))
+        found = differences("env ", envs, ENV_KEYS) + differences("spec ", specs, SPEC_KEYS)
+        found += [note for notes in runs["notes"] for note in notes]
         emulated = [g for g, level in zip(runs[column], runs["precision_support"], strict=True) if level == "emulated"]
         if emulated:
             found.insert(0, f"EMULATED precision on {', '.join(map(str, emulated))}")
-        rows[key] = "; ".join(found)
-    return rows
+        flags[key] = "; ".join(found)
+    return flags
 
 
 def compare(summary: pd.DataFrame, by: str = "device", baseline: str | None = None) -> Comparison:
-    """Pivot ``summary`` (from :func:`harness.report.summary.summarize`) by device (or host, ...)."""
+    """Pivot the summary (:func:`harness.report.aggregate.aggregate`) by device (or host, ...)."""
     column = group_column(summary, by)
-    picked, notes = _pick_runs(summary, column)
-    groups = sorted(picked[column].dropna().astype(str).unique(), key=lambda g: (g.startswith("CPU"), g))
+    groups = ordered_groups(summary, column)
     if baseline is not None and baseline not in groups:
-        raise ReportError(f"baseline {baseline!r} is not among the groups ({', '.join(groups)})")
+        raise ReportError(f"--baseline {baseline!r} is not among the groups ({', '.join(groups)})")
     baseline = baseline or (groups[0] if groups else None)
-    pivot = picked.pivot(index=ROW_KEYS, columns=column, values=METRICS)
+    rows = summary.drop_duplicates([*ROW_KEYS, column], keep="last")
+    pivot = rows.pivot(index=ROW_KEYS, columns=column, values=METRICS)
     pivot = pivot.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([groups, METRICS]))
     for group in groups:
         if group == baseline:
@@ -115,6 +107,6 @@ def compare(summary: pd.DataFrame, by: str = "device", baseline: str | None = No
         for metric in RATIO_METRICS:
             ratio = pivot[(group, metric)].astype(float) / pivot[(baseline, metric)].astype(float)
             pivot[(f"{group} / {baseline}", metric)] = ratio
-    flags = _flags(picked, column, notes)
+    flags = _flags(rows, column)
     pivot[FLAGS] = [flags.get(key, "") for key in pivot.index]
     return Comparison(table=pivot, groups=groups, baseline=baseline)

@@ -1,4 +1,4 @@
-"""Per-cell summary: timings, throughput, accuracy, time-to-accuracy, memory, MFU, warnings."""
+"""Per-run summary: timings, throughput, accuracy, time-to-accuracy, memory, MFU, warnings."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from harness.devices import match_device
 from harness.report.load import Results
 from harness.report.mfu import mfu
 
-#: Columns of ``summary.csv``, in order.
-SUMMARY_COLUMNS = [
-    "suite", "model", "loader", "backend", "precision", "precision_support", "device", "status", "reason", "epochs",
-    "epoch_time_s", "epoch_time_p90_s", "throughput_img_s", "throughput_ci95_low", "throughput_ci95_high",
-    "best_val_acc", "best_epoch", "time_to_acc_s", "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct",
-    "train_flops_per_image", "mfu", "warnings", "host", "nproc", "cell_id", "run",
+#: Columns of ``runs.csv``: one row per cell run (every repeat, every directory), in order.
+RUN_COLUMNS = [
+    "suite", "model", "loader", "backend", "precision", "precision_support", "device", "environment", "seed",
+    "status", "reason", "epochs", "timed_epochs", "epoch_time_s", "throughput_img_s", "best_val_acc", "best_epoch",
+    "time_to_acc_s", "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct", "train_flops_per_image", "mfu",
+    "warnings", "host", "nproc", "cell_id", "run", "finished_at",
 ]  # fmt: skip
 
 MIN_OPTIMIZER_STEPS = 10
@@ -43,34 +43,20 @@ def device_short(name: str) -> str:
     return facts["key"] if facts else name
 
 
-def _t_quantile(n: int) -> float:
-    """Two-sided 95 % Student-t quantile for ``n`` samples (normal approximation without scipy)."""
-    try:
-        from scipy import stats
-    except ImportError:
-        return 1.96
-    return float(stats.t.ppf(0.975, n - 1))
-
-
 def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, float]:
-    """Statistics of one cell's epochs (sorted by epoch). Timings use the epochs after the first."""
+    """Statistics of one run's epochs (sorted by epoch). Timings use the epochs after the first (warm-up)."""
     nan = math.nan
     if epochs.empty:
-        return {"epochs": 0}
+        return {"epochs": 0, "timed_epochs": 0}
     steady = epochs.iloc[1:] if len(epochs) > 1 else epochs
     train_time = steady["train_time_s"].sum()
-    per_epoch = steady["throughput_img_s"].fillna(steady["train_images"] / steady["train_time_s"])
-    n = len(per_epoch)
-    half = _t_quantile(n) * per_epoch.std(ddof=1) / math.sqrt(n) if n > 1 else nan
     best = epochs["val_acc"].idxmax() if epochs["val_acc"].notna().any() else None
     reached = epochs[epochs["val_acc"] >= target_acc] if target_acc is not None else epochs.iloc[0:0]
     return {
         "epochs": len(epochs),
+        "timed_epochs": len(steady),
         "epoch_time_s": steady["epoch_time_s"].median(),
-        "epoch_time_p90_s": steady["epoch_time_s"].quantile(0.9),
         "throughput_img_s": steady["train_images"].sum() / train_time if train_time > 0 else nan,
-        "throughput_ci95_low": per_epoch.mean() - half,
-        "throughput_ci95_high": per_epoch.mean() + half,
         "best_val_acc": epochs["val_acc"].max(),
         "best_epoch": epochs.at[best, "epoch"] if best is not None else nan,
         "time_to_acc_s": reached["wall_time_s"].iloc[0] if len(reached) else nan,
@@ -106,7 +92,7 @@ def precision_support(cell_row: Mapping[str, Any]) -> str | None:
 
 
 def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame:
-    """One row per cell run with :data:`SUMMARY_COLUMNS` plus ``device_short``, ``env``, ``cell``."""
+    """One row per cell run with :data:`RUN_COLUMNS` plus ``device_short``, ``source_index``, ``env``, ``cell``."""
     by_run = dict(tuple(results.epochs.groupby("run", sort=False)))
     rows = []
     for cell_row in results.cells.to_dict("records"):
@@ -129,7 +115,8 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
         row["warnings"] = "; ".join(warnings)
         row["precision_support"] = precision_support(cell_row) if cell_row["status"] != "skipped" else None
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, "device_short", "finished_at", "env", "cell"])
-    frame["epochs"] = frame["epochs"].fillna(0).astype(int)
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "device_short", "source_index", "device_type", "env", "cell"])
+    frame["device_type"] = [env.get("device_type") for env in frame["env"]]
+    frame[["epochs", "timed_epochs"]] = frame[["epochs", "timed_epochs"]].fillna(0).astype(int)
     frame["best_epoch"] = frame["best_epoch"].astype("Int64")
-    return frame.sort_values(["suite", "model", "loader", "backend", "precision", "device"], ignore_index=True)
+    return frame.sort_values(["suite", "model", "loader", "backend", "precision", "device", "seed"], ignore_index=True)
