@@ -25,7 +25,8 @@ step swings by 10x or more, a single thread by about 20 %.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,37 @@ def record(env: dict[str, Any]) -> Callable[..., None]:
         benchmark.extra_info.update({"params": params, "settings": asdict(SETTINGS), "env": env})
 
     return write
+
+
+@pytest.fixture
+def time_epochs(benchmark: Any) -> Callable[..., int]:
+    """``time_epochs(train, image_size, rounds, synchronize=False)``: iterate a loader's training split once per
+    round (after one warm-up round), checking each batch's shape; record the median round's images/s in
+    ``extra_info["throughput_img_s"]``; return the images per round. ``synchronize`` waits for CUDA work."""
+
+    def run(train: Iterable[Any], image_size: int, rounds: int, synchronize: bool = False) -> int:
+        seconds: list[float] = []
+
+        def one_epoch() -> int:
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(len(seconds) + 1)
+            start, images = time.perf_counter(), 0
+            for batch, labels in train:
+                assert batch.shape[0] == labels.shape[0] and batch.shape[-1] == image_size
+                images += int(labels.shape[0])
+            if synchronize:
+                import torch
+
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+            return images
+
+        images: int = benchmark.pedantic(one_epoch, rounds=rounds, warmup_rounds=1)
+        timed = sorted(seconds[1:] or seconds)  # the first round is the warm-up (none with --benchmark-disable)
+        benchmark.extra_info["throughput_img_s"] = images / timed[len(timed) // 2]
+        return images
+
+    return run
 
 
 # ---------------------------------------------------------------- parametrization over the registered plugins

@@ -16,7 +16,6 @@ run only where CUDA is present (mixed nvJPEG decode + GPU augmentation vs CPU de
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -82,48 +81,26 @@ def _device(decode: str = "cpu") -> DeviceInfo:
     return DeviceInfo("cpu", "cpu")
 
 
-def _run(
-    benchmark: Any, loader: Any, root: Path, randaugment: bool, params: dict[str, Any], decode: str = "cpu"
-) -> None:
+def _run(benchmark: Any, time_epochs: Any, loader: Any, root: Path, randaugment: bool, params: dict[str, Any],
+         decode: str = "cpu") -> None:
     spec = DataSpec(root=root, image_size=SIZE, batch_size=BATCH, randaugment=randaugment, seed=0,
                     device=_device(decode), params=params)  # fmt: skip
     splits = loader.build(spec)
-    seconds: list[float] = []
-    epoch = 0
-
-    def one_epoch() -> int:
-        nonlocal epoch
-        epoch += 1
-        if hasattr(splits.train, "set_epoch"):
-            splits.train.set_epoch(epoch)
-        start, images = time.perf_counter(), 0
-        for batch, labels in splits.train:
-            assert batch.shape[-1] == SIZE and batch.shape[0] == labels.shape[0]
-            images += int(labels.shape[0])
-        if decode == "gpu":
-            import torch
-
-            torch.cuda.synchronize()
-        seconds.append(time.perf_counter() - start)
-        return images
-
-    images = benchmark.pedantic(one_epoch, rounds=ROUNDS, warmup_rounds=1)
-    timed = sorted(seconds[1:] or seconds)
+    images = time_epochs(splits.train, SIZE, ROUNDS, synchronize=decode == "gpu")
     benchmark.extra_info.update({
-        "throughput_img_s": images / timed[len(timed) // 2], "images_per_round": images, "image_size": SIZE,
-        "batch_size": BATCH, "randaugment": randaugment, "params": params, "cpu_count": os.cpu_count(),
-        "info": getattr(splits, "info", None),
+        "images_per_round": images, "image_size": SIZE, "batch_size": BATCH, "randaugment": randaugment,
+        "params": params, "cpu_count": os.cpu_count(), "info": getattr(splits, "info", None),
     })  # fmt: skip
     assert images == splits.train_size // BATCH * BATCH
 
 
 @pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
 @pytest.mark.parametrize("cache", [True, False], ids=["cache", "nocache"])
-def test_torchvision(benchmark: Any, photos: Path, randaugment: bool, cache: bool) -> None:
+def test_torchvision(benchmark: Any, time_epochs: Any, photos: Path, randaugment: bool, cache: bool) -> None:
     from harness_plugins.torchvision_loader import TorchvisionLoader
 
     benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
-    _run(benchmark, TorchvisionLoader(), photos, randaugment, {"cache": cache})
+    _run(benchmark, time_epochs, TorchvisionLoader(), photos, randaugment, {"cache": cache})
 
 
 class NaiveImageFolder:
@@ -143,19 +120,19 @@ class NaiveImageFolder:
 
 
 @pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
-def test_naive_imagefolder(benchmark: Any, photos: Path, randaugment: bool) -> None:
+def test_naive_imagefolder(benchmark: Any, time_epochs: Any, photos: Path, randaugment: bool) -> None:
     benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
-    _run(benchmark, NaiveImageFolder(), photos, randaugment, {})
+    _run(benchmark, time_epochs, NaiveImageFolder(), photos, randaugment, {})
 
 
 @needs_dali
 @pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
 @pytest.mark.parametrize("reader", ["file", "tfrecord"])
-def test_dali_cpu(benchmark: Any, photos: Path, randaugment: bool, reader: str) -> None:
+def test_dali_cpu(benchmark: Any, time_epochs: Any, photos: Path, randaugment: bool, reader: str) -> None:
     from harness_plugins.dali_loader import DaliLoader
 
     benchmark.group = f"loader-{'randaugment' if randaugment else 'plain'}"
-    _run(benchmark, DaliLoader(), photos, randaugment, {"reader": reader})
+    _run(benchmark, time_epochs, DaliLoader(), photos, randaugment, {"reader": reader})
 
 
 @needs_dali
@@ -165,22 +142,22 @@ def test_dali_cpu(benchmark: Any, photos: Path, randaugment: bool, reader: str) 
      {"fast_idct": True}],
     ids=lambda p: "-".join(f"{k}{v}" for k, v in p.items()),
 )  # fmt: skip
-def test_dali_cpu_tuning(benchmark: Any, photos: Path, params: dict[str, Any]) -> None:
+def test_dali_cpu_tuning(benchmark: Any, time_epochs: Any, photos: Path, params: dict[str, Any]) -> None:
     from harness_plugins.dali_loader import DaliLoader
 
     benchmark.group = "dali-cpu-tuning"
-    _run(benchmark, DaliLoader(), photos, False, {"reader": "file", **params})
+    _run(benchmark, time_epochs, DaliLoader(), photos, False, {"reader": "file", **params})
 
 
 @needs_dali
 @needs_cuda
 @pytest.mark.parametrize("randaugment", [False, True], ids=["plain", "randaugment"])
 @pytest.mark.parametrize("decode", ["cpu", "gpu"])
-def test_dali_decode(benchmark: Any, photos: Path, randaugment: bool, decode: str) -> None:
+def test_dali_decode(benchmark: Any, time_epochs: Any, photos: Path, randaugment: bool, decode: str) -> None:
     from harness_plugins.dali_loader import DaliLoader
 
     benchmark.group = f"dali-decode-{'randaugment' if randaugment else 'plain'}"
-    _run(benchmark, DaliLoader(), photos, randaugment, {"reader": "file", "decode": decode}, decode)
+    _run(benchmark, time_epochs, DaliLoader(), photos, randaugment, {"reader": "file", "decode": decode}, decode)
 
 
 RA_OPS = ["identity", "translate_x", "shear_x", "rotate", "brightness", "contrast", "color", "sharpness",

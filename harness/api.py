@@ -227,9 +227,11 @@ class CellSpec:
     model_params: Mapping[str, Any] = field(default_factory=dict)
     loader_params: Mapping[str, Any] = field(default_factory=dict)
     backend_params: Mapping[str, Any] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)  # tensorboard, checkpoint, ...
+    options: Mapping[str, Any] = field(default_factory=dict)  # tensorboard, save_best: for the lifecycle plugins
     allow_emulated: bool = False  # run a precision this device only emulates (refused by default)
     timeout_s: float | None = None  # the cell is killed and recorded failed past this wall time
+    # the Python environment the cell runs in: name, requires, constraints (docs/environments.md); empty: the harness's
+    environment: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
         """The cell's parameters as plain JSON data."""

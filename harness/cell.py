@@ -1,9 +1,14 @@
 """The cell process: ``python -m harness.cell CELL_JSON --out OUT [--nproc N] [--resume]``.
 
-Started by the runner, once per cell, so CUDA, DALI and Colossal-AI global state, crashes and
+Started by the runner, once per cell, under the interpreter of the cell's environment
+(:mod:`harness.environments`), so CUDA, DALI and Colossal-AI global state, crashes and
 out-of-memory stay contained. With ``--nproc N > 1`` it runs torchrun in-process, which starts
 the N ranks (each again ``python -m harness.cell``). Every one of these processes dies with its
 parent, even when the parent is SIGKILLed.
+
+``python -m harness.cell --check CELLS_JSON`` (a list of cells) answers for an environment the
+runner does not run in: it prints, as JSON, this environment's fingerprint per device and each
+cell's capability verdict (:func:`harness.capability.blocker`, None when it can run).
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ import shutil
 import signal
 import sys
 import traceback
-from contextlib import suppress
+from contextlib import redirect_stdout, suppress
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from harness import contract, envinfo
-from harness.api import CannotRun, CellSpec, DataSpec
+from harness import capability, contract, envinfo
+from harness.api import CannotRun, CellSpec, DataSpec, DeviceInfo
 from harness.engine import Trainer
-from harness.plugins import get_manager
+from harness.plugins import Manager, get_manager
 from harness.store import CellStore, now
 
 PARENT_ENV = "HARNESS_PARENT_PID"  # the pid this process must die with: the runner, or the ranks' torchrun
@@ -71,10 +77,13 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
             rank=backend.rank, world_size=backend.world_size, params=cell.loader_params)),
             manager.owner("loaders", loader))
         family = manager.family_of(cell)
+        if family is None:
+            where = envinfo.current_environment()["environment"]
+            raise CannotRun(f"no model family builds {cell.model!r} in environment {where}")
         model = family.impl.build(cell.model, num_classes=len(data.classes), image_size=cell.image_size,
                                   **cell.model_params)
         contract.check_model(model, manager.owner("models", family), cell.model)
-        summary = Trainer(cell, model, data, backend, store, manager, env).run(resume=resume)
+        summary = Trainer.create(cell, model, data, backend, store, manager, env).run(resume=resume)
     except CannotRun as exc:
         if rank == 0:
             store.write_result(cell, env, "skipped", str(exc), started_at=started)
@@ -106,14 +115,41 @@ def failure_reason(exc: Exception, out: Path) -> str:
     return reason
 
 
+def check(cells_json: Path) -> dict[str, Any]:
+    """This environment's fingerprint per device and verdict per cell, for the cells listed in ``cells_json``."""
+    cells = [CellSpec.from_dict(data) for data in json.loads(cells_json.read_text())]
+    manager = get_manager()
+    devices = {name: envinfo.device_info(name) for name in {c.device for c in cells}}
+    return {"fingerprints": {name: envinfo.fingerprint(d, manager.environment()) for name, d in devices.items()},
+            "blockers": {c.id: blocker(c, manager, devices[c.device]) for c in cells}}
+
+
+def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
+    """:func:`harness.capability.blocker`, or which of the cell's plugins this environment lacks."""
+    for kind, name in (("loaders", cell.loader_plugin), ("backends", cell.backend_plugin)):
+        if name not in manager.registries[kind]:
+            where = envinfo.current_environment()["environment"]
+            return f"no {kind[:-1]} {name!r} in environment {where}{manager.broken_hint(kind, name)}"
+    return capability.blocker(cell, manager, device)
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     parser = argparse.ArgumentParser(prog="python -m harness.cell")
     parser.add_argument("cell_json", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--nproc", type=int, default=1, help="ranks to start under torchrun (1: train here)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--check", action="store_true",
+                        help="CELL_JSON lists cells: print whether each can run in this environment, as JSON")
     args = parser.parse_args(argv)
+    if args.check:
+        with redirect_stdout(sys.stderr):  # what plugins print must not garble the answer
+            answer = check(args.cell_json)
+        print(json.dumps(answer, default=str))
+        return 0
+    if args.out is None:
+        parser.error("--out is required")
     if args.nproc > 1:
         return launch(args.cell_json, args.out, args.nproc, args.resume)
     cell = CellSpec.from_dict(json.loads(args.cell_json.read_text()))

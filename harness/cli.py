@@ -20,7 +20,9 @@ from harness.suite import SuiteError, check_count
 COMMANDS = {
     "report": ("harness.report", "build reports from result directories (several machines merge)"),
     "compare": ("harness.compare", "compare a baseline and a candidate; exit 1 on a regression"),
+    "ab": ("harness.ab", "benchmark two git revisions interleaved (ABBA) and compare; exit 1 on a regression"),
     "env": ("harness.envcheck", "this machine's fingerprint and which cells can run here"),
+    "envs": ("harness.environments", "list, build or remove the environments cells run in"),
 }
 
 
@@ -67,8 +69,10 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="run each cell N times, seeds seed, seed+1, ... (ids ID, ID-r2, ...); the report aggregates")
     p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="run only matching cells (id, model, loader, backend, precision); repeatable")
+                   help="run only matching cells (id, model, loader, backend, precision, environment); repeatable")
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
+    p.add_argument("--no-build", action="store_true",
+                   help="use only environments already built; skip the cells of the others (harness envs build)")
     p.add_argument("--rerun-changed", action="store_true",
                    help="with --resume: move aside (cells/ID.old-TIMESTAMP) and rerun cells whose settings changed")
     p.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
@@ -109,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None
     try:
-        outcomes = run_suite(cells, out, manager, resume=args.resume)
+        hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
+        outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2

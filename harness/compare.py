@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import store
 
@@ -50,6 +50,7 @@ MACHINE_KEYS = frozenset(
 )
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
+Value = TypeVar("Value")
 
 
 class CompareError(ValueError):
@@ -293,8 +294,8 @@ def judge(base: Series | None, cand: Series | None, options: Options) -> Row:
     """The verdict for one pair (either side may be absent)."""
     ref = cand or base
     assert ref is not None
-    higher = _direction(ref, options)
-    threshold = _threshold(ref, options)
+    higher = _last_match(ref, options.directions, ref.higher_is_better)
+    threshold = _last_match(ref, options.thresholds_for, options.threshold)
     direction = "higher" if higher else "lower"
     if base is None or cand is None:
         present = ref.samples
@@ -339,27 +340,16 @@ def _verdict(ratio: float, p: float, higher: bool, threshold: float, alpha: floa
     return "unchanged", "significant but below threshold" if significant else ""
 
 
-def _direction(series: Series, options: Options) -> bool:
-    higher = series.higher_is_better
-    for pattern, value in options.directions:
-        if _matches(pattern, series):
-            higher = value
-    return higher
-
-
-def _threshold(series: Series, options: Options) -> float:
-    value = options.threshold
-    for pattern, threshold in options.thresholds_for:
-        if _matches(pattern, series):
-            value = threshold
-    return value
+def _last_match(series: Series, rules: Sequence[tuple[str, Value]], default: Value) -> Value:
+    """The value of the last ``(pattern, value)`` rule whose pattern matches ``series``, else ``default``."""
+    return next((value for pattern, value in reversed(rules) if _matches(pattern, series)), default)
 
 
 def _matches(pattern: str, series: Series) -> bool:
     return any(fnmatch.fnmatchcase(name, pattern) for name in (series.key, series.id, series.metric))
 
 
-def compare(baseline: Side, candidate: Side, options: Options) -> list[Row]:
+def compare_sides(baseline: Side, candidate: Side, options: Options) -> list[Row]:
     """Judge every pair; rows sorted worst first (by the oriented ratio), then new and missing."""
     keys = [
         k for k in dict.fromkeys([*baseline.series, *candidate.series]) if _selected(k, baseline, candidate, options)
@@ -538,6 +528,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--fail-on-missing", action="store_true", help="exit 1 also when a baseline benchmark is missing"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the comparison as JSON to PATH")
+    parser.add_argument(  # calibration: harness/ab.py
+        "--reference",
+        metavar="NAME",
+        help="pytest-benchmark files: gate on each time divided by this benchmark's median time in the same file",
+    )
 
 
 def options_from(args: argparse.Namespace) -> Options:
@@ -572,7 +567,6 @@ def command(args: argparse.Namespace) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     try:
-        _require_scipy()
         options = options_from(args)
         baseline, candidate = load_side(args.baseline, options), load_side(args.candidate, options)
         if baseline.kind != candidate.kind:
@@ -580,10 +574,14 @@ def _command(args: argparse.Namespace) -> int:
                 f"cannot compare a {baseline.kind} input ({baseline.path}) with a "
                 f"{candidate.kind} input ({candidate.path})"
             )
+        if getattr(args, "reference", None):  # calibration: harness/ab.py
+            from harness.ab import calibrate_pair
+
+            baseline, candidate = calibrate_pair(baseline, candidate, args.reference)
     except (CompareError, store.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    rows = compare(baseline, candidate, options)
+    rows = compare_sides(baseline, candidate, options)
     _warn_env(baseline, candidate)
     print(table(rows))
     counts = summary(rows)
@@ -598,13 +596,6 @@ def _command(args: argparse.Namespace) -> int:
     return EXIT_REGRESSED if failed else EXIT_OK
 
 
-def _require_scipy() -> None:
-    try:
-        import scipy.stats  # noqa: F401
-    except ImportError:
-        raise CompareError("harness compare needs scipy for its significance test: pip install scipy") from None
-
-
 def _warn_env(baseline: Side, candidate: Side) -> None:
     diffs = env_differences(baseline, candidate)
     if not diffs:
@@ -617,7 +608,7 @@ def _warn_env(baseline: Side, candidate: Side) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m harness.compare``) until the CLI wires the command."""
+    """``python -m harness.compare``: the same as ``harness compare``."""
     parser = argparse.ArgumentParser(prog="harness compare")
     configure(parser)
     store.show_warnings_briefly()

@@ -1,8 +1,8 @@
 """The one training loop every backend, loader and model runs through.
 
 Per epoch: train, evaluate, write the epoch's record, checkpoint, fire ``harness_epoch_end``.
-The engine knows backends, loaders and models only through the protocols in
-:mod:`harness.api`.
+Epochs count from 1 everywhere. The engine knows backends, loaders and models only through the
+protocols in :mod:`harness.api`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import math
 import resource
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sized
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from harness.plugins import Manager
 from harness.store import CellStore
 
 FEW_STEPS = 10  # warn below this many optimizer steps per epoch
+Batch = TypeVar("Batch")
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,21 +50,21 @@ class Context:
 
 
 def lr_factor(recipe: Recipe, epoch: int, fraction: float, epochs: int) -> float:
-    """LR multiplier for a step ending ``fraction`` of the way through 0-based ``epoch``: linear warmup, then
+    """LR multiplier for a step ending ``fraction`` of the way through ``epoch`` (from 1): linear warmup, then
     the schedule.
 
     ``cosine-epoch`` gives every step of an epoch, its last included, that epoch's rate, as the
     tutorial's per-epoch CosineAnnealingLR; ``cosine-step`` decays it smoothly per optimizer step.
     """
-    progress = epoch + fraction
-    if progress < recipe.warmup_epochs:
-        return (progress + 1e-9) / recipe.warmup_epochs
+    done = epoch - 1 + fraction  # epochs trained when the step ends
+    if done < recipe.warmup_epochs:
+        return (done + 1e-9) / recipe.warmup_epochs
     if recipe.schedule == "constant":
         return 1.0
     if recipe.schedule == "cosine-epoch":
-        progress = epoch
+        done = epoch - 1
     span = max(epochs - recipe.warmup_epochs, 1e-9)
-    return 0.5 * (1 + math.cos(math.pi * min((progress - recipe.warmup_epochs) / span, 1.0)))
+    return 0.5 * (1 + math.cos(math.pi * min((done - recipe.warmup_epochs) / span, 1.0)))
 
 
 def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -128,51 +130,145 @@ class Totals:
         self.count += count
 
     def reduce(self, backend: Backend) -> tuple[float, float, int]:
-        sums = torch.stack([self.loss, self.correct, torch.tensor(float(self.count), device=self.device,
-                                                                   dtype=torch.float64)])
-        loss, correct, count = backend.all_reduce(sums).tolist()
-        return loss / max(count, 1), correct / max(count, 1), int(count)
+        """Mean loss, accuracy and image count over all processes."""
+        count = torch.tensor(float(self.count), device=self.device, dtype=torch.float64)
+        loss, correct, total = backend.all_reduce(torch.stack([self.loss, self.correct, count])).tolist()
+        return loss / max(total, 1), correct / max(total, 1), int(total)
+
+
+class DataWait:
+    """Seconds a loop spends waiting for its batches: from the end of one step to the next batch's arrival."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """``batches``, with the wait for each (creating the iterator included) added to :attr:`seconds`."""
+        tick = time.perf_counter()
+        for batch in batches:
+            self.seconds += time.perf_counter() - tick
+            yield batch
+            tick = time.perf_counter()
+
+
+class Accumulation:
+    """Gradient accumulation windows, as HF Accelerate's ``accumulate()``.
+
+    The optimizer steps after every ``size`` micro-batches and after the epoch's last one (when
+    the loader has a length); the micro-batches before a step skip the backend's gradient sync.
+    """
+
+    def __init__(self, backend: Backend, model: torch.nn.Module, size: int, batches: int | None) -> None:
+        self.backend, self.model, self.size, self.batches = backend, model, size, batches
+        self.micro = 0  # micro-batches begun this epoch
+        self.pending = 0  # of them, since the last optimizer step
+        self.loss: torch.Tensor | float = 0.0  # their summed loss
+
+    @property
+    def sync(self) -> bool:
+        """Whether the current micro-batch ends the window: its gradients are synced and the optimizer steps."""
+        return self.pending == self.size or self.micro == self.batches
+
+    @property
+    def fraction(self) -> float:
+        """How far through the epoch the current micro-batch is (1.0 when the loader has no length)."""
+        return self.micro / (self.batches or self.micro)
+
+    @contextmanager
+    def accumulate(self) -> Iterator[None]:
+        """Wrap one micro-batch's forward and backward."""
+        self.micro += 1
+        self.pending += 1
+        with nullcontext() if self.sync else self.backend.no_sync(self.model):
+            yield
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss = self.loss + loss.detach()
+
+    def reset(self) -> None:
+        """Open the next window (after the optimizer step)."""
+        self.pending, self.loss = 0, 0.0
+
+
+def batch_count(batches: Iterable[Any]) -> int | None:
+    """How many batches an epoch yields (at least 1), or None when the loader has no length."""
+    return max(len(batches), 1) if isinstance(batches, Sized) else None
+
+
+class TrainMetrics(TypedDict):
+    """One epoch's training metrics: these fields of :class:`harness.api.EpochRecord`."""
+
+    train_loss: float
+    train_acc: float
+    train_time_s: float
+    data_wait_s: float
+    train_images: int
+    throughput_img_s: float
+    optimizer_steps: int
 
 
 @dataclass
 class Trainer:
+    """Trains one cell: :meth:`run` its epochs, or :meth:`train_epoch` one at a time. Epochs count from 1.
+
+    Build it with :meth:`create`, which prepares the model and optimizer through the backend.
+    """
+
     cell: CellSpec
-    model: torch.nn.Module
+    model: torch.nn.Module  # as the backend prepared it (e.g. wrapped in DDP)
+    optimizer: torch.optim.Optimizer
     data: DataSplits
     backend: Backend
     store: CellStore
     manager: Manager
     env: dict[str, Any]
-    optimizer: torch.optim.Optimizer = field(init=False)
-    steps: int = 0
+    base_lrs: list[float]  # each parameter group's rate before the schedule
+    mean: torch.Tensor  # ImageNet statistics on the device, [1, 3, 1, 1]
+    std: torch.Tensor
+    model_owner: str  # names the model in contract errors
+    flops: float | None = None  # FLOPs of one training image; None when the counter cannot trace the model
+    steps: int = 0  # optimizer steps, all epochs together
     best_acc: float = -1.0
     best_epoch: int = 0
     restored_wall: float = 0.0  # wall time of the epochs a resumed run skips
     warnings: list[dict[str, str]] = field(default_factory=list)  # {"code": stable id, "message": text}
 
-    def __post_init__(self) -> None:
-        self.recipe = self.cell.recipe
-        self.device = self.backend.device
-        self.is_main = self.backend.rank == 0
-        self.mean = torch.tensor(IMAGENET_MEAN_255, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD_255, device=self.device).view(1, 3, 1, 1)
-        self.model.to(self.device)
-        self.flops = measure_train_flops(self.model, self.cell.image_size, self.device)
-        self.model, self.optimizer = self.backend.prepare(self.model, build_optimizer(self.model, self.recipe))
-        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.warnings += [{"code": "backend", "message": w} for w in self.backend.warnings]
-        if devices.recorded_support(self.env, self.cell.precision) == devices.EMULATED:
-            self.warn("emulated-precision", f"{self.cell.precision} is emulated on {self.env.get('device_name')}: "
-                                            "run on request (--allow-emulated); its timings are not the hardware's")
-        self.context = Context(self.store.dir, self.backend.rank, self.backend.world_size, self.env, self)
-        self.model_owner = self.manager.model_owner(self.cell)  # names the model in contract errors
-        # train_size is this process's shard: each process takes the same number of steps.
-        self.nominal_steps = self.data.train_size / (self.recipe.batch_size * self.recipe.accumulation)
-        if self.nominal_steps < FEW_STEPS:
-            self.warn("few-steps", f"only {self.nominal_steps:.1f} optimizer steps per epoch "
-                      f"({self.data.train_size * self.backend.world_size} images / "
-                      f"(batch {self.recipe.batch_size} x {self.backend.world_size} processes x "
-                      f"accumulation {self.recipe.accumulation}))")
+    @classmethod
+    def create(cls, cell: CellSpec, model: torch.nn.Module, data: DataSplits, backend: Backend, store: CellStore,
+               manager: Manager, env: dict[str, Any]) -> Trainer:
+        """Count the model's FLOPs on the backend's device, let the backend prepare it with a new optimizer,
+        and record the setup's warnings."""
+        device = backend.device
+        mean, std = (torch.tensor(s, device=device).view(1, 3, 1, 1) for s in (IMAGENET_MEAN_255, IMAGENET_STD_255))
+        model.to(device)
+        flops = measure_train_flops(model, cell.image_size, device)
+        model, optimizer = backend.prepare(model, build_optimizer(model, cell.recipe))
+        trainer = cls(cell, model, optimizer, data, backend, store, manager, env,
+                      base_lrs=[group["lr"] for group in optimizer.param_groups], mean=mean, std=std,
+                      model_owner=manager.model_owner(cell), flops=flops)
+        trainer.warn_about_setup()
+        return trainer
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.cell.recipe
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.backend.rank == 0
+
+    @property
+    def nominal_steps(self) -> float:
+        """Optimizer steps per epoch the data set allows (``train_size`` is this process's shard)."""
+        return self.data.train_size / (self.recipe.batch_size * self.recipe.accumulation)
+
+    @cached_property
+    def context(self) -> Context:
+        return Context(self.store.dir, self.backend.rank, self.backend.world_size, self.env, self)
 
     def warn(self, code: str, message: str) -> None:
         """Record a caveat under a stable ``code`` (``few-steps``, ``emulated-precision``, ...)."""
@@ -180,72 +276,98 @@ class Trainer:
         if self.is_main:
             warnings.warn(f"{self.cell.id}: {message}", stacklevel=2)
 
+    def warn_about_setup(self) -> None:
+        """The backend's caveats, an emulated precision, too few optimizer steps per epoch."""
+        self.warnings += [{"code": "backend", "message": w} for w in self.backend.warnings]
+        if devices.recorded_support(self.env, self.cell.precision) == devices.EMULATED:
+            self.warn("emulated-precision", f"{self.cell.precision} is emulated on {self.env.get('device_name')}: "
+                                            "run on request (--allow-emulated); its timings are not the hardware's")
+        if self.nominal_steps < FEW_STEPS:
+            world = self.backend.world_size
+            self.warn("few-steps", f"only {self.nominal_steps:.1f} optimizer steps per epoch "
+                                   f"({self.data.train_size * world} images / (batch {self.recipe.batch_size} x "
+                                   f"{world} processes x accumulation {self.recipe.accumulation}))")
+
     # -- one epoch -----------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> TrainMetrics:
+        """Train one epoch over ``data.train``; return its metrics."""
+        self.model.train()
+        if hasattr(self.data.train, "set_epoch"):
+            self.data.train.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(self.cell.seed * 100_003 + epoch * 101 + self.backend.rank)
+        window = Accumulation(self.backend, self.model, self.recipe.accumulation, batch_count(self.data.train))
+        wait, totals, steps_before = DataWait(), Totals(self.device), self.steps
+        start = time.perf_counter()
+        for images, labels in wait.timed(self.data.train):
+            images, labels = self.prepare_batch(images, labels)
+            images, perm, lam = mixup(images, self.recipe.mixup_alpha, generator)
+            with window.accumulate():
+                logits, loss = self.forward(images, labels, perm, lam)
+                self.backend.backward(loss / self.recipe.accumulation)
+            window.add(loss)
+            totals.add(loss, mixed(logits.detach().argmax(1).eq, labels, perm, lam).sum(), labels.shape[0])
+            if window.sync:
+                self.optimizer_step(epoch, window)
+        if window.micro == 0:  # nothing trained: the cell must fail, not record an untrained model as ok
+            raise self.no_batches()
+        if window.pending:  # a loader without a length: the epoch's end closes the last window
+            self.optimizer_step(epoch, window)
+        train_time = self.seconds_since(start)
+        mean_loss, accuracy, count = totals.reduce(self.backend)
+        return TrainMetrics(train_loss=mean_loss, train_acc=accuracy, train_time_s=train_time, data_wait_s=wait.seconds,
+                            train_images=count, throughput_img_s=count / train_time if train_time else 0.0,
+                            optimizer_steps=self.steps - steps_before)
+
     def prepare_batch(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both on the device; uint8 images normalised with the ImageNet statistics."""
         images = images.to(self.device, non_blocking=True)
         if images.dtype == torch.uint8:
             images = (images.float() - self.mean) / self.std
         return images, labels.to(self.device, non_blocking=True)
 
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, perm: torch.Tensor | None,
+                lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and the (mixup-aware, label-smoothed) loss, under the backend's autocast."""
+        with self.backend.autocast():
+            logits = self.model(images)
+            contract.check_logits(logits, labels.shape[0], len(self.data.classes), self.model_owner)
+            per_target = partial(F.cross_entropy, logits, label_smoothing=self.recipe.label_smoothing)
+            return logits, mixed(per_target, labels, perm, lam)
+
+    def optimizer_step(self, epoch: int, window: Accumulation) -> None:
+        """Check the window's loss, set the scheduled rate, step, and open the next window."""
+        self.check_finite(window.loss, epoch, window.micro)
+        self.set_lr(epoch, window.fraction)
+        self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
+        self.steps += 1
+        window.reset()
+
     def set_lr(self, epoch: int, fraction: float = 0.0) -> float:
+        """Set every group's rate for ``fraction`` of the way through ``epoch``; return the first group's."""
         factor = lr_factor(self.recipe, epoch, fraction, self.cell.epochs)
         for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
-        self.model.train()
-        generator = torch.Generator().manual_seed(self.cell.seed * 100_003 + epoch * 101 + self.backend.rank)
-        if hasattr(self.data.train, "set_epoch"):
-            self.data.train.set_epoch(epoch)
-        batches = max(len(self.data.train), 1) if hasattr(self.data.train, "__len__") else None
-        totals, wait, pending, window_loss = Totals(self.device), 0.0, 0, 0.0
-        steps_before, micro = self.steps, 0
-        accumulation, smoothing = self.recipe.accumulation, self.recipe.label_smoothing
-        start = tick = time.perf_counter()
-        for micro, (images, labels) in enumerate(self.data.train, start=1):
-            wait += time.perf_counter() - tick
-            images, labels = self.prepare_batch(images, labels)
-            images, perm, lam = mixup(images, self.recipe.mixup_alpha, generator)
-            sync = pending + 1 == accumulation or micro == batches
-            with nullcontext() if sync else self.backend.no_sync(self.model):
-                with self.backend.autocast():
-                    logits = self.model(images)
-                    contract.check_logits(logits, labels.shape[0], len(self.data.classes), self.model_owner)
-                    loss = mixed(partial(F.cross_entropy, logits, label_smoothing=smoothing), labels, perm, lam)
-                self.backend.backward(loss / accumulation)
-            pending += 1
-            window_loss += loss.detach()
-            predicted = logits.detach().argmax(1)
-            totals.add(loss, mixed(predicted.eq, labels, perm, lam).sum(), labels.shape[0])
-            if sync:
-                self.check_finite(window_loss, epoch, micro)
-                self.set_lr(epoch - 1, micro / (batches or micro))
-                self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
-                self.steps, pending, window_loss = self.steps + 1, 0, 0.0
-            tick = time.perf_counter()
-        if micro == 0:  # nothing trained: the cell must fail, not record an untrained model as ok
-            size, batch = self.data.train_size, self.recipe.batch_size
-            raise RuntimeError(f"0 training batches: {size} photos < batch {batch} with drop_last" if size < batch
-                               else f"0 training batches from the loader ({size} training photos, batch {batch})")
-        if pending:  # an iterable without len(): flush the last accumulation window
-            self.check_finite(window_loss, epoch, micro)
-            self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
-            self.steps += 1
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        train_time = time.perf_counter() - start
-        loss, acc, count = totals.reduce(self.backend)
-        return {"train_loss": loss, "train_acc": acc, "train_time_s": train_time, "data_wait_s": wait,
-                "train_images": count, "throughput_img_s": count / train_time if train_time else 0.0,
-                "optimizer_steps": self.steps - steps_before}
-
     def check_finite(self, loss: torch.Tensor | float, epoch: int, step: int) -> None:
         if not math.isfinite(float(loss)):
             raise NonFiniteLoss(f"loss is {float(loss)} at epoch {epoch}, step {step}")
 
+    def no_batches(self) -> RuntimeError:
+        size, batch = self.data.train_size, self.recipe.batch_size
+        if size < batch:
+            return RuntimeError(f"0 training batches: {size} photos < batch {batch} with drop_last")
+        return RuntimeError(f"0 training batches from the loader ({size} training photos, batch {batch})")
+
+    def seconds_since(self, start: float) -> float:
+        """Wall time since ``start``, the device's queued work included."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - start
+
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
+        """Validation loss and accuracy."""
         self.model.eval()
         totals = Totals(self.device)
         for images, labels in self.data.validation:
@@ -258,31 +380,38 @@ class Trainer:
 
     # -- the run -------------------------------------------------------------------------------
     def run(self, resume: bool = False) -> dict[str, Any]:
-        if not resume and self.is_main:
-            self.store.truncate_epochs(0)  # rows of an earlier attempt that died before its first checkpoint
-        first = self.restore() + 1 if resume else 1
+        """Train the cell's epochs (with ``resume``, those after its checkpoint); return the summary."""
+        if resume:
+            first = self.restore() + 1
+        else:
+            first = 1
+            if self.is_main:
+                self.store.truncate_epochs(0)  # rows of an earlier attempt that died before its first checkpoint
         self.manager.call("harness_run_start", cell=self.cell, context=self.context)
         wall_start = time.perf_counter() - self.restored_wall
         for epoch in range(first, self.cell.epochs + 1):
-            torch.manual_seed(self.cell.seed * 1009 + epoch)  # dropout etc.: a function of (seed, epoch)
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(self.device)
-            lr = self.set_lr(epoch - 1)
-            epoch_start = time.perf_counter()
-            train = self.train_epoch(epoch)
-            val_loss, val_acc = self.evaluate()
-            record = EpochRecord(epoch=epoch, val_loss=val_loss, val_acc=val_acc, lr=lr,
-                                 epoch_time_s=time.perf_counter() - epoch_start,
-                                 peak_mem_gb=peak_memory_gb(self.device),
-                                 wall_time_s=time.perf_counter() - wall_start, **train)
-            if val_acc > self.best_acc:
-                self.best_acc, self.best_epoch = val_acc, epoch
-            self.end_epoch(record)
+            self.end_epoch(self.run_epoch(epoch, wall_start))
         summary = self.summary()
         self.manager.call("harness_run_end", cell=self.cell, summary=summary, context=self.context)
         return summary
 
+    def run_epoch(self, epoch: int, wall_start: float) -> EpochRecord:
+        """Train and evaluate one epoch; its record."""
+        torch.manual_seed(self.cell.seed * 1009 + epoch)  # dropout etc.: a function of (seed, epoch)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        lr = self.set_lr(epoch)
+        start = time.perf_counter()
+        train = self.train_epoch(epoch)
+        val_loss, val_acc = self.evaluate()
+        if val_acc > self.best_acc:
+            self.best_acc, self.best_epoch = val_acc, epoch
+        return EpochRecord(epoch=epoch, val_loss=val_loss, val_acc=val_acc, lr=lr,
+                           epoch_time_s=time.perf_counter() - start, peak_mem_gb=peak_memory_gb(self.device),
+                           wall_time_s=time.perf_counter() - wall_start, **train)
+
     def end_epoch(self, record: EpochRecord) -> None:
+        """Write the epoch's row, checkpoint, fire ``harness_epoch_end``."""
         if self.is_main:
             self.store.append_epoch(self.cell, self.env, record)
             print(f"[{self.cell.id}] epoch {record.epoch}/{self.cell.epochs} loss {record.train_loss:.4f} "
@@ -322,4 +451,3 @@ class Trainer:
                 "optimizer_steps_per_epoch": self.steps / max(self.cell.epochs, 1),
                 "nominal_optimizer_steps_per_epoch": self.nominal_steps,
                 "train_flops_per_image": self.flops, "warnings": self.warnings, "loader_info": self.data.info}
-

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 from collections import Counter
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import capability, devices, envinfo
+from harness import capability, devices, envinfo, environments
 from harness.api import DeviceInfo
 from harness.plugins import Manager, get_manager, suite_path
 
@@ -40,19 +41,23 @@ def precisions(device: DeviceInfo) -> list[dict[str, str]]:
     return [{"precision": kind, **vars(devices.support(device, kind))} for kind in devices.DTYPES]
 
 
-def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Path]) -> dict[str, Any]:
-    """How many cells of suite ``name`` will run or be skipped here, and why."""
+def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Path],
+               requested: str | None = None) -> dict[str, Any]:
+    """How many cells of suite ``name`` will run or be skipped here, and why: each answered in its environment,
+    as ``harness run --no-build`` would (``requested``: the device to override the suite's with)."""
     from harness.suite import expand
 
-    cells = expand(suite_path(name), manager, device=None).cells
-    statuses = {c.id: capability.blocker(c, manager, device) for c in cells}
+    cells = expand(suite_path(name), manager, device=requested).cells
+    hint = shlex.join(["harness", "envs", "build", "--suite", name])
+    placer = environments.Placer(cells, manager, build=False, hint=hint)
+    statuses = {c.id: placer.place(c).blocker for c in cells}
     reasons = Counter(r for r in statuses.values() if r)
     slots = device.count if device.type == "cuda" else os.cpu_count() or 1
     return {"suite": name, "cells": len(cells), "run": sum(r is None for r in statuses.values()),
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
             "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
-            "estimate_s": estimate(cells, statuses, results)}
+            "estimate_s": estimate(cells, statuses, results), "environments": environments.overview(cells, manager)}
 
 
 def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Path]) -> float | None:
@@ -78,7 +83,8 @@ def command(args: argparse.Namespace) -> int:
         "broken_plugins": {p.name: p.error for p in manager.plugins if p.error},
     }
     if args.suite:
-        report["suite"] = suite_plan(args.suite, manager, device, args.results)
+        report["suite"] = suite_plan(args.suite, manager, device, args.results,
+                                     None if args.device == "auto" else args.device)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     blocked = args.suite and report["suite"]["skipped"]
     return 1 if args.strict and blocked else 0
@@ -106,6 +112,12 @@ def render(report: dict[str, Any]) -> str:
                          "(on a GPU they are skipped; on the CPU they run oversubscribed)")
         if plan["estimate_s"] is not None:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
+        lines.append(f"Environments of suite {plan['suite']}")
+        for env in plan["environments"]:
+            state = ("the harness's own" if env["hash"] is None else
+                     f"built, {environments.gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
+            lines.append(f"  {env['name']:16} {len(env['cells']):4} cells ({', '.join(env['backends'])}): {state}, "
+                         f"{env['path']}" + (f" [{' '.join(env['requires'])}]" if env["requires"] else ""))
     return "\n".join(lines)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import socket
 import subprocess
+import sys
 from collections.abc import Sequence
 from functools import cache
 from importlib import metadata
@@ -25,6 +27,8 @@ PACKAGES: dict[str, str | tuple[str, ...]] = {
     "pandas": "pandas",
     "harness": "harness",
 }
+#: Written last into an environment the harness built (harness/environments.py): what it is.
+ENV_MARKER = "harness-env.json"
 
 
 def device_info(requested: str = "auto") -> DeviceInfo:
@@ -74,6 +78,15 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+def current_environment() -> dict[str, str | None]:
+    """The environment this interpreter is: a built one's name and hash (from its marker), else ``default``."""
+    try:
+        marker = json.loads((Path(sys.prefix) / ENV_MARKER).read_text())
+    except (OSError, ValueError):
+        return {"environment": "default", "environment_hash": None}
+    return {"environment": marker.get("name"), "environment_hash": marker.get("hash")}
+
+
 def memory_gb() -> float | None:
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -107,6 +120,7 @@ def fingerprint(device: DeviceInfo, extra: Sequence[dict[str, Any] | None] = ())
         "nccl_available": torch.distributed.is_available() and torch.distributed.is_nccl_available(),
         **{key: version(dist) for key, dist in PACKAGES.items()},
         "git_commit": git_commit(),
+        **current_environment(),
     }
     for fields in extra:
         env.update(fields or {})

@@ -258,13 +258,6 @@ def _load(pm: pluggy.PluginManager) -> list[PluginInfo]:
     return infos
 
 
-def _fail(info: PluginInfo, message: str) -> None:
-    """Mark ``info`` broken; an in-process (test) plugin raises instead, so that its test fails loudly."""
-    if info.distribution == IN_PROCESS:
-        raise PluginError(f"plugin {info.name!r}: {message}")
-    info.error = message
-
-
 def _collect(manager: Manager, kind: str) -> list[Registration]:
     """What every loaded plugin registers for ``kind``; a hook that raises or registers something that breaks
     the contract marks its plugin broken."""
@@ -286,10 +279,10 @@ def _collect(manager: Manager, kind: str) -> list[Registration]:
         try:
             impl.function(register=register)
         except contract.ContractError as exc:
-            _fail(info, f"register_{kind}: {exc}")
+            info.error = f"register_{kind}: {exc}"
             continue
         except Exception as exc:
-            _fail(info, f"register_{kind} raised {type(exc).__name__}: {exc}")
+            info.error = f"register_{kind} raised {type(exc).__name__}: {exc}"
             continue
         found += mine
     return found
@@ -313,9 +306,9 @@ def _claim(manager: Manager, collected: dict[str, list[Registration]]) -> dict[s
         if taken is not None:
             kind, reg = taken
             first = registries[kind][reg.name]
-            _fail(info, f"{LABELS[kind]} {reg.name!r} is registered twice: by plugin {manager.describe(first.plugin)} "
-                        f"and by plugin {manager.describe(reg.plugin)}; {first.plugin!r} keeps it "
-                        f"({TIERS[owners[first.plugin].precedence[0]]})")
+            info.error = (f"{LABELS[kind]} {reg.name!r} is registered twice: by plugin "
+                          f"{manager.describe(first.plugin)} and by plugin {manager.describe(reg.plugin)}; "
+                          f"{first.plugin!r} keeps it ({TIERS[owners[first.plugin].precedence[0]]})")
             continue
         for kind, reg in mine:
             registries[kind][reg.name] = reg
@@ -352,11 +345,19 @@ def get_manager() -> Manager:
 
 @contextmanager
 def registered(plugin: object, name: str = "test-plugin") -> Iterator[Manager]:
-    """Register ``plugin`` (a module or object with hookimpls) for the duration of a block."""
+    """Register ``plugin`` (a module or object with hookimpls) for the duration of a block.
+
+    A plugin that comes out broken raises :class:`PluginError` here, so that the test registering it fails
+    loudly (an installed one is only listed broken).
+    """
     _extra_plugins.append((name, plugin))
     get_manager.cache_clear()
     try:
-        yield get_manager()
+        manager = get_manager()
+        error = _owners(manager.plugins)[name].error
+        if error:
+            raise PluginError(f"plugin {name!r}: {error}")
+        yield manager
     finally:
         _extra_plugins.remove((name, plugin))
         get_manager.cache_clear()

@@ -1,4 +1,5 @@
-"""Runs a suite's cells, each in its own process group, and records ok / skipped / failed / interrupted."""
+"""Runs a suite's cells, each in its own process group under its environment's interpreter, and records ok /
+skipped / failed / interrupted."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from harness import capability, envinfo
-from harness.api import CellSpec, DeviceInfo
+from harness import environments
+from harness.api import CellSpec
 from harness.cell import PARENT_ENV
 from harness.plugins import Manager
 from harness.store import CellStore, write_json
@@ -56,15 +57,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(cell_json: Path, out: Path, nproc: int, resume: bool) -> list[str]:
+def command(cell_json: Path, out: Path, nproc: int, resume: bool, python: str = sys.executable) -> list[str]:
     """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process)."""
-    return [sys.executable, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}",
+    return [python, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}",
             *(["--resume"] if resume else [])]
 
 
-def cell_env(nproc: int) -> dict[str, str]:
-    """Single-process cells get the rendezvous variables torchrun would set, so backends need no special case."""
+def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
+    """The cell's process environment: ``python``'s environment activated when it is not the runner's, and for
+    single-process cells the rendezvous variables torchrun would set, so backends need no special case."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
+    if python != sys.executable:
+        env = environments.activated(Path(python).parent.parent, env)
     # Loader threads and workers share the CPU with torch's OpenMP threads; spinning OpenMP threads
     # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -126,7 +130,7 @@ def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: 
         store.write_result(cell, env, "failed", f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:]))
 
 
-def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict) -> None:
+def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable) -> None:
     """Run the cell in its own process group, relay its output, and record what its process could not.
 
     On :class:`Interrupted` the group gets the runner's signal, the cell is recorded interrupted and the
@@ -140,7 +144,8 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict) -> None:
                dynamic_ncols=True, disable=None)
     # A session of its own: the runner's signals reach the whole group (cell or torchrun, loader workers), the
     # terminal's Ctrl-C only the runner, which forwards it.
-    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume), env=cell_env(cell.nproc),
+    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python),
+                            env=cell_env(cell.nproc, python),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=True)
     reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
@@ -165,8 +170,11 @@ def interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False) -> list[Outcome]:
-    """Run every cell; finished cells of an earlier run are kept when resuming.
+def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False, build: bool = True,
+              hint: str = "harness envs build --suite SUITE") -> list[Outcome]:
+    """Run every cell; finished cells of an earlier run are kept when resuming. Environments the cells need are
+    built as they are reached (with ``build``; without, their cells are skipped naming ``hint``, the command that
+    builds them).
 
     SIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) raise :class:`Interrupted` once the running
     cell is stopped and recorded.
@@ -182,7 +190,8 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         if handler != signal.SIG_IGN:
             signal.signal(sig, interrupt)
     try:
-        run_cells(cells, out, manager, resume, outcomes)
+        placer = environments.Placer(cells, manager, build, hint, log=tqdm.write)
+        run_cells(cells, out, placer, resume, outcomes)
     except Interrupted as exc:
         exc.outcomes = outcomes
         raise
@@ -192,28 +201,25 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
     return outcomes
 
 
-def run_cells(cells: list[CellSpec], out: Path, manager: Manager, resume: bool, outcomes: list[Outcome]) -> None:
+def run_cells(cells: list[CellSpec], out: Path, placer: environments.Placer, resume: bool,
+              outcomes: list[Outcome]) -> None:
     """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted one's too)."""
-    probes: dict[str, tuple[DeviceInfo, dict]] = {}  # one device probe and fingerprint per device, not per cell
     for cell in cells:
         store = CellStore(out, cell.id)
         previous = store.result()
         if resume and previous and previous["status"] in ("ok", "skipped"):
             outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
             continue
-        if cell.device not in probes:
-            probed = envinfo.device_info(cell.device)
-            probes[cell.device] = (probed, envinfo.fingerprint(probed, manager.environment()))
-        device, env = probes[cell.device]
-        reason = capability.blocker(cell, manager, device)
+        place = placer.place(cell)
+        env, reason = place.env, place.blocker
         failure = None
         try:
-            if reason:
+            if reason or place.python is None:
                 store.write_cell(cell)
                 store.write_result(cell, env, "skipped", reason)
                 tqdm.write(f"[{cell.id}] skipped: {reason}")
             else:
-                run_cell(cell, out, resume, env)
+                run_cell(cell, out, resume, env, place.python)
         except OSError as exc:  # e.g. the disk filled up: this cell fails, the suite goes on
             failure = f"{type(exc).__name__} while recording the cell: {exc}"
             tqdm.write(f"[{cell.id}] failed: {failure}")

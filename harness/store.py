@@ -107,12 +107,18 @@ def timestamp() -> str:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` atomically: a temporary file, fsync, then rename (the temporary file never outlives a failure)."""
+    """Write ``data`` as JSON atomically (:func:`_write_atomically`)."""
+    _write_atomically(path, json.dumps(data, indent=2, default=str).encode("utf-8", "backslashreplace"))
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """A temporary file, fsync, then rename: readers see the old file or the new one, and the temporary file
+    never outlives a failure (a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with tmp.open("w") as fh:
-            json.dump(data, fh, indent=2, default=str)
+        with tmp.open("wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         tmp.replace(path)
@@ -142,16 +148,7 @@ def _append_line(path: Path, line: str) -> None:
 
 
 def _rewrite(path: Path, lines: Iterable[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            fh.write("".join(line + "\n" for line in lines).encode("utf-8", "backslashreplace"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8", "backslashreplace"))
 
 
 # ---------------------------------------------------------------- reading

@@ -10,7 +10,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import capability, recipes
+from harness import capability, environments, recipes
 from harness.api import CellSpec, Recipe
 from harness.plugins import Manager
 
@@ -20,6 +20,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 AXES = ("model", "loader", "backend", "precision")
+ENVIRONMENT = "environment"  # the optional matrix axis: the environment each cell runs in (docs/environments.md)
 # key -> (accepted types, required)
 TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "name": ((str,), True),
@@ -40,6 +41,7 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "models": ((dict,), False),
     "loaders": ((dict,), False),
     "backends": ((dict,), False),
+    "environments": ((dict,), False),
 }
 DEVICES = ("auto", "cpu", "cuda")
 #: Counts and sizes, with their smallest allowed value (checked wherever they appear).
@@ -112,6 +114,7 @@ class Validator:
         self.check_variants(raw, "loaders", self.manager.loaders())
         self.check_variants(raw, "backends", self.manager.backends())
         self.check_models(raw)
+        self.check_environments(raw)
         self.check_matrix(raw)
 
     def check_recipe(self, recipe: str | dict[str, Any]) -> None:
@@ -161,17 +164,36 @@ class Validator:
             if problem:
                 self.fail(f"models.{name}", problem)
 
+    def check_environments(self, raw: dict[str, Any]) -> None:
+        for name, table in raw.get("environments", {}).items():
+            key = f"environments.{name}"
+            if not isinstance(table, dict):
+                self.fail(key, f"expected a table with requires (and constraints), got {table!r}")
+            if name == environments.DEFAULT or "name" in table:
+                self.fail(key, "'default' is the harness's own environment" if "name" not in table else
+                               "unknown key 'name' (the table's name is the environment's)")
+            if not table.get("requires"):
+                self.fail(key, "missing 'requires', a list of pip requirements such as 'torch==2.5.1'")
+            try:
+                environment = environments.Environment.parse({"name": name, **table}, self.path.parent)
+            except ValueError as exc:
+                self.fail(key, str(exc))
+            for path in environment.constraints:
+                if not Path(path).is_file():
+                    self.fail(f"{key}.constraints", f"file {path} not found (relative paths start at the suite file)")
+
     def check_matrix(self, raw: dict[str, Any]) -> None:
         matrix = raw["matrix"]
         for key in matrix:
-            if key not in AXES:
-                self.fail(f"matrix.{key}", f"unknown key; allowed: {', '.join(AXES)}")
+            if key not in (*AXES, ENVIRONMENT):
+                self.fail(f"matrix.{key}", f"unknown key; allowed: {', '.join(AXES)}, {ENVIRONMENT}")
         allowed = {
             "loader": set(self.manager.loaders()) | set(raw.get("loaders", {})),
             "backend": set(self.manager.backends()) | set(raw.get("backends", {})),
             "precision": {p for r in self.manager.backends().values() for p in r.impl.precisions},
+            ENVIRONMENT: {environments.DEFAULT, *raw.get("environments", {})},
         }
-        for axis in AXES:
+        for axis in (*AXES, *([ENVIRONMENT] if ENVIRONMENT in matrix else [])):
             values = matrix.get(axis)
             if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
                 self.fail(f"matrix.{axis}", f"expected a non-empty list of strings, got {values!r}")
@@ -186,17 +208,19 @@ class Validator:
                                                   f"{self.manager.broken_hint('models', value)}")
                 elif value not in allowed[axis]:
                     names = ", ".join(sorted(allowed[axis]))
-                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}"
-                                                f"{self.manager.broken_hint(axis + 's', value)}")
+                    hint = "" if axis == ENVIRONMENT else self.manager.broken_hint(axis + "s", value)
+                    self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}{hint}")
 
 
 def _names(registered: dict[str, Any]) -> str:
     return ", ".join(sorted(registered)) or "none registered"
 
 
-def cell_id(model: str, loader: str, backend: str, precision: str) -> str:
-    """A stable, readable, filesystem-safe id: ``model-loader-backend-precision``."""
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{model}-{loader}-{backend}-{precision}")
+def cell_id(model: str, loader: str, backend: str, precision: str, environment: str | None = None) -> str:
+    """A stable, readable, filesystem-safe id: ``model-loader-backend-precision``, then ``-environment`` when the
+    suite has that axis."""
+    parts = (model, loader, backend, precision, *([environment] if environment else []))
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
 
 
 def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
@@ -212,22 +236,29 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     options = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
     if overrides.get("tensorboard") is not None:
         options["tensorboard"] = overrides["tensorboard"]
+    chosen = {name: environments.Environment.parse({"name": name, **table}, path.parent)
+              for name, table in raw.get("environments", {}).items()}
+    axis = raw["matrix"].get(ENVIRONMENT)
     cells = []
-    for model, loader, backend, precision in itertools.product(*(raw["matrix"][a] for a in AXES)):
+    for model, loader, backend, precision, env_name in itertools.product(
+            *(raw["matrix"][a] for a in AXES), axis or [environments.DEFAULT]):
         loader_table = dict(raw.get("loaders", {}).get(loader, {}))
         backend_table = dict(raw.get("backends", {}).get(backend, {}))
         nproc = backend_table.pop("nproc", raw.get("nproc", 1))
+        loader_plugin, backend_plugin = loader_table.pop("use", loader), backend_table.pop("use", backend)
+        plugins = (manager.loaders()[loader_plugin], manager.model_family(model), manager.backends()[backend_plugin])
+        environment = environments.for_cell(chosen.get(env_name, environments.Environment()), plugins, manager)
         cells.append(
             CellSpec(
-                id=cell_id(model, loader, backend, precision),
+                id=cell_id(model, loader, backend, precision, env_name if axis else None),
                 suite=raw["name"],
                 model=model,
                 loader=loader,
                 backend=backend,
                 precision=precision,
-                loader_plugin=loader_table.pop("use", loader),
-                backend_plugin=backend_table.pop("use", backend),
-                model_plugin=getattr(manager.model_family(model), "name", ""),  # validated above
+                loader_plugin=loader_plugin,
+                backend_plugin=backend_plugin,
+                model_plugin=getattr(plugins[1], "name", ""),  # validated above
                 epochs=_pick(overrides.get("epochs"), raw["epochs"]),
                 image_size=raw["image_size"],
                 data=str(overrides.get("data") or ""),
@@ -242,6 +273,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 options=options,
                 allow_emulated=bool(overrides.get("allow_emulated") or raw.get("allow_emulated", False)),
                 timeout_s=_pick(overrides.get("timeout_s"), raw.get("timeout_s")),
+                environment=environment.describe(),
             )
         )
     _check_ids(path, cells)
@@ -287,12 +319,20 @@ def _recipe(value: str | dict[str, Any]) -> Recipe:
 
 
 def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
-    """Keep cells matching every ``key=value`` filter (keys: id and the matrix axes)."""
-    keys = ("id", *AXES)
+    """Keep cells matching every ``key=value`` filter (keys: id, the matrix axes, and environment, which matches
+    the cell's environment or one part of a combined one such as ``torch-2.5+colossalai``)."""
+    keys = ("id", *AXES, ENVIRONMENT)
     for item in only:
         key, sep, value = item.partition("=")
         if not sep or key not in keys:
             raise SuiteError(f"--only {item!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
-        cells = [c for c in cells if getattr(c, key) == value]
+        cells = [c for c in cells if value in _values(c, key)]
     return cells
+
+
+def _values(cell: CellSpec, key: str) -> set[str]:
+    if key == ENVIRONMENT:
+        name = environments.of_cell(cell).name
+        return {name, *name.split("+")}
+    return {getattr(cell, key)}
 

@@ -1,7 +1,9 @@
 """Colossal-AI backends: the Booster with TorchDDPPlugin, LowLevelZeroPlugin (ZeRO-1/2) or GeminiPlugin.
 
 Registered names: ``colossalai-ddp``, ``colossalai-zero1``, ``colossalai-zero2``, ``colossalai-gemini``.
-Colossal-AI is imported only when a backend is created, so the harness works without it.
+Colossal-AI is imported only when a backend is created, so the harness works without it. Colossal-AI 0.5.0
+pins torch<=2.5.1, so the backends declare the environment their cells run in (:data:`ENVIRONMENT`, built by
+the harness from ``constraints/colossalai.txt``, shipped with this package; docs/environments.md).
 
 What Colossal-AI 0.5.0 cannot do is decided in :meth:`ColossalAI.can_run`, before a cell starts, with
 the reason measured here (see the README's capability matrix):
@@ -24,7 +26,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.api import CannotRun, DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
@@ -33,8 +35,12 @@ if TYPE_CHECKING:
     import torch
 
 MEASURED_VERSION = "0.5.0"
-INSTALL_HINT = ("install it in a separate environment: pip install -e '.[colossalai]' -c constraints/colossalai.txt "
-                "(it pins torch 2.5.1; see the README section 'Colossal-AI')")
+CONSTRAINTS = Path(__file__).parent / "constraints" / "colossalai.txt"
+#: The environment the backends' cells run in, unless the harness's own already has this Colossal-AI.
+ENVIRONMENT = {"name": "colossalai", "requires": [f"colossalai=={MEASURED_VERSION}"], "constraints": str(CONSTRAINTS)}
+INSTALL_HINT = ("its cells run in the environment 'colossalai', which harness run builds (docs/environments.md); "
+                "by hand: pip install -e '.[colossalai]' -c constraints/colossalai.txt in a separate environment "
+                "(it pins torch 2.5.1)")
 AUTOCAST_BF16 = "bf16-autocast"
 
 #: backend params each variant accepts, with what they set
@@ -267,6 +273,7 @@ class ColossalAI:
     """One Colossal-AI Booster plugin as a harness backend family."""
 
     variant: str  # "ddp", "zero1", "zero2" or "gemini"
+    environment: ClassVar[dict[str, Any]] = ENVIRONMENT
 
     @property
     def precisions(self) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from harness.api import DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
+from harness_plugins._distributed import all_reduce
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -63,10 +64,7 @@ class TorchBackend:
         optimizer.zero_grad(set_to_none=True)
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.world_size > 1:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor)
-        return tensor
+        return all_reduce(tensor, self.world_size)
 
     def save(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
         if self.rank == 0:

@@ -1,4 +1,4 @@
-"""Shared fixtures: the real flowers photos, and helpers to run the harness for real."""
+"""Shared fixtures: the real flowers photos, and generated ones for tests of mechanics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+
+from harness.testing import make_photos
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = Path(os.environ.get("HARNESS_FLOWERS", REPO.parent / "shared" / "data" / "flower_photos"))
@@ -20,3 +22,9 @@ def photos() -> Path:
         pytest.skip(missing)
     return PHOTOS
 
+
+@pytest.fixture(scope="session")
+def generated_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """90 generated 32 px photos in 3 class folders (72 train, 18 validation): for tests of mechanics (engine,
+    resume, checkpoints, step counts) that must run in a clone without the real photos."""
+    return make_photos(tmp_path_factory.mktemp("generated") / "photos", classes=3, per_class=30, size=32)

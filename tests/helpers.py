@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
+from harness.testing import run_harness
 
-def harness(*args: str | os.PathLike[str], env: dict[str, str] | None = None,
-            timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    """Run the real ``harness`` CLI in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+#: :func:`harness.testing.run_harness` with a 15-minute default timeout, under the name tests/test_runner.py and
+#: tests/test_environments.py import; other tests call ``run_harness`` itself.
+harness = partial(run_harness, timeout=900)
 
 
 def write_suite(path: Path, body: str) -> Path:

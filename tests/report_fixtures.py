@@ -6,7 +6,9 @@ so a change to those types shows up here.
 
 from __future__ import annotations
 
+import itertools
 import json
+import random
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -188,3 +190,65 @@ def t4_p40_results(root: Path, p40_env: dict[str, Any] | None = None, p40_epochs
         flops_per_image=None,
     )
     return t4, p40
+
+
+COLOSSALAI_MISSING = (
+    "colossalai is not installed in this environment; install it in a separate environment: pip install -e "
+    "'.[colossalai]' -c constraints/colossalai.txt (it pins torch 2.5.1; see the README section 'Colossal-AI')"
+)
+DALI_MISSING = "nvidia-dali is not installed: pip install 'harness[dali]' (or 'harness[dali-cuda110]')"
+MODELS = {"vit_tiny_patch16_224": 800.0, "resnet18": 1000.0}  # T4 fp32 torch torchvision img/s
+LOADERS = {"torchvision": 1.0, "dali-file": 1.3, "dali-tfrecord": 1.25}
+BACKENDS = {"torch": 1.0, "torch-ddp2": 1.05, "colossalai-ddp": 0.98, "colossalai-zero2": 0.9}
+#: Per device: precision -> speed-up over fp32, or None where the precision is refused (emulated).
+PRECISIONS = {"Tesla T4": {"fp32": 1.0, "fp16": 2.2, "bf16": None}, "Tesla P40": {"fp32": 0.7, "fp16": None,
+                                                                                 "bf16": 0.75}}
+
+
+def _matrix_epochs(speed: float, accuracy: float, rng: random.Random) -> list[EpochRecord]:
+    """Four epochs at ``speed`` img/s (+-3 % per run), the first 1.5x slower; accuracy in 1/80 steps."""
+    speed *= rng.uniform(0.97, 1.03)
+    train = [1.5 * TRAIN_IMAGES / speed] + [TRAIN_IMAGES / speed] * 3
+    accs = [round(80 * min(accuracy * f + rng.uniform(-0.02, 0.02), 0.99)) / 80 for f in (0.5, 0.8, 0.95, 1.0)]
+    return make_epochs([t + 2.0 for t in train], train, accs)
+
+
+def matrix_results(root: Path, repeats: int = 3) -> list[Path]:
+    """A two-device report as users meet it: T4 and P40, each with a main environment (Colossal-AI not installed)
+    and a ``colossalai`` one (DALI not installed), 2 models x 3 loaders x 4 backends x 3 precisions, refused
+    emulated precisions, the P40's emulated bf16 run anyway (and fast), ``repeats`` seeds per cell.
+
+    Returns the directories in the order a user gives them: T4 main, T4 colossalai, P40 main, P40 colossalai.
+    """
+    dirs = []
+    for device, precisions in PRECISIONS.items():
+        for environment in ("default", "colossalai"):
+            out = root / f"{DEVICES[device]['hostname']}-{environment}"
+            software = {"environment": "colossalai", "torch": "2.5.1", "dali": None, "colossalai": "0.5.0"}
+            env = make_env(device, **(software if environment == "colossalai" else {}))
+            for model, loader, backend, precision in itertools.product(MODELS, LOADERS, BACKENDS, precisions):
+                colossal = backend.startswith("colossalai")
+                if environment == "colossalai" and not colossal:
+                    continue  # that environment was run for the Colossal-AI cells only
+                reason = _matrix_reason(environment, colossal, loader, precision, device)
+                for seed in range(repeats):
+                    cell = make_cell(precision, model, loader, backend, seed=seed)
+                    cell = replace(cell, id=cell.id + (f"-r{seed + 1}" if seed else ""))
+                    if reason:
+                        write_cell(out, cell, env, [], status="skipped", reason=reason, flops_per_image=None)
+                        continue
+                    speed = MODELS[model] * LOADERS[loader] * BACKENDS[backend] * precisions[precision]
+                    accuracy = 0.55 if model == "resnet18" else 0.45
+                    write_cell(out, cell, env, _matrix_epochs(speed, accuracy, random.Random(f"{device}{cell.id}")))
+            dirs.append(out)
+    return dirs
+
+
+def _matrix_reason(environment: str, colossal: bool, loader: str, precision: str, device: str) -> str | None:
+    if colossal and environment == "default":
+        return COLOSSALAI_MISSING
+    if loader != "torchvision" and environment == "colossalai":
+        return DALI_MISSING
+    if PRECISIONS[device][precision] is None:
+        return f"{precision} on {device} is emulated. Refused by default: opt in with --allow-emulated"
+    return None

@@ -265,7 +265,7 @@ def test_real_pytest_benchmark_json_extra_samples(bench_files: dict[str, Path]) 
     spin = side.series["test_work.py::test_spin"]
     assert spin.metric == "time_s" and not spin.higher_is_better and len(spin.samples) == 15
     base = compare.load_side(bench_files["base"])
-    rows = {r.key: r for r in compare.compare(base, side, compare.Options())}
+    rows = {r.key: r for r in compare.compare_sides(base, side, compare.Options())}
     assert rows["test_work.py::test_ratio/spin_per_s"].verdict == "improved"  # 20 -> 60, higher is better
     assert rows["test_work.py::test_spin"].ratio > 2
 

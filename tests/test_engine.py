@@ -1,17 +1,20 @@
-"""The training loop: real training on real photos, determinism, resume, and the recipe mechanics."""
+"""The training loop: real training on real photos; determinism, resume and the recipe mechanics on generated ones."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import statistics
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from harness import capability
+from harness import capability, devices
 from harness.api import CellSpec, DataSplits, DeviceInfo, Recipe
 from harness.cell import run
 from harness.engine import Trainer, lr_factor, mixed, mixup
@@ -57,8 +60,9 @@ def test_small_real_run_learns(photos: Path, tmp_path: Path) -> None:
     assert all(r["throughput_img_s"] > 0 and r["data_wait_s"] >= 0 and r["peak_mem_gb"] > 0 for r in rows)
 
 
-def test_same_seed_gives_identical_metrics(photos: Path, tmp_path: Path) -> None:
-    cell = small_cell(photos, epochs=2, subset=160, recipe=Recipe(batch_size=32, mixup_alpha=0.2, randaugment=True))
+def test_same_seed_gives_identical_metrics(generated_photos: Path, tmp_path: Path) -> None:
+    cell = small_cell(generated_photos, epochs=2, subset=64,
+                      recipe=Recipe(batch_size=16, mixup_alpha=0.2, randaugment=True))
     run(cell, tmp_path / "a", resume=False)
     run(cell, tmp_path / "b", resume=False)
     assert metrics(epochs(tmp_path / "a", cell)) == metrics(epochs(tmp_path / "b", cell))
@@ -76,8 +80,9 @@ class StopAfter:
             raise KeyboardInterrupt
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(photos: Path, tmp_path: Path) -> None:
-    cell = small_cell(photos, epochs=3, subset=160, recipe=Recipe(batch_size=32, mixup_alpha=0.2, accumulation=2))
+def test_interrupted_then_resumed_equals_uninterrupted(generated_photos: Path, tmp_path: Path) -> None:
+    cell = small_cell(generated_photos, epochs=3, subset=64,
+                      recipe=Recipe(batch_size=16, mixup_alpha=0.2, accumulation=2))
     run(cell, tmp_path / "straight", resume=False)
     with registered(StopAfter(2), "stop-after-2"), pytest.raises(KeyboardInterrupt):
         run(cell, tmp_path / "resumed", resume=False)
@@ -103,28 +108,34 @@ def test_restarts_never_duplicate_epoch_rows(tmp_path: Path) -> None:
 
 def test_mixup_mixes_images_and_targets() -> None:
     torch.manual_seed(0)
-    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2)
+    images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 2, 2)  # image i: every pixel i
+    lams = [mixup(images, 0.2, torch.Generator().manual_seed(s))[2] for s in range(200)]
+    assert 0.4 < statistics.mean(lams) < 0.6 and statistics.pstdev(lams) > 0.35  # Beta(0.2, 0.2): 0.5 +- 0.42
     mixed_images, perm, lam = mixup(images, 0.2, torch.Generator().manual_seed(0))
-    assert 0 <= lam <= 1
-    assert torch.allclose(mixed_images, lam * images + (1 - lam) * images[perm])
-    labels = torch.tensor([0, 1, 2, 3])
-    predicted = torch.tensor([0, 1, 2, 3])
-    accuracy = mixed(lambda y: (predicted == y).float().mean(), labels, perm, lam)
-    expected = lam + (1 - lam) * (labels[perm] == labels).float().mean()
-    assert accuracy == pytest.approx(float(expected))
-    assert mixup(images, 0.0, torch.Generator())[1] is None
+    assert perm is not None and sorted(perm.tolist()) == list(range(8)) and 0 < lam < 1
+    # every image is lam of itself and 1 - lam of its partner; the partner moved at least one image
+    assert torch.allclose(mixed_images[:, 0, 0, 0], lam * torch.arange(8.0) + (1 - lam) * perm.float())
+    assert (perm != torch.arange(8)).any()
+    # the targets mix with the same lam and partners: the loss is the cross-entropy against mixed one-hot targets
+    labels, logits = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.randn(8, 3)
+    targets = lam * F.one_hot(labels, 3).float() + (1 - lam) * F.one_hot(labels[perm], 3).float()
+    loss = mixed(partial(F.cross_entropy, logits), labels, perm, lam)
+    assert float(loss) == pytest.approx(float(F.cross_entropy(logits, targets)))
+    same = int((labels[perm] == labels).sum())
+    assert float(mixed(labels.eq, labels, perm, lam).sum()) == pytest.approx(8 * lam + (1 - lam) * same)
+    assert mixup(images, 0.0, torch.Generator()) == (images, None, 1.0)
 
 
 def test_lr_schedule_warmup_then_cosine() -> None:
     per_epoch = Recipe(schedule="cosine-epoch", warmup_epochs=0)
-    assert [round(lr_factor(per_epoch, e, 0.0, 4), 4) for e in range(4)] == [1.0, 0.8536, 0.5, 0.1464]
+    assert [round(lr_factor(per_epoch, e, 0.0, 4), 4) for e in (1, 2, 3, 4)] == [1.0, 0.8536, 0.5, 0.1464]
     # constant within an epoch, its last step included
-    assert lr_factor(per_epoch, 1, 0.7, 4) == lr_factor(per_epoch, 1, 1.0, 4) == lr_factor(per_epoch, 1, 0.0, 4)
+    assert lr_factor(per_epoch, 2, 0.7, 4) == lr_factor(per_epoch, 2, 1.0, 4) == lr_factor(per_epoch, 2, 0.0, 4)
     warm = Recipe(schedule="cosine-step", warmup_epochs=2)
-    assert lr_factor(warm, 0, 0.5, 10) == pytest.approx(0.25)
-    assert lr_factor(warm, 1, 1.0, 10) == pytest.approx(1.0)
-    assert lr_factor(warm, 6, 0.0, 10) == pytest.approx(0.5)
-    assert lr_factor(Recipe(schedule="constant"), 7, 0.0, 10) == 1.0
+    assert lr_factor(warm, 1, 0.5, 10) == pytest.approx(0.25)
+    assert lr_factor(warm, 2, 1.0, 10) == pytest.approx(1.0)
+    assert lr_factor(warm, 7, 0.0, 10) == pytest.approx(0.5)
+    assert lr_factor(Recipe(schedule="constant"), 8, 0.0, 10) == 1.0
 
 
 def test_every_step_of_an_epoch_uses_that_epochs_rate(tmp_path: Path) -> None:
@@ -147,7 +158,8 @@ def linear_trainer(tmp_path: Path, batch: int, accumulation: int, batches: list,
     cell = replace(small_cell(tmp_path, epochs=epochs, image_size=2), recipe=recipe)
     data = DataSplits(batches, batches[:1], ["a", "b", "c"], train_size=sum(len(b[1]) for b in batches),
                       validation_size=len(batches[0][1]))
-    return Trainer(cell, model, data, TorchBackend(CPU, "fp32"), CellStore(tmp_path, cell.id), get_manager(), {})
+    return Trainer.create(cell, model, data, TorchBackend(CPU, "fp32"), CellStore(tmp_path, cell.id), get_manager(),
+                          {})
 
 
 def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path) -> None:
@@ -160,6 +172,26 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
+class Unsized:
+    """A loader without ``len()``: the engine learns its length only at the epoch's end."""
+
+    def __init__(self, batches: list) -> None:
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+
+def test_a_loader_without_length_steps_after_its_last_partial_window(tmp_path: Path) -> None:
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(5)]
+    sized = linear_trainer(tmp_path / "sized", 4, 2, batches)
+    unsized = linear_trainer(tmp_path / "unsized", 4, 2, batches)
+    unsized.data.train = Unsized(batches)
+    assert sized.train_epoch(1)["optimizer_steps"] == unsized.train_epoch(1)["optimizer_steps"] == 3  # 2 + 2 + 1
+    for a, b in zip(sized.model.parameters(), unsized.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
 def test_clip_grad_norm_scales_the_update() -> None:
     weight = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.SGD([weight], lr=1.0)
@@ -169,18 +201,16 @@ def test_clip_grad_norm_scales_the_update() -> None:
     assert weight.grad is None
 
 
-def test_precisions_the_cpu_only_emulates_are_skipped_unless_allowed(photos: Path) -> None:
+def test_precisions_the_cpu_only_emulates_are_skipped_unless_allowed(tmp_path: Path) -> None:
+    """The cell gets the device rules' refusal (its wording: tests/test_devices.py)."""
     amx = DeviceInfo("cpu", "Xeon with AMX", bf16_native=True, isa="AVX512")
     avx2 = DeviceInfo("cpu", "AMD EPYC 7B13", bf16_native=False, isa="AVX2")
-    fp16, bf16 = small_cell(photos, precision="fp16"), small_cell(photos, precision="bf16")
-    reason = capability.blocker(fp16, get_manager(), amx)
-    assert reason.startswith("fp16 on Xeon with AMX is emulated: no AMX-FP16 (torch CPU capability AVX512)")
-    assert capability.blocker(bf16, get_manager(), amx) is None
-    reason = capability.blocker(bf16, get_manager(), avx2)
-    assert reason.startswith("bf16 on AMD EPYC 7B13 is emulated: no AVX512-BF16 or AMX-BF16 "
-                             "(torch CPU capability AVX2)")
-    assert "10-50x slower than fp32" in reason and "--allow-emulated" in reason
-    assert capability.blocker(replace(bf16, allow_emulated=True), get_manager(), avx2) is None
+    fp16, bf16 = small_cell(tmp_path, precision="fp16"), small_cell(tmp_path, precision="bf16")
+    manager = get_manager()
+    assert capability.blocker(fp16, manager, amx) == devices.support(amx, "fp16").refusal(allow_emulated=False)
+    assert capability.blocker(bf16, manager, amx) is None
+    assert capability.blocker(bf16, manager, avx2) == devices.support(avx2, "bf16").refusal(allow_emulated=False)
+    assert capability.blocker(replace(bf16, allow_emulated=True), manager, avx2) is None
 
 
 class NanModels:
@@ -205,8 +235,8 @@ class NanPlugin:
         register("nan-net", NanModels())
 
 
-def test_nan_loss_fails_the_cell_naming_epoch_and_step(photos: Path, tmp_path: Path) -> None:
-    cell = small_cell(photos, model="nan-net", epochs=1, subset=64, loader_params={"workers": 0})
+def test_nan_loss_fails_the_cell_naming_epoch_and_step(generated_photos: Path, tmp_path: Path) -> None:
+    cell = small_cell(generated_photos, model="nan-net", epochs=1, subset=64, loader_params={"workers": 0})
     with registered(NanPlugin(), "nan"):
         assert run(cell, tmp_path, resume=False) == 1
     result = CellStore(tmp_path, cell.id).result()
@@ -214,12 +244,12 @@ def test_nan_loss_fails_the_cell_naming_epoch_and_step(photos: Path, tmp_path: P
     assert result["reason"] == "NonFiniteLoss: loss is nan at epoch 1, step 1"
 
 
-def test_few_optimizer_steps_warn_and_are_recorded(photos: Path, tmp_path: Path) -> None:
-    cell = small_cell(photos, epochs=1, subset=64, recipe=Recipe(batch_size=16, accumulation=16))
+def test_few_optimizer_steps_warn_and_are_recorded(generated_photos: Path, tmp_path: Path) -> None:
+    cell = small_cell(generated_photos, epochs=1, subset=48, recipe=Recipe(batch_size=16, accumulation=16))
     with pytest.warns(UserWarning, match="optimizer steps per epoch"):
         run(cell, tmp_path, resume=False)
     summary = CellStore(tmp_path, cell.id).result()["summary"]
-    assert summary["nominal_optimizer_steps_per_epoch"] == pytest.approx(64 / (16 * 16))
+    assert summary["nominal_optimizer_steps_per_epoch"] == pytest.approx(48 / (16 * 16))
     assert summary["optimizer_steps_per_epoch"] == 1
     assert summary["warnings"][0]["code"] == "few-steps"
     assert "only 0.2 optimizer steps per epoch" in summary["warnings"][0]["message"]

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import harness
 
+from harness import devices, envinfo
 from harness.testing import run_harness
 
 SMOKE_SLICE = ("--only", "model=resnet18")  # every loader, backend and precision of flowers-smoke, one model
@@ -18,14 +18,14 @@ def smoke_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real ``flowers-smoke`` suite for one model, one epoch per cell (the whole suite runs in CI's quick-start
     check, .ci/run)."""
     out = tmp_path_factory.mktemp("smoke") / "out"
-    result = harness("run", "--suite", "flowers-smoke", "--data", photos, "--out", out, "--epochs", "1",
-                     *SMOKE_SLICE, timeout=1800)
+    result = run_harness("run", "--suite", "flowers-smoke", "--data", photos, "--out", out, "--epochs", "1",
+                         *SMOKE_SLICE, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
 
 def test_env_suite_agrees_row_by_row_with_a_real_run(smoke_run: Path) -> None:
-    env = harness("env", "--suite", "flowers-smoke", "--json")
+    env = run_harness("env", "--suite", "flowers-smoke", "--json")
     assert env.returncode == 0, env.stderr
     plan = json.loads(env.stdout)["suite"]
     recorded = {p.parent.name: json.loads(p.read_text()) for p in (smoke_run / "cells").glob("*/result.json")}
@@ -37,47 +37,53 @@ def test_env_suite_agrees_row_by_row_with_a_real_run(smoke_run: Path) -> None:
 
 
 def test_env_reports_fingerprint_capabilities_and_estimate(smoke_run: Path) -> None:
-    result = harness("env", "--suite", "flowers-smoke", "--results", smoke_run, "--json")
+    result = run_harness("env", "--suite", "flowers-smoke", "--results", smoke_run, "--json")
     report = json.loads(result.stdout)
     assert report["environment"]["device_type"] == "cpu"
     assert {"torch", "timm", "pluggy", "pandas", "harness", "cpu_model", "hostname"} <= set(report["environment"])
     rows = {(r["name"], r["precision"]): r["reason"] for r in report["capabilities"]}
     assert rows[("torch", "fp32")] is None
-    assert rows[("torch", "fp16")].startswith(f"fp16 on {report['environment']['cpu_model']} is emulated")
+    assert rows[("torch", "fp16")] == devices.support(envinfo.device_info("cpu"), "fp16").refusal(False)
     assert report["suite"]["estimate_s"] > 0
-    text = harness("env", "--suite", "flowers-smoke")
+    text = run_harness("env", "--suite", "flowers-smoke")
     assert "Capabilities on this machine" in text.stdout and "Suite flowers-smoke: 60 cells" in text.stdout
 
 
 def test_env_strict_fails_when_cells_cannot_run() -> None:
-    assert harness("env", "--suite", "flowers-smoke", "--strict").returncode == 1
-    assert harness("env").returncode == 0
+    assert run_harness("env", "--suite", "flowers-smoke", "--strict").returncode == 1
+    assert run_harness("env").returncode == 0
 
 
 BF16_CELL = ("--only", "id=resnet18-torchvision-torch-bf16")
 
 
-def test_emulated_bf16_is_refused_naming_the_cpu_and_the_missing_feature(tmp_path: Path, photos: Path) -> None:
-    """The CPU probe forced to 'emulated' (as on an AVX2-only AMD EPYC); forced 'native', bf16 runs."""
-    plan = json.loads(harness("env", "--suite", "flowers-smoke", "--json", env={"HARNESS_CPU_BF16": "emulated"}).stdout)
-    bf16 = {r["precision"]: r for r in plan["precisions"]}["bf16"]
-    assert bf16["level"] == "emulated" and "no AVX512-BF16 or AMX-BF16" in bf16["reason"]
-    run = harness("run", "--suite", "flowers-smoke", "--data", photos, "--out", tmp_path / "out", *BF16_CELL,
-                  env={"HARNESS_CPU_BF16": "emulated"})
+def bf16_support(forced: str) -> devices.Support:
+    """What ``harness env`` says of bf16 with the CPU probe forced to ``forced``."""
+    done = run_harness("env", "--suite", "flowers-smoke", "--json", env={devices.FORCE_CPU_BF16: forced})
+    row = {r["precision"]: r for r in json.loads(done.stdout)["precisions"]}["bf16"]
+    return devices.Support(row["level"], row["reason"], row["slowdown"])
+
+
+def test_emulated_bf16_is_refused_naming_the_cpu_and_the_missing_feature(tmp_path: Path,
+                                                                         generated_photos: Path) -> None:
+    """The CPU probe forced to 'emulated' (as on an AVX2-only AMD EPYC): the cell is skipped with the device rules'
+    refusal (its wording: tests/test_devices.py); forced 'native', bf16 runs."""
+    emulated = bf16_support(devices.EMULATED)
+    assert emulated.level == devices.EMULATED
+    run = run_harness("run", "--suite", "flowers-smoke", "--data", generated_photos, "--out", tmp_path / "out",
+                      *BF16_CELL, env={devices.FORCE_CPU_BF16: devices.EMULATED})
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((tmp_path / "out" / "cells" / BF16_CELL[1][3:] / "result.json").read_text())
-    cpu = result["env"]["cpu_model"]
     assert result["status"] == "skipped"
-    assert result["reason"].startswith(f"bf16 on {cpu} is emulated: no AVX512-BF16 or AMX-BF16")
-    assert "--allow-emulated" in result["reason"] and "slower than fp32" in result["reason"]
-    plan = json.loads(harness("env", "--suite", "flowers-smoke", "--json", env={"HARNESS_CPU_BF16": "native"}).stdout)
-    assert {r["precision"]: r for r in plan["precisions"]}["bf16"]["level"] == "native"
+    assert result["reason"] == emulated.refusal(allow_emulated=False)
+    assert emulated.reason.startswith(f"bf16 on {result['env']['cpu_model']} is emulated")
+    assert bf16_support(devices.NATIVE).level == devices.NATIVE
 
 
-def test_allow_emulated_runs_the_cell_and_labels_it_everywhere(tmp_path: Path, photos: Path) -> None:
+def test_allow_emulated_runs_the_cell_and_labels_it_everywhere(tmp_path: Path, generated_photos: Path) -> None:
     out = tmp_path / "out"
-    run = harness("run", "--suite", "flowers-smoke", "--data", photos, "--out", out, "--epochs", "1", *BF16_CELL,
-                  "--allow-emulated", env={"HARNESS_CPU_BF16": "emulated"})
+    run = run_harness("run", "--suite", "flowers-smoke", "--data", generated_photos, "--out", out, "--epochs", "1",
+                      *BF16_CELL, "--allow-emulated", env={devices.FORCE_CPU_BF16: devices.EMULATED})
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads((out / "cells" / BF16_CELL[1][3:] / "result.json").read_text())
     assert result["status"] == "ok" and result["env"]["precision_support"]["bf16"] == "emulated"
@@ -172,7 +178,7 @@ precision = ["fp32"]
 """
 
 
-def test_model_dependent_refusals_agree_between_env_and_run(tmp_path: Path, photos: Path) -> None:
+def test_model_dependent_refusals_agree_between_env_and_run(tmp_path: Path, generated_photos: Path) -> None:
     (tmp_path / "no_batchnorm_plugin.py").write_text(NO_BATCHNORM_BACKEND_PLUGIN)
     (tmp_path / "suite.toml").write_text(MODEL_DEPENDENT_SUITE)
     plugin = {"plugin_modules": ["no_batchnorm_plugin"], "pythonpath": [tmp_path]}
@@ -180,7 +186,8 @@ def test_model_dependent_refusals_agree_between_env_and_run(tmp_path: Path, phot
     assert plan["statuses"] == {"resnet10t-torchvision-no-batchnorm-fp32": "skipped",
                                 "vit_tiny_patch16_224-torchvision-no-batchnorm-fp32": "ok"}
     assert plan["reasons"] == {"no-batchnorm backend: this model has BatchNorm": 1}
-    run = run_harness("run", "--suite", tmp_path / "suite.toml", "--data", photos, "--out", tmp_path / "out", **plugin)
+    run = run_harness("run", "--suite", tmp_path / "suite.toml", "--data", generated_photos, "--out", tmp_path / "out",
+                      **plugin)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     recorded = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "out" / "cells").glob("*/result.json")}
     assert {cid: r["status"] for cid, r in recorded.items()} == plan["statuses"]

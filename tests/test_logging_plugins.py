@@ -14,10 +14,10 @@ from harness.cell import run
 from harness.store import CellStore, write_json
 
 
-def test_tensorboard_scalars_and_best_checkpoint(photos: Path, tmp_path: Path) -> None:
+def test_tensorboard_scalars_and_best_checkpoint(generated_photos: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cell = replace(small_cell(photos, epochs=2, subset=64), options={"tensorboard": True, "save_best": True})
+    cell = replace(small_cell(generated_photos, epochs=2, subset=64), options={"tensorboard": True, "save_best": True})
     assert run(cell, tmp_path, resume=False) == 0
     cell_dir = tmp_path / "cells" / cell.id
     events = EventAccumulator(str(cell_dir / "tensorboard"))
@@ -27,8 +27,9 @@ def test_tensorboard_scalars_and_best_checkpoint(photos: Path, tmp_path: Path) -
     assert (cell_dir / "best" / "torch.pt").stat().st_size > 0
 
 
-def test_a_resumed_cell_replaces_the_best_checkpoint_only_with_a_better_epoch(photos: Path, tmp_path: Path) -> None:
-    cell = replace(small_cell(photos, epochs=2, subset=64), options={"save_best": True})
+def test_a_resumed_cell_replaces_the_best_checkpoint_only_with_a_better_epoch(generated_photos: Path,
+                                                                               tmp_path: Path) -> None:
+    cell = replace(small_cell(generated_photos, epochs=2, subset=64), options={"save_best": True})
     assert run(cell, tmp_path, resume=False) == 0
     store = CellStore(tmp_path, cell.id)
     longer = replace(cell, epochs=4)

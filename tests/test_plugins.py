@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import harness
-
 from harness.hookspecs import hookimpl
 from harness.plugins import build_manager, get_manager, registered
+from harness.testing import run_harness
 
-BUILTINS = {"torchvision", "timm", "torch", "dali", "colossalai", "suites", "logging"}
+BUILTINS = {"torchvision", "timm", "torch", "dali", "colossalai", "suites", "tensorboard", "best-checkpoint"}
 
 
 def test_builtins_load_through_the_entry_point_group() -> None:
@@ -52,7 +51,7 @@ def test_allow_list_loads_only_named_plugins(monkeypatch) -> None:
 
 
 def test_harness_plugins_lists_distribution_version_and_hooks(tmp_path: Path) -> None:
-    result = harness("plugins")
+    result = run_harness("plugins")
     assert result.returncode == 0
     assert "torchvision    harness 0.1.0" in result.stdout
     assert "hooks: register_loaders" in result.stdout

@@ -1,9 +1,10 @@
 """``harness data prepare flowers``: the 4:1 split of the real photos, duplicates, bad files,
 unsafe archives, TFRecord + DALI index files, idempotence and crash safety.
 
-Everything runs on the real flowers photos (linked, never copied into the repo). The full set is
-prepared twice (from the folder with ``--tfrecord``, and from a ``.tgz`` built here); the
-other tests use small folders of hard links to real photos.
+The full real set (linked, never copied into the repo) is prepared twice (from the folder with
+``--tfrecord``, and from a ``.tgz`` built here), and the shipped checksums and duplicates are
+checked on real photos; the mechanics (bad files, layouts, rebuilds, archives, shards) are tested on
+small folders of generated photos named as the flowers' classes, so they run without the real set.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from harness.prepare import (
 from harness.prepare.scan import check_image
 from harness.prepare.sources import known_checksums, resolve_source
 from harness.prepare.tfrecord import shard_ranges
+from harness.testing import make_photos
 
 # The tutorial's reported counts (train, validation) for the flowers photos at scale 4.
 TUTORIAL = {"roses": (512, 129), "sunflowers": (559, 140), "tulips": (639, 160), "daisy": (506, 127),
@@ -55,11 +57,12 @@ DUPLICATE_PAIRS = {
     frozenset({"sunflowers/15069459615_7e0fd61914_n.jpg", "sunflowers/15072973261_73e2912ef2_n.jpg"}),
 }
 QUIET = {"progress": False}
+FLOWER_CLASSES = ("daisy", "dandelion", "roses", "sunflowers", "tulips")
 
 
 def link_photos(photos: Path, dest: Path, per_class: int, classes: tuple[str, ...] = ("daisy", "roses", "tulips"),
                 extra: tuple[str, ...] = ()) -> Path:
-    """``dest/<class>/`` with hard links to the first ``per_class`` real photos of each class (+ ``extra``)."""
+    """``dest/<class>/`` with hard links to the first ``per_class`` photos of each class of ``photos`` (+ ``extra``)."""
     for cls in classes:
         (dest / cls).mkdir(parents=True, exist_ok=True)
         for p in sorted((photos / cls).iterdir())[:per_class]:
@@ -93,6 +96,19 @@ def names(root: Path) -> dict[str, set[tuple[str, str]]]:
     """split -> {(class, file name)} as the loaders see ``root`` (prepared or raw)."""
     ds = discover(root)
     return {s: {(ds.classes[x.label], x.path.name) for x in xs} for s, xs in ds.splits.items()}
+
+
+def first_photo(photos: Path, cls: str = "daisy") -> Path:
+    return sorted((photos / cls).iterdir())[0]
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated photos in the flowers' five class folders, 12 per class (48 px JPEGs, 2 kB each)."""
+    root = make_photos(tmp_path_factory.mktemp("generated") / "flowers", classes=len(FLOWER_CLASSES), per_class=12)
+    for index, name in enumerate(FLOWER_CLASSES):
+        (root / f"class_{index}").rename(root / name)
+    return root
 
 
 @pytest.fixture(scope="module")
@@ -223,11 +239,11 @@ def test_killed_prepare_is_detected_and_redone(photos: Path, tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-# --- small folders of real photos ----------------------------------------------------------------------------
+# --- small folders of generated photos -----------------------------------------------------------------------
 
-def test_stale_leftovers_are_removed_and_live_ones_refused(photos: Path, tmp_path: Path) -> None:
+def test_stale_leftovers_are_removed_and_live_ones_refused(generated: Path, tmp_path: Path) -> None:
     """Marked leftovers only (tests/test_faults.py: unmarked folders of those names are never removed)."""
-    src = link_photos(photos, tmp_path / "src", 5)
+    src = link_photos(generated, tmp_path / "src", 5)
     dead = subprocess.Popen(["true"])
     dead.wait()  # its pid is free: a leftover of a prepare that died
     mark = {"tool": "harness data prepare", "pid": dead.pid, "host": socket.gethostname()}
@@ -248,8 +264,8 @@ def test_stale_leftovers_are_removed_and_live_ones_refused(photos: Path, tmp_pat
         alive.wait()
 
 
-def test_changed_options_or_missing_files_rebuild(photos: Path, tmp_path: Path) -> None:
-    src = link_photos(photos, tmp_path / "src", 10)
+def test_changed_options_or_missing_files_rebuild(generated: Path, tmp_path: Path) -> None:
+    src = link_photos(generated, tmp_path / "src", 10)
     out = tmp_path / "out"
     first = prepare(out, Options(source=str(src)), **QUIET)
     assert first.manifest["counts"]["total"] == {"train": 24, "validation": 6}
@@ -260,7 +276,7 @@ def test_changed_options_or_missing_files_rebuild(photos: Path, tmp_path: Path) 
     victim.unlink()
     again = prepare(out, Options(source=str(src), seed=1), **QUIET)
     assert again.status == "prepared" and str(victim) in again.reason and victim.is_file()
-    (src / "roses" / "extra.jpg").write_bytes((photos / "daisy" / "100080576_f52e8ee070_n.jpg").read_bytes())
+    (src / "roses" / "extra.jpg").write_bytes(sorted((generated / "daisy").iterdir())[-1].read_bytes())
     assert "source changed" in prepare(out, Options(source=str(src), seed=1), **QUIET).reason
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
 
@@ -270,8 +286,8 @@ def names_with_seed(root: Path, seed: int) -> dict[str, set[tuple[str, str]]]:
     return {s: {(ds.classes[x.label], x.path.name) for x in xs} for s, xs in ds.splits.items()}
 
 
-def test_out_that_is_not_a_prepared_dir_is_refused(photos: Path, tmp_path: Path) -> None:
-    src = link_photos(photos, tmp_path / "src", 5)
+def test_out_that_is_not_a_prepared_dir_is_refused(generated: Path, tmp_path: Path) -> None:
+    src = link_photos(generated, tmp_path / "src", 5)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious.txt").write_text("mine")
     with pytest.raises(DataError, match="exists and is not a prepared directory"):
@@ -279,8 +295,8 @@ def test_out_that_is_not_a_prepared_dir_is_refused(photos: Path, tmp_path: Path)
     assert (tmp_path / "out" / "precious.txt").read_text() == "mine"
 
 
-def test_out_and_source_must_not_nest(photos: Path, tmp_path: Path) -> None:
-    src = link_photos(photos, tmp_path / "src", 5)
+def test_out_and_source_must_not_nest(generated: Path, tmp_path: Path) -> None:
+    src = link_photos(generated, tmp_path / "src", 5)
     for out in (src / "prepared", tmp_path):
         with pytest.raises(DataError, match="must not lie inside one another"):
             prepare(out, Options(source=str(src)), **QUIET)
@@ -288,7 +304,7 @@ def test_out_and_source_must_not_nest(photos: Path, tmp_path: Path) -> None:
 
 
 def bad_source(photos: Path, root: Path) -> Path:
-    """Three classes of 6 real photos; roses also gets every kind of bad file."""
+    """Three classes of 6 photos; roses also gets every kind of bad file."""
     src = link_photos(photos, root, 6)
     real = sorted((photos / "roses").iterdir())[10].read_bytes()
     (src / "roses" / "truncated.jpg").write_bytes(real[: len(real) // 2])
@@ -312,8 +328,8 @@ BAD = {
 }
 
 
-def test_bad_files_are_listed_and_excluded(photos: Path, tmp_path: Path) -> None:
-    src = bad_source(photos, tmp_path / "src")
+def test_bad_files_are_listed_and_excluded(generated: Path, tmp_path: Path) -> None:
+    src = bad_source(generated, tmp_path / "src")
     before = tree(tmp_path)
     result = prepare(tmp_path / "out", Options(source=str(src)), **QUIET)
     excluded = {e["path"]: e["reason"] for e in result.manifest["excluded"]}
@@ -329,23 +345,27 @@ def test_bad_files_are_listed_and_excluded(photos: Path, tmp_path: Path) -> None
     assert result.manifest["counts"]["total"] == {"train": 12, "validation": 6}
 
 
-def test_strict_turns_bad_files_into_an_error(photos: Path, tmp_path: Path) -> None:
-    src = bad_source(photos, tmp_path / "src")
+def test_strict_turns_bad_files_into_an_error(generated: Path, tmp_path: Path) -> None:
+    src = bad_source(generated, tmp_path / "src")
     before = tree(tmp_path)
     with pytest.raises(DataError, match=r"roses/\.hidden\.jpg: hidden file \(--strict; 7 bad files in all\)"):
         prepare(tmp_path / "out", Options(source=str(src), strict=True), **QUIET)
     assert tree(tmp_path) == before
 
 
-def test_check_image_on_real_and_broken_bytes(photos: Path) -> None:
-    real = (photos / "daisy" / "100080576_f52e8ee070_n.jpg").read_bytes()
-    assert check_image(real) is None
-    assert check_image(real[: len(real) // 2]).startswith("truncated JPEG")
-    assert check_image(real[:-2]).startswith("truncated JPEG")
-    assert check_image(b"hello").startswith("not an image")
-    broken = bytearray(real)
-    broken[len(real) // 3: len(real) // 3 + 4000] = bytes(range(256)) * 15 + bytes(160)
-    assert isinstance(check_image(bytes(broken)), str | None)  # damaged entropy data: a reason or None, never a raise
+def test_check_image_on_whole_truncated_and_damaged_bytes(generated: Path) -> None:
+    jpeg = first_photo(generated).read_bytes()
+    assert check_image(jpeg) is None
+    assert check_image(jpeg[: len(jpeg) // 2]) == "truncated JPEG: no end-of-image marker"
+    assert check_image(jpeg[:-2]) == "truncated JPEG: no end-of-image marker"
+    assert check_image(b"hello") == "not an image: no known image format"
+    marker = bytearray(jpeg)
+    marker[len(jpeg) // 2: len(jpeg) // 2 + 2] = b"\xff\xd8"  # a start-of-image marker inside the scan data
+    assert check_image(bytes(marker)) == "corrupt image: broken data stream when reading image file"
+    third = len(jpeg) // 3
+    scrambled = bytearray(jpeg)
+    scrambled[third: 2 * third] = (bytes(range(256)) * (third // 256 + 1))[:third]
+    assert check_image(bytes(scrambled)) is None  # libjpeg decodes scrambled scan data (with a warning), as loaders do
 
 
 @pytest.mark.parametrize("layout,message", [
@@ -357,29 +377,30 @@ def test_check_image_on_real_and_broken_bytes(photos: Path) -> None:
     ("already_split", "already split into train/ and validation/"),
     ("too_few", "roses: 1 usable photos leave the train split empty at scale 4:1"),
 ])
-def test_unusable_layouts_are_errors_naming_the_path(photos: Path, tmp_path: Path, layout: str, message: str) -> None:
+def test_unusable_layouts_are_errors_naming_the_path(generated: Path, tmp_path: Path, layout: str,
+                                                     message: str) -> None:
     src = tmp_path / "src"
     if layout in ("empty_class", "only_bad", "too_few"):
-        link_photos(photos, src, 5, classes=("daisy", "dandelion"))
+        link_photos(generated, src, 5, classes=("daisy", "dandelion"))
     if layout == "empty_class":
         (src / "tulips").mkdir()
     elif layout == "one_class":
-        link_photos(photos, src, 5, classes=("daisy",))
+        link_photos(generated, src, 5, classes=("daisy",))
     elif layout == "no_images":
         src.mkdir()
         (src / "notes.txt").write_text("nothing here\n")
     elif layout == "loose_images":
         src.mkdir()
-        shutil.copyfile(photos / "daisy" / "100080576_f52e8ee070_n.jpg", src / "a.jpg")
+        shutil.copyfile(first_photo(generated), src / "a.jpg")
     elif layout == "only_bad":
         (src / "roses").mkdir()
         (src / "roses" / "x.jpg").write_text("text")
         (src / "roses" / ".DS_Store").write_bytes(b"\0\1")
     elif layout == "already_split":
-        link_photos(photos, src / "train", 5)
-        link_photos(photos, src / "validation", 5)
+        link_photos(generated, src / "train", 5)
+        link_photos(generated, src / "validation", 5)
     elif layout == "too_few":
-        link_photos(photos, src, 1, classes=("roses",))
+        link_photos(generated, src, 1, classes=("roses",))
     before = tree(tmp_path)
     with pytest.raises(DataError) as info:
         prepare(tmp_path / "out", Options(source=str(src)), **QUIET)
@@ -437,8 +458,8 @@ def _info(name: str, data: bytes = b"", **attrs) -> tuple[tarfile.TarInfo, bytes
 
 @pytest.mark.parametrize("case", ["dotdot", "absolute", "symlink_out", "symlink_abs", "hardlink_out", "device",
                                   "zip_dotdot", "zip_absolute"])
-def test_unsafe_archive_members_are_refused_and_nothing_is_written(photos: Path, tmp_path: Path, case: str) -> None:
-    jpeg = (photos / "daisy" / "100080576_f52e8ee070_n.jpg").read_bytes()
+def test_unsafe_archive_members_are_refused_and_nothing_is_written(generated: Path, tmp_path: Path, case: str) -> None:
+    jpeg = first_photo(generated).read_bytes()
     absolute = str(tmp_path / "abs_evil.jpg")
     member, tar_members = {
         "dotdot": ("../../evil.jpg", [_info("../../evil.jpg", jpeg)]),
@@ -458,11 +479,11 @@ def test_unsafe_archive_members_are_refused_and_nothing_is_written(photos: Path,
     if tar_members is None:
         archive = tmp_path / "photos.zip"
         with zipfile.ZipFile(archive, "w") as zf:
-            for p in sorted((photos / "daisy").iterdir())[:5]:
+            for p in sorted((generated / "daisy").iterdir())[:5]:
                 zf.write(p, f"flower_photos/daisy/{p.name}")
             zf.writestr(zipfile.ZipInfo(member), jpeg)
     else:
-        archive = _tar(tmp_path / "photos.tgz", tar_members, photos)
+        archive = _tar(tmp_path / "photos.tgz", tar_members, generated)
     before = tree(tmp_path)
     with pytest.raises(DataError, match="refusing member") as info:
         prepare(tmp_path / "out", Options(source=str(archive)), **QUIET)
@@ -472,14 +493,14 @@ def test_unsafe_archive_members_are_refused_and_nothing_is_written(photos: Path,
 
 
 @pytest.mark.parametrize("suffix", [".tgz", ".zip"])
-def test_truncated_archive_is_an_error(photos: Path, tmp_path: Path, suffix: str) -> None:
+def test_truncated_archive_is_an_error(generated: Path, tmp_path: Path, suffix: str) -> None:
     archive = tmp_path / f"photos{suffix}"
     if suffix == ".zip":
         with zipfile.ZipFile(archive, "w") as zf:
-            for p in sorted((photos / "daisy").iterdir())[:5]:
+            for p in sorted((generated / "daisy").iterdir())[:5]:
                 zf.write(p, f"flower_photos/daisy/{p.name}")
     else:
-        _tar(archive, [], photos)
+        _tar(archive, [], generated)
     archive.write_bytes(archive.read_bytes()[: archive.stat().st_size * 2 // 3])
     before = tree(tmp_path)
     with pytest.raises(DataError, match=f"{archive}: (damaged archive|not a readable tar or zip archive)"):
@@ -487,11 +508,11 @@ def test_truncated_archive_is_an_error(photos: Path, tmp_path: Path, suffix: str
     assert tree(tmp_path) == before
 
 
-def test_zip_archive_with_a_wrapper_folder(photos: Path, tmp_path: Path) -> None:
+def test_zip_archive_with_a_wrapper_folder(generated: Path, tmp_path: Path) -> None:
     archive = tmp_path / "photos.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for cls in ("daisy", "dandelion"):
-            for p in sorted((photos / cls).iterdir())[:5]:
+            for p in sorted((generated / cls).iterdir())[:5]:
                 zf.write(p, f"flower_photos/{cls}/{p.name}")
         zf.writestr("__MACOSX/flower_photos/daisy/._x.jpg", b"\0\5\26\7")
     m = prepare(tmp_path / "out", Options(source=str(archive)), **QUIET).manifest
@@ -502,13 +523,13 @@ def test_zip_archive_with_a_wrapper_folder(photos: Path, tmp_path: Path) -> None
 
 # --- TFRecord details ----------------------------------------------------------------------------------------
 
-def test_small_shards_and_png_reencoding(photos: Path, tmp_path: Path) -> None:
+def test_small_shards_and_png_reencoding(generated: Path, tmp_path: Path) -> None:
     from PIL import Image
 
-    src = link_photos(photos, tmp_path / "src", 10, classes=("daisy", "tulips"))
-    with Image.open(sorted((photos / "roses").iterdir())[0]) as im:
+    src = link_photos(generated, tmp_path / "src", 10, classes=("daisy", "tulips"))
+    with Image.open(sorted((generated / "roses").iterdir())[0]) as im:
         im.save(src / "daisy" / "zz_converted.png")
-    m = prepare(tmp_path / "out", Options(source=str(src), tfrecord=True, max_shard_bytes=200_000, verify=False),
+    m = prepare(tmp_path / "out", Options(source=str(src), tfrecord=True, max_shard_bytes=10_000, verify=False),
                 **QUIET).manifest
     train_files, train_idx = tfrecord_files(tmp_path / "out", "train")
     assert len(train_files) == len(m["tfrecord"]["train"]["shards"]) > 3
@@ -533,13 +554,13 @@ def test_missing_tfrecords_are_an_error_naming_the_folder(tmp_path: Path) -> Non
         tfrecord_files(tmp_path, "train")
 
 
-def test_dali_reads_the_tfrecords_on_cpu(photos: Path, tmp_path: Path) -> None:
+def test_dali_reads_the_tfrecords_on_cpu(generated: Path, tmp_path: Path) -> None:
     pytest.importorskip("nvidia.dali")
     import numpy as np
     from nvidia.dali import fn, pipeline_def
     from nvidia.dali import tfrecord as tfrec
 
-    src = link_photos(photos, tmp_path / "src", 8)
+    src = link_photos(generated, tmp_path / "src", 8)
     out = prepare(tmp_path / "out", Options(source=str(src), tfrecord=True), **QUIET).out
     for split in ("train", "validation"):
         files, indexes = tfrecord_files(out, split)
@@ -573,11 +594,11 @@ def test_default_source_is_the_tutorial_download() -> None:
     assert len(known_checksums("flowers")) == 3670
 
 
-def test_cli_prints_counts_and_errors_name_the_path(photos: Path, tmp_path: Path,
+def test_cli_prints_counts_and_errors_name_the_path(generated: Path, tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     configure(parser)
-    src = link_photos(photos, tmp_path / "src", 5)
+    src = link_photos(generated, tmp_path / "src", 5)
     args = parser.parse_args(["flowers", "--out", str(tmp_path / "out"), "--source", str(src), "--quiet"])
     assert command(args) == 0
     printed = capsys.readouterr().out

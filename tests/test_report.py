@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import os
@@ -9,25 +10,40 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from report_fixtures import TRAIN_IMAGES, make_cell, make_env, make_epochs, t4_p40_results, write_cell
+from report_fixtures import (
+    COLOSSALAI_MISSING,
+    DALI_MISSING,
+    TRAIN_IMAGES,
+    make_cell,
+    make_env,
+    make_epochs,
+    matrix_results,
+    t4_p40_results,
+    write_cell,
+)
 
 from harness.devices import match_device
-from harness.report import ReportError, console_table, write_report
+from harness.report import ReportError, build_report, console_table, write_report
+from harness.report.aggregate import SUMMARY_COLUMNS, aggregate, interval
 from harness.report.compare_devices import compare
+from harness.report.decision import accuracy_step
 from harness.report.load import load_results
 from harness.report.mfu import mfu, peak_flops
-from harness.report.summary import SUMMARY_COLUMNS, derived_warnings, device_short, summarize
+from harness.report.render import Report, results_table, skipped_table
+from harness.report.summary import RUN_COLUMNS, derived_warnings, device_short, summarize
 from harness.store import ResultWarning
 
 REPO = Path(__file__).resolve().parents[1]
-FP16 = ("flowers", "vit_tiny_patch16_224", "torchvision", "torch", "fp16")
-FP32 = (*FP16[:4], "fp32")
-BF16 = (*FP16[:4], "bf16")
+FP16 = ("flowers", "vit_tiny_patch16_224", "torchvision", "torch", "fp16", "default")
+FP32 = (*FP16[:4], "fp32", "default")
+BF16 = (*FP16[:4], "bf16", "default")
 CHROMIUM = "/usr/bin/chromium"
+T95 = {2: 12.706204736, 3: 4.302652730}  # Student t, two-sided 95 %, by sample size
 
 
 @pytest.fixture
@@ -41,27 +57,32 @@ def _row(summary: pd.DataFrame, precision: str, device: str) -> pd.Series:
     return rows.iloc[0]
 
 
+def _summary(dirs: list[Path] | tuple[Path, ...], target_acc: float | None = None) -> pd.DataFrame:
+    return aggregate(summarize(load_results(dirs), target_acc))
+
+
 def test_merge_two_machines(two_machines: tuple[Path, Path]) -> None:
     results = load_results(two_machines)
     assert len(results.cells) == 5
     assert sorted(results.cells["status"]) == ["ok", "ok", "ok", "ok", "skipped"]
     assert len(results.epochs) == 4 + 4 + 3 + 3
-    summary = summarize(results)
-    assert set(summary["device"]) == {"Tesla T4", "Tesla P40"}
-    assert set(summary["device_short"]) == {"T4", "P40"}
+    runs = summarize(results)
+    assert set(runs["device"]) == {"Tesla T4", "Tesla P40"}
+    assert set(runs["device_short"]) == {"T4", "P40"}
+    assert set(runs["environment"]) == {"default"}  # no environment name recorded
     # The same directory twice (or a parent and its child) is read once.
     assert len(load_results([*two_machines, two_machines[0]]).cells) == 5
     assert len(load_results([two_machines[0].parent]).cells) == 5
+    assert len(aggregate(runs)) == 5
 
 
 def test_summary_golden_values(two_machines: tuple[Path, Path]) -> None:
-    summary = summarize(load_results(two_machines), target_acc=0.6)
-    t4 = _row(summary, "fp16", "Tesla T4")
-    assert t4["epochs"] == 4
+    runs = summarize(load_results(two_machines), target_acc=0.6)
+    assert list(runs.columns[: len(RUN_COLUMNS)]) == RUN_COLUMNS
+    t4 = _row(runs, "fp16", "Tesla T4")
+    assert t4["epochs"] == 4 and t4["timed_epochs"] == 3
     assert t4["epoch_time_s"] == pytest.approx(21.0)  # median of 20, 22, 21 (first epoch excluded)
-    assert t4["epoch_time_p90_s"] == pytest.approx(21.8)
     assert t4["throughput_img_s"] == pytest.approx(200.0)  # 3 x 2936 images / (3 x 14.68 s)
-    assert t4["throughput_ci95_low"] == pytest.approx(200.0)
     assert t4["best_val_acc"] == pytest.approx(0.62)
     assert t4["best_epoch"] == 3
     assert t4["time_to_acc_s"] == pytest.approx(30 + 20 + 22)  # wall time at the end of epoch 3
@@ -69,25 +90,100 @@ def test_summary_golden_values(two_machines: tuple[Path, Path]) -> None:
     assert t4["optimizer_steps_per_epoch"] == 23
     assert t4["data_wait_pct"] == pytest.approx(10.0)
     assert t4["warnings"] == ""
-    p40 = _row(summary, "fp16", "Tesla P40")
+    p40 = _row(runs, "fp16", "Tesla P40")
     assert p40["throughput_img_s"] == pytest.approx(100.0)
     assert p40["epoch_time_s"] == pytest.approx(40.0)
     assert math.isnan(p40["time_to_acc_s"])  # best 59 %: never reached 60 %
     assert "fp16 on Tesla P40 (sm_61) has no fast fp16 arithmetic" in p40["warnings"]
     assert p40["precision_support"] == "emulated" and t4["precision_support"] == "native"
-    fp32 = _row(summary, "fp32", "Tesla T4")
-    # Per-epoch throughputs 2936/48 and 2936/49: mean +- t(0.975, 1) * sd / sqrt(2).
-    per_epoch = pd.Series([TRAIN_IMAGES / 48, TRAIN_IMAGES / 49])
-    half = 12.706204736 * per_epoch.std() / math.sqrt(2)
+    fp32 = _row(runs, "fp32", "Tesla T4")
     assert fp32["throughput_img_s"] == pytest.approx(2 * TRAIN_IMAGES / 97)
-    assert fp32["throughput_ci95_low"] == pytest.approx(per_epoch.mean() - half)
-    assert fp32["throughput_ci95_high"] == pytest.approx(per_epoch.mean() + half)
     assert "only 1 optimizer step(s) per epoch" in fp32["warnings"]
-    skipped = _row(summary, "bf16", "Tesla P40")
+    skipped = _row(runs, "bf16", "Tesla P40")
     assert skipped["status"] == "skipped"
     assert skipped["reason"].startswith("bf16 needs compute capability")
     assert skipped["epochs"] == 0
     assert math.isnan(skipped["throughput_img_s"])
+    # One run per cell: the summary has means and no interval.
+    row = _row(aggregate(runs), "fp16", "Tesla T4")
+    assert (row["runs"], row["seeds"], row["throughput_img_s"]) == (1, "0", pytest.approx(200.0))
+    assert math.isnan(row["throughput_ci95_low"]) and math.isnan(row["throughput_ci95_high"])
+
+
+def _repeats(root: Path, throughputs: list[float], accs: list[float], device: str = "Tesla T4") -> None:
+    """One fp16 cell run once per seed, each at its own steady throughput and best accuracy."""
+    for seed, (speed, acc) in enumerate(zip(throughputs, accs, strict=True)):
+        cell = make_cell("fp16", seed=seed)
+        cell = replace(cell, id=cell.id + (f"-r{seed + 1}" if seed else ""))
+        train = TRAIN_IMAGES / speed
+        epochs = make_epochs([30, train + 5, train + 5], [20, train, train], [0.3, acc, acc])
+        write_cell(root, cell, make_env(device), epochs)
+
+
+def test_repeats_are_aggregated_with_a_95_percent_interval(tmp_path: Path) -> None:
+    _repeats(tmp_path, [200.0, 210.0, 190.0], [0.6, 0.625, 0.65])
+    runs = summarize(load_results([tmp_path]), target_acc=0.6)
+    assert sorted(runs["cell_id"]) == ["vit_tiny_patch16_224-torchvision-torch-fp16",
+                                       "vit_tiny_patch16_224-torchvision-torch-fp16-r2",
+                                       "vit_tiny_patch16_224-torchvision-torch-fp16-r3"]
+    summary = aggregate(runs)
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    assert (row["runs"], row["seeds"], row["cell_id"]) == (3, "0 1 2", "vit_tiny_patch16_224-torchvision-torch-fp16")
+    half = T95[3] * pd.Series([200.0, 210.0, 190.0]).std() / math.sqrt(3)
+    assert row["throughput_img_s"] == pytest.approx(200.0)
+    assert (row["throughput_ci95_low"], row["throughput_ci95_high"]) == (pytest.approx(200 - half),
+                                                                         pytest.approx(200 + half))
+    assert row["best_val_acc"] == pytest.approx(0.625)
+    assert row["best_val_acc_ci95_high"] - row["best_val_acc"] == pytest.approx(T95[3] * 0.025 / math.sqrt(3))
+    assert row["target_reached_runs"] == 3
+    assert interval([1.0]) == (1.0, pytest.approx(math.nan, nan_ok=True), pytest.approx(math.nan, nan_ok=True))
+    assert interval([1.0, 3.0])[1] == pytest.approx(2.0 - T95[2] * math.sqrt(2) / math.sqrt(2))
+
+
+def test_repeat_runs_each_cell_with_consecutive_seeds(tmp_path: Path) -> None:
+    from harness.plugins import get_manager
+    from harness.suite import SuiteError, expand
+
+    suite = tmp_path / "suite.toml"
+    suite.write_text('name = "s"\nepochs = 1\nimage_size = 32\nseed = 5\nrepeat = 2\nrecipe = "seed"\n[matrix]\n'
+                     'model = ["resnet10t"]\nloader = ["torchvision"]\nbackend = ["torch"]\n'
+                     'precision = ["fp32", "bf16"]\n')
+    manager = get_manager()
+    cells = [(c.id, c.seed) for c in expand(suite, manager).cells]
+    base = "resnet10t-torchvision-torch"
+    assert cells == [(f"{base}-fp32", 5), (f"{base}-bf16", 5), (f"{base}-fp32-r2", 6), (f"{base}-bf16-r2", 6)]
+    assert [c.id for c in expand(suite, manager, repeat=1).cells] == [f"{base}-fp32", f"{base}-bf16"]  # ids stable
+    assert [c.seed for c in expand(suite, manager, repeat=3, seed=0).cells] == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(SuiteError, match="--repeat: expected a positive integer, got 0"):
+        expand(suite, manager, repeat=0)
+
+
+def test_an_ok_run_wins_over_a_not_installed_skip_of_the_same_cell(tmp_path: Path) -> None:
+    cell = make_cell("fp32", backend="colossalai-ddp")
+    epochs = make_epochs([30, 20, 20], [20, 14.68, 14.68], [0.3, 0.4, 0.5])
+    main, colossal, unnamed = tmp_path / "main", tmp_path / "colossalai", tmp_path / "unnamed"
+    write_cell(main, cell, make_env("Tesla T4"), [], status="skipped", reason=COLOSSALAI_MISSING,
+               finished_at="2024-06-02T00:00:00+00:00")  # later than the ok run: still loses
+    write_cell(colossal, cell, make_env("Tesla T4", environment="colossalai", torch="2.5.1"), epochs)
+    write_cell(unnamed, cell, make_env("Tesla T4", torch="2.5.1"), epochs)
+    for dirs in ([main, colossal], [colossal, main], [main, unnamed]):
+        summary = _summary(dirs)
+        assert list(summary["status"]) == ["ok"], dirs
+        assert summary["warnings"].iloc[0] == ""  # a skip for missing software is no rerun
+    # Skipped in both environments for software each lacks: one row per environment, each with its reason.
+    dali = make_cell("fp32", loader="dali-file", backend="colossalai-ddp")
+    write_cell(main, dali, make_env("Tesla T4"), [], status="skipped", reason=COLOSSALAI_MISSING)
+    write_cell(colossal, dali, make_env("Tesla T4", environment="colossalai"), [], status="skipped",
+               reason=DALI_MISSING)
+    skipped = _summary([main, colossal]).query("loader == 'dali-file'")
+    found = sorted(zip(skipped["environment"], skipped["reason"], strict=True))
+    assert found == [("colossalai", DALI_MISSING), ("default", COLOSSALAI_MISSING)]
+    # A skip for another reason (a real limitation) is kept beside a run elsewhere.
+    refused = make_cell("fp16", backend="colossalai-ddp")
+    write_cell(main, refused, make_env("Tesla T4"), [], status="skipped", reason="fp16 needs CUDA")
+    write_cell(colossal, refused, make_env("Tesla T4", environment="colossalai"), epochs)
+    assert len(_summary([main, colossal]).query("precision == 'fp16'")) == 2
 
 
 def test_the_engines_step_warning_is_not_repeated_by_the_report() -> None:
@@ -123,8 +219,8 @@ def test_precision_warnings_follow_the_hardware(tmp_path: Path) -> None:
 
 
 def test_pivot_values_and_ratios(two_machines: tuple[Path, Path]) -> None:
-    comparison = compare(summarize(load_results(two_machines), target_acc=0.6))
-    assert comparison.groups == ["P40", "T4"]
+    comparison = compare(_summary(two_machines, target_acc=0.6), baseline="P40")
+    assert comparison.groups == ["T4", "P40"]  # the order the directories were given
     assert comparison.baseline == "P40"
     table = comparison.table
     assert table.loc[FP16, ("T4", "throughput_img_s")] == pytest.approx(200.0)
@@ -141,96 +237,107 @@ def test_pivot_values_and_ratios(two_machines: tuple[Path, Path]) -> None:
     # same environment and cell spec everywhere; P40 fp16 (no fast fp16) is flagged, never silently compared
     assert list(table[("check", "flags")]) == ["", "EMULATED precision on P40", ""]
     flat = comparison.flat()
-    assert {"T4 throughput_img_s", "T4 / P40 throughput_img_s", "flags"} <= set(flat.columns)
-    reversed_ = compare(summarize(load_results(two_machines)), baseline="T4").table
-    assert reversed_.loc[FP16, ("P40 / T4", "throughput_img_s")] == pytest.approx(0.5)
+    assert {"T4 throughput_img_s", "T4 / P40 throughput_img_s", "flags", "T4 time_to_acc_s"} <= set(flat.columns)
+    assert "T4 time_to_acc_s" not in comparison.flat(target=False).columns
+    first_given = compare(_summary(two_machines))  # no --baseline: the first directory's device
+    assert first_given.baseline == "T4"
+    assert first_given.table.loc[FP16, ("P40 / T4", "throughput_img_s")] == pytest.approx(0.5)
+    assert compare(_summary(two_machines[::-1])).baseline == "P40"
+    with pytest.raises(ReportError, match="--baseline 'V100' is not among the groups"):
+        compare(_summary(two_machines), baseline="V100")
 
 
 def test_mismatched_environments_are_flagged(tmp_path: Path) -> None:
     env = make_env("Tesla P40", torch="2.3.1", cuda_version="11.8", dali=None)
     dirs = t4_p40_results(tmp_path, p40_env=env, p40_epochs=3)
-    table = compare(summarize(load_results(dirs))).table
+    table = compare(_summary(dirs)).table
     flags = table.loc[FP16, ("check", "flags")]
-    assert "env torch 2.3.1 (P40) vs 2.1.0 (T4)" in flags
-    assert "env cuda_version 11.8 (P40) vs 12.1 (T4)" in flags
-    assert "env dali None (P40) vs 1.34.0 (T4)" in flags
-    assert "spec epochs 3 (P40) vs 4 (T4)" in flags
+    assert "env torch 2.1.0 (T4) vs 2.3.1 (P40)" in flags
+    assert "env cuda_version 12.1 (T4) vs 11.8 (P40)" in flags
+    assert "env dali 1.34.0 (T4) vs None (P40)" in flags
+    assert "spec epochs 4 (T4) vs 3 (P40)" in flags
     assert "spec epochs" not in table.loc[FP32, ("check", "flags")]  # the fp32 cells share their spec
     assert table.loc[BF16, ("check", "flags")] == ""  # one device only: nothing to compare
-    assert table.loc[FP16, ("T4 / P40", "throughput_img_s")] == pytest.approx(2.0)  # shown, but flagged
+    assert table.loc[FP16, ("P40 / T4", "throughput_img_s")] == pytest.approx(0.5)  # shown, but flagged
 
 
-def test_reruns_on_one_device_keep_the_latest(tmp_path: Path) -> None:
+def test_reruns_are_flagged_per_device(tmp_path: Path) -> None:
     t4, p40 = t4_p40_results(tmp_path / "a")
     rerun = tmp_path / "b"
-    write_cell(
-        rerun,
-        make_cell("fp16"),
-        make_env("Tesla T4"),
-        make_epochs([30, 10, 10], [20, 7.34, 7.34], [0.3, 0.6, 0.7]),
-        finished_at="2024-06-01T00:00:00+00:00",
-    )
-    comparison = compare(summarize(load_results([t4, p40, rerun])))
-    assert comparison.table.loc[FP16, ("T4", "throughput_img_s")] == pytest.approx(400.0)
-    assert "2 runs on T4: latest shown" in comparison.table.loc[FP16, ("check", "flags")]
+    faster = make_epochs([30, 10, 10], [20, 7.34, 7.34], [0.3, 0.6, 0.7])
+    write_cell(rerun / "t4", make_cell("fp16"), make_env("Tesla T4"), faster, finished_at="2024-06-01T00:00:00+00:00")
+    write_cell(rerun / "p40", make_cell("fp16"), make_env("Tesla P40"), faster,
+               finished_at="2024-06-01T00:00:00+00:00")
+    comparison = compare(_summary([t4, p40, rerun]))
+    assert comparison.table.loc[FP16, ("T4", "throughput_img_s")] == pytest.approx(400.0)  # the latest
+    flags = comparison.table.loc[FP16, ("check", "flags")]
+    assert "2 runs on T4 with seed 0: latest ok shown" in flags
+    assert "2 runs on P40 with seed 0: latest ok shown" in flags
+
+
+def test_runs_with_other_settings_are_other_rows_not_reruns(tmp_path: Path) -> None:
+    epochs = make_epochs([30, 20, 20], [20, 14.68, 14.68], [0.3, 0.4, 0.5])
+    write_cell(tmp_path / "short", make_cell("fp16", epochs=3), make_env("Tesla T4"), epochs)
+    write_cell(tmp_path / "long", make_cell("fp16", epochs=50), make_env("Tesla T4"), epochs)
+    report = build_report(load_results([tmp_path / "short", tmp_path / "long"]), ["short", "long"])
+    assert len(report.summary) == 2 and report.summary["warnings"].eq("").all()
+    assert sorted(results_table(report).frame["settings"]) == ["epochs 3", "epochs 50"]
 
 
 def test_write_report_files_and_reference_row(two_machines: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "report"
-    summary = write_report(list(two_machines), out, target_acc=0.6)
+    summary = write_report(list(two_machines), out, target_acc=0.6, baseline="P40")
     assert list(summary.columns) == SUMMARY_COLUMNS
-    required = [
-        "suite",
-        "model",
-        "loader",
-        "backend",
-        "precision",
-        "device",
-        "status",
-        "reason",
-        "epochs",
-        "epoch_time_s",
-        "throughput_img_s",
-        "best_val_acc",
-        "best_epoch",
-    ]
     csv = pd.read_csv(out / "summary.csv")
-    assert set(required) <= set(csv.columns)
+    assert list(csv.columns) == SUMMARY_COLUMNS
     assert len(csv) == 5
+    assert list(pd.read_csv(out / "runs.csv").columns) == RUN_COLUMNS
     assert sorted(p.name for p in (out / "plots").iterdir()) == [
-        "epoch_times.png",
-        "throughput_by_device.png",
-        "val_acc_vs_epoch.png",
-        "val_acc_vs_time.png",
+        "throughput-vit_tiny_patch16_224.png",
+        "val_acc-vit_tiny_patch16_224-torch-P40.png",
+        "val_acc-vit_tiny_patch16_224-torch-T4.png",
     ]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in (out / "plots").iterdir())
     comparison = pd.read_csv(out / "comparison.csv")
     fp16 = comparison[comparison["precision"] == "fp16"].iloc[0]
     assert fp16["T4 / P40 throughput_img_s"] == pytest.approx(2.0)
+    assert fp16["T4 time_to_acc_s"] == pytest.approx(72.0)
     assert len(pd.read_csv(out / "epochs.csv")) == 14
     # The published reference is its own, clearly marked section and never a measured row.
     assert "66.62" not in (out / "summary.csv").read_text()
-    assert "PUBLISHED" not in (out / "comparison.csv").read_text()
+    assert "Tutorial" not in (out / "comparison.csv").read_text()
     md = (out / "summary.md").read_text()
-    reference, measured = md.split("## Published reference (not measured here)")[1].split("## Summary (measured)")
-    assert "PUBLISHED (not measured here)" in reference
-    assert "66.62 %" in reference
-    assert "| Tesla T4 | vit_tiny_patch16_224 | dali     | colossalai | fp16" in reference
-    assert "< 20" in reference
-    assert "PUBLISHED" not in measured and "66.62" not in measured.split("## Plots")[0]
-    assert "T4 / P40 throughput_img_s" in md
-    assert "| 2.00x" in md
-    assert "time_to_60%_s" in md
-    assert "![Validation accuracy vs epoch](plots/val_acc_vs_epoch.png)" in md
-    html = (out / "report.html").read_text()
-    assert '<section class="reference">' in html
-    assert html.count("data:image/png;base64,") == 4
-    assert 'src="plots/' not in html  # self-contained
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections == ["## Answer", "## Results: 4 cells that ran (4 runs)", "## Not run: 1 cells",
+                        "## Comparison by device (ratios against P40)", "## Plots",
+                        "## Published reference (not measured here)", "## Device facts"]
+    measured, reference = md.split("## Published reference (not measured here)")
+    assert "| Tutorial (published) | Tesla T4 | vit_tiny_patch16_224 | dali     | colossalai | fp16" in reference
+    assert "66.6 " in reference and "< 20" in reference
+    assert "Tutorial" not in measured and "66.6" not in measured
+    assert "T4 / P40 throughput ratio" in md and "| 2.00x" in md
+    assert "time to 60 % (s)" in md
+    assert "![vit_tiny_patch16_224: training throughput](plots/throughput-vit_tiny_patch16_224.png)" in md
+    page = (out / "report.html").read_text()
+    assert '<section class="reference" id="published">' in page
+    assert page.count("data:image/png;base64,") == 3
+    assert 'src="plots/' not in page  # self-contained
+
+
+def test_reference_row_only_for_the_tutorials_task(tmp_path: Path) -> None:
+    epochs = make_epochs([3, 2, 2], [2, 1.468, 1.468], [0.3, 0.4, 0.5])
+    write_cell(tmp_path / "smoke", make_cell("fp32", suite="flowers-smoke"), make_env("cpu"), epochs)
+    write_cell(tmp_path / "other", make_cell("fp32", suite="synthetic"), make_env("cpu"), epochs)
+    write_cell(tmp_path / "near", make_cell("fp32", suite="flowersynth"), make_env("cpu"), epochs)
+    for folder, shown in (("smoke", True), ("other", False), ("near", False)):
+        report = build_report(load_results([tmp_path / folder]), [folder])
+        assert bool(report.references) is shown, folder
 
 
 def test_formats_subset_and_bad_arguments(two_machines: tuple[Path, Path], tmp_path: Path) -> None:
     write_report(list(two_machines), tmp_path / "csv", formats=["csv"])
-    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["comparison.csv", "epochs.csv", "summary.csv"]
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["comparison.csv", "epochs.csv", "runs.csv",
+                                                                    "summary.csv"]
     with pytest.raises(ReportError, match="--format: unknown pdf"):
         write_report(list(two_machines), tmp_path / "x", formats=["pdf"])
     with pytest.raises(ReportError, match=re.escape("--target-acc 60.0: give a fraction")):
@@ -240,7 +347,7 @@ def test_formats_subset_and_bad_arguments(two_machines: tuple[Path, Path], tmp_p
 
 
 def test_group_by_host(two_machines: tuple[Path, Path]) -> None:
-    comparison = compare(summarize(load_results(two_machines)), by="host")
+    comparison = compare(aggregate(summarize(load_results(two_machines)), ["host"]), by="host")
     assert comparison.groups == ["gn7-t4", "gn8-p40"]
     assert comparison.table.loc[FP16, ("gn8-p40 / gn7-t4", "throughput_img_s")] == pytest.approx(0.5)
 
@@ -272,9 +379,9 @@ def test_results_written_by_the_store_are_read(tmp_path: Path) -> None:
 
 
 def test_console_table_and_short_device_names(two_machines: tuple[Path, Path]) -> None:
-    text = console_table(summarize(load_results(two_machines))[SUMMARY_COLUMNS])
+    text = console_table(_summary(two_machines)[SUMMARY_COLUMNS])
     lines = text.splitlines()
-    assert lines[0].split()[:6] == ["model", "loader", "backend", "precision", "device", "status"]
+    assert lines[0].split()[:7] == ["model", "loader", "backend", "precision", "device", "status", "runs"]
     assert len(lines) == 2 + 5
     assert "nan" not in text
     assert device_short("Tesla T4") == "T4"
@@ -388,7 +495,7 @@ def test_cli_subprocess(two_machines: tuple[Path, Path], tmp_path: Path) -> None
     ]
     done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "5 cell run(s)" in done.stdout
+    assert "5 cell(s), 5 run(s)" in done.stdout
     assert (out / "summary.md").exists() and not (out / "report.html").exists()
     result, _ = _cell_files(two_machines[1])
     original = result.read_text()
@@ -430,39 +537,164 @@ def test_device_table_matches_torch_names() -> None:
     assert peak_flops("Intel Xeon", "fp32") is None
 
 
-def _render_check(html_path: Path) -> dict:
-    """Load the report in headless Chromium and read back what rendered."""
-    probe = html_path.with_name("probe.html")
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A two-device report as users meet it (see ``matrix_results``), written once for the module."""
+    root = tmp_path_factory.mktemp("matrix")
+    dirs = matrix_results(root / "results")
+    write_report(dirs, root / "report", baseline="P40")
+    return root / "report", dirs
+
+
+@pytest.fixture(scope="module")
+def matrix_report(matrix: tuple[Path, list[Path]]) -> Report:
+    return build_report(load_results(matrix[1]), [str(d) for d in matrix[1]], baseline="P40")
+
+
+def test_matrix_merges_to_one_row_per_cell_device_and_environment(matrix_report: Report) -> None:
+    summary = matrix_report.summary
+    assert not summary.duplicated(["model", "loader", "backend", "precision", "device", "environment"]).any()
+    ok = summary[summary["status"] == "ok"]
+    assert set(ok["runs"]) == {3} and len(ok) == 2 * (24 + 8)  # per device: 24 main + 8 Colossal-AI cells
+    colossal = summary[(summary["backend"] == "colossalai-ddp") & (summary["loader"] == "torchvision")]
+    assert set(colossal["status"]) <= {"ok", "skipped"} and "not installed" not in " ".join(colossal["reason"].dropna())
+    reasons = skipped_table(matrix_report).frame
+    assert reasons["reason"].is_unique
+    by_reason = dict(zip(reasons["reason"], reasons["cells"], strict=True))
+    assert by_reason[COLOSSALAI_MISSING] == "48"  # 2 x 36 in the main environments, less 24 run in the other
+    assert all(isinstance(cells, list) for cells in reasons["which cells"])
+
+
+def test_decision_picks_the_fastest_native_configuration(matrix_report: Report) -> None:
+    picks = {(p.device, p.model): p for p in matrix_report.picks}
+    assert list(picks) == [("T4", "resnet18"), ("T4", "vit_tiny_patch16_224"), ("P40", "resnet18"),
+                           ("P40", "vit_tiny_patch16_224")]
+    for (device, _), pick in picks.items():
+        assert pick.metric == "throughput_img_s" and "within" in pick.rule
+        assert pick.best["precision_support"] != "emulated"  # the P40's emulated bf16 is faster, never picked
+        assert pick.best["precision"] == ("fp16" if device == "T4" else "fp32")
+        assert pick.runner_up is not None and pick.ratio() >= 1
+    # dali-file (1.3x) vs dali-tfrecord (1.25x) on the same backend: 4 % apart, runs +-3 %: within the spread
+    t4 = picks[("T4", "resnet18")]
+    assert (t4.best["loader"], t4.best["backend"]) == ("dali-file", "torch-ddp2")
+    assert t4.verdict() in ("larger than the spread", "within the spread (95 % intervals overlap)")
+    assert accuracy_step(load_results(matrix_report.sources).epochs["val_acc"]) == pytest.approx(1 / 80)
+
+
+def test_factor_effects_over_matched_cells(matrix_report: Report) -> None:
+    effects = {e.comparison: e for e in matrix_report.effects}
+    dali = effects["dali-file vs torchvision"]
+    assert dali.ratio == pytest.approx(1.3, rel=0.03) and dali.low < dali.ratio < dali.high
+    assert dali.matched == 16  # 2 models x 2 torch backends x 2 precisions x 2 devices
+    assert effects["torch-ddp2 vs torch"].ratio == pytest.approx(1.05, rel=0.03)
+    assert effects["fp16 vs fp32 on T4"].ratio == pytest.approx(2.2, rel=0.03)
+    assert effects["bf16 (emulated) vs fp32 on P40"].ratio == pytest.approx(0.75 / 0.7, rel=0.03)
+    assert "colossalai vs default" not in effects  # no cell ran in both environments: nothing matched
+    colossal = effects["colossalai-ddp vs torch (across environments)"]  # it runs only in its own environment
+    assert colossal.ratio == pytest.approx(0.98, rel=0.03) and colossal.matched == 8
+    t4 = effects["T4 / P40, fp32"]
+    assert t4.ratio == pytest.approx(1 / 0.7, rel=0.03) and t4.matched == 16
+
+
+def test_caveats_say_what_limits_the_numbers(matrix_report: Report) -> None:
+    caveats = "\n".join(matrix_report.caveats)
+    assert "3 runs per cell" in caveats
+    assert "3 timed epochs per run (of 4; the first is warm-up" in caveats
+    assert "GPU: T4, P40" in caveats
+    assert "bf16 is emulated on P40 (16 cells): shown, never picked" in caveats
+    assert "software differs between the results compared: torch 2.1.0 (default) vs 2.5.1 (colossalai)" in caveats
+    assert "1.25-point steps" in caveats
+
+
+def _browse(html_path: Path, width: int, probe: str) -> dict:
+    """Load the report in headless Chromium in a ``width`` x 900 px frame and return what ``probe`` (JS) reports.
+
+    The report is shown in a same-origin frame (``srcdoc``) of that size: Chromium's window cannot be narrower
+    than 500 px, a frame can.
+    """
     script = (
-        '<script>window.addEventListener("load", () => { const imgs = [...document.images];'
-        "const result = {images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,"
-        'tables: Object.fromEntries([...document.querySelectorAll("table")].map(t => [t.id, t.rows.length]))};'
-        'const pre = document.createElement("pre"); pre.id = "render-check";'
-        "pre.textContent = JSON.stringify(result); document.body.appendChild(pre); });</script>"
+        "<script>window.addEventListener('load', () => { const r = {width: innerWidth, height: innerHeight}; "
+        + probe + "; const pre = parent.document.createElement('pre'); pre.id = 'probe';"
+        " pre.textContent = JSON.stringify(r); parent.document.body.appendChild(pre); });</script>"
     )
-    probe.write_text(html_path.read_text().replace("</body>", script + "</body>"))
-    args = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        probe.as_uri(),
-    ]
+    page = html_path.read_text().replace("</body>", script + "</body>")
+    frame = html_path.with_name(f"frame-{width}.html")
+    frame.write_text(f'<!DOCTYPE html><body style="margin:0"><iframe style="border:0;width:{width}px;height:900px" '
+                     f'srcdoc="{html.escape(page)}"></iframe></body>')
+    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+            f"--window-size={max(width, 800)},1000", "--virtual-time-budget=10000", "--dump-dom", frame.as_uri()]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
-    found = re.search(r'<pre id="render-check">(.*?)</pre>', done.stdout)
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout)
     assert found, done.stderr[-2000:]
-    return json.loads(found.group(1))
+    result = json.loads(found.group(1))
+    assert (result["width"], result["height"]) == (width, 900)
+    return result
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} absent: install Debian's chromium package")
-def test_html_renders_in_headless_chromium(two_machines: tuple[Path, Path], tmp_path: Path) -> None:
+DESKTOP_PROBE = """
+  const box = e => e.getBoundingClientRect();
+  r.decisionBottom = box(document.getElementById('decision')).bottom + scrollY;
+  const images = [...document.images];
+  r.images = images.length;
+  r.embedded = images.filter(i => i.src.startsWith('data:image/png;base64,') && i.naturalWidth > 0).length;
+  const ids = [...document.querySelectorAll('[id]')].map(e => e.id);
+  r.duplicateIds = ids.filter((id, i) => ids.indexOf(id) !== i);
+  r.rows = Object.fromEntries([...document.querySelectorAll('table')].map(t => [t.id, t.tBodies[0].rows.length]));
+  const table = document.getElementById('summary'), head = [...table.tHead.rows[0].cells];
+  const th = head.find(c => c.textContent === 'throughput (img/s)');
+  const column = () => [...table.tBodies[0].rows].map(row => Number(row.cells[th.cellIndex].dataset.v));
+  r.unsorted = column(); th.click(); r.ascending = column(); th.click(); r.descending = column();
+  const scroller = table.parentElement, first = table.tBodies[0].rows[5].cells[0];
+  scroller.scrollLeft = 400; scroller.scrollTop = 300;
+  r.scrolled = [scroller.scrollLeft, scroller.scrollTop];
+  r.idColumnOffset = box(first).left - box(scroller).left;
+  r.headerOffset = box(head[0]).top - box(scroller).top;
+"""
+
+PHONE_PROBE = """
+  r.pageWidth = document.documentElement.scrollWidth;
+  const outside = [...document.body.querySelectorAll('*')].filter(e => !e.parentElement.closest('.scroll'));
+  r.widest = Math.max(...outside.map(e => e.getBoundingClientRect().right));  // tables scroll inside their box
+  r.imageWidths = [...document.images].map(i => i.getBoundingClientRect().width);
+"""
+
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                    reason=f"{CHROMIUM} absent: install Debian's chromium package")
+
+
+@needs_chromium
+def test_answer_on_the_first_screen_and_usable_tables(matrix: tuple[Path, list[Path]], matrix_report: Report) -> None:
+    html_path = matrix[0] / "report.html"
+    shutil.rmtree(matrix[0] / "plots", ignore_errors=True)  # the HTML must not need the PNG files next to it
+    check = _browse(html_path, 1400, DESKTOP_PROBE)
+    assert check["decisionBottom"] <= 900  # the whole decision table on the first screen at 1400 x 900
+    assert check["duplicateIds"] == []
+    assert check["images"] == 2 + 2 * 8 == check["embedded"]  # throughput per model, accuracy per model x backend
+    ok = matrix_report.summary["status"].eq("ok").sum()
+    skipped = matrix_report.summary["status"].eq("skipped")
+    reasons = matrix_report.summary.loc[skipped, "reason"].nunique()
+    assert check["rows"]["summary"] == ok  # ok cells only; skipped ones are one row per reason
+    assert check["rows"]["skipped"] == reasons < skipped.sum()
+    assert check["rows"]["decision"] == 4
+    assert check["ascending"] == sorted(check["unsorted"]) != check["unsorted"]
+    assert check["descending"] == sorted(check["unsorted"], reverse=True)
+    assert check["scrolled"][0] > 0 and check["scrolled"][1] > 0
+    assert abs(check["idColumnOffset"]) <= 2  # the id column stays put while the table scrolls sideways
+    assert abs(check["headerOffset"]) <= 2  # and the header while it scrolls down
+
+
+@needs_chromium
+def test_nothing_overflows_at_phone_width(matrix: tuple[Path, list[Path]]) -> None:
+    check = _browse(matrix[0] / "report.html", 420, PHONE_PROBE)
+    assert check["pageWidth"] <= 420 and check["widest"] <= 420
+    assert check["imageWidths"] and max(check["imageWidths"]) <= 420
+
+
+@needs_chromium
+def test_small_report_renders(two_machines: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "report"
     write_report(list(two_machines), out, formats=["html"], target_acc=0.6)
-    shutil.rmtree(out / "plots")  # the HTML must not need the PNG files next to it
-    check = _render_check(out / "report.html")
-    assert check["images"] == 4
-    assert check["loaded"] == 4
-    assert check["tables"] == {"reference": 2, "summary": 6, "comparison": 4, "devices": 3}
+    check = _browse(out / "report.html", 1400, DESKTOP_PROBE.split("const table")[0])
+    assert check["rows"] == {"decision": 2, "effects": 5, "summary": 4, "skipped": 1, "comparison": 2,
+                             "reference": 1, "devices": 2}
+    assert check["images"] == check["embedded"] == 3

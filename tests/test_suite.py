@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from helpers import harness
 
 from harness.plugins import get_manager, suite_path
 from harness.suite import SuiteError, cell_id, expand, select
+from harness.testing import run_harness
 
 VALID = """
 name = "s"
@@ -97,9 +97,9 @@ def test_bad_suites_name_file_key_and_allowed_values(tmp_path: Path, change: tup
     assert message in str(info.value)
 
 
-def test_cli_rejects_a_bad_suite_with_exit_2_and_runs_nothing(tmp_path: Path, photos: Path) -> None:
+def test_cli_rejects_a_bad_suite_with_exit_2_and_runs_nothing(tmp_path: Path, tiny_photos: Path) -> None:
     path = suite_file(tmp_path, VALID.replace('loader = ["torchvision"]', 'loader = ["nope"]'))
-    result = harness("run", "--suite", path, "--data", photos, "--out", tmp_path / "out")
+    result = run_harness("run", "--suite", path, "--data", tiny_photos, "--out", tmp_path / "out")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0
     assert "unknown loader 'nope'" in result.stderr
@@ -108,12 +108,12 @@ def test_cli_rejects_a_bad_suite_with_exit_2_and_runs_nothing(tmp_path: Path, ph
 
 def test_cli_rejects_missing_or_empty_data_before_any_cell(tmp_path: Path) -> None:
     path = suite_file(tmp_path, VALID)
-    missing = harness("run", "--suite", path, "--data", tmp_path / "absent", "--out", tmp_path / "out")
+    missing = run_harness("run", "--suite", path, "--data", tmp_path / "absent", "--out", tmp_path / "out")
     assert missing.returncode == 2 and "absent: data directory does not exist" in missing.stderr
     (tmp_path / "empty").mkdir()
-    empty = harness("run", "--suite", path, "--data", tmp_path / "empty", "--out", tmp_path / "out")
+    empty = run_harness("run", "--suite", path, "--data", tmp_path / "empty", "--out", tmp_path / "out")
     assert empty.returncode == 2 and "needs at least 2 class folders" in empty.stderr
-    absent = harness("run", "--suite", path, "--out", tmp_path / "out")
+    absent = run_harness("run", "--suite", path, "--out", tmp_path / "out")
     assert absent.returncode == 2
     assert "--data is required: the cells' loaders read photos (torchvision)" in absent.stderr
     assert not (tmp_path / "out").exists()
@@ -123,7 +123,7 @@ def test_builtin_suites_are_valid_and_listed() -> None:
     manager = get_manager()
     flowers = expand(suite_path("flowers"), manager)
     assert flowers.cells[0].recipe.accumulation == 16 and flowers.cells[0].epochs == 200
-    result = harness("suites")
+    result = run_harness("suites")
     assert result.returncode == 0
     assert f"flowers {len(flowers.cells):>4} cells".replace(" ", "") in result.stdout.replace(" ", "")
     assert "flowers-smoke" in result.stdout

@@ -1,7 +1,8 @@
-"""Reports: result directories (from any machine) -> summary tables, device comparison, plots.
+"""Reports: result directories (from any machine) -> the answer, summary tables, device comparison, plots.
 
-``harness report DIR [DIR ...] --out DIR`` writes ``summary.csv``, ``comparison.csv``,
-``epochs.csv``, ``summary.md``, ``report.html`` (self-contained) and ``plots/*.png``.
+``harness report DIR [DIR ...] --out DIR`` writes ``summary.csv`` (one row per configuration, device and
+environment, means over repeats), ``runs.csv`` (every run), ``comparison.csv``, ``epochs.csv``, ``summary.md``,
+``report.html`` (self-contained) and ``plots/*.png``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.compare_devices import compare
-from harness.report.load import ReportError, load_results
+from harness.report.aggregate import SUMMARY_COLUMNS, aggregate
+from harness.report.compare_devices import compare, group_column, ordered_groups
+from harness.report.decision import accuracy_step, caveats, decide, effects
+from harness.report.load import ReportError, Results, load_results
 from harness.report.render import Report, labelled_precision, published_references, to_markdown
-from harness.report.summary import SUMMARY_COLUMNS, summarize
+from harness.report.summary import RUN_COLUMNS, summarize
 
-__all__ = ["FORMATS", "ReportError", "command", "configure", "console_table", "write_report"]
+__all__ = ["FORMATS", "ReportError", "build_report", "command", "configure", "console_table", "write_report"]
 
 FORMATS = ("md", "csv", "html")
 
@@ -33,13 +36,41 @@ def _check(formats: Iterable[str], target_acc: float | None) -> tuple[str, ...]:
     return formats
 
 
+def build_report(results: Results, sources: Sequence[str], target_acc: float | None = None, by: str = "device",
+                 baseline: str | None = None) -> Report:
+    """Everything the report shows, computed from the results."""
+    runs = summarize(results, target_acc)
+    summary = aggregate(runs)
+    column = group_column(summary, by)
+    grouped = summary if column == "device_short" else aggregate(runs, [column])
+    comparison = compare(grouped, by, baseline)
+    devices = ordered_groups(summary, "device_short")
+    base_device = comparison.baseline if column == "device_short" else (devices[0] if devices else None)
+    ok = runs[runs["status"] == "ok"]
+    steps = {str(suite): accuracy_step(results.epochs.loc[results.epochs["run"].isin(rows["run"]), "val_acc"])
+             for suite, rows in ok.groupby("suite")}
+    return Report(
+        runs=runs,
+        summary=summary,
+        comparison=comparison,
+        picks=decide(summary, devices, target_acc, steps),
+        effects=effects(summary, base_device),
+        caveats=caveats(summary, steps),
+        steps=steps,
+        references=published_references(summary["suite"]),
+        sources=[str(s) for s in sources],
+        target_acc=target_acc,
+        by=by,
+    )
+
+
 def _plots(report: Report, epochs: pd.DataFrame, out: Path) -> None:
     try:
         from harness.report.plots import write_plots
     except ImportError:  # matplotlib is an optional dependency (the "report" extra)
         print("harness report: matplotlib is not installed; skipping plots", file=sys.stderr)
         return
-    report.plots = write_plots(report.summary, epochs, out / "plots", report.references)
+    report.plots = write_plots(report.summary, report.runs, epochs, out / "plots", report.references)
 
 
 def write_report(
@@ -54,20 +85,14 @@ def write_report(
     formats = _check(formats, target_acc)
     out = Path(out)
     results = load_results(dirs)
-    summary = summarize(results, target_acc)
-    report = Report(
-        summary=summary,
-        comparison=compare(summary, by, baseline),
-        references=published_references(),
-        sources=[str(d) for d in dirs],
-        target_acc=target_acc,
-        by=by,
-    )
+    report = build_report(results, [str(d) for d in dirs], target_acc, by, baseline)
     out.mkdir(parents=True, exist_ok=True)
     if "csv" in formats:
-        summary[SUMMARY_COLUMNS].to_csv(out / "summary.csv", index=False)
-        report.comparison.flat().to_csv(out / "comparison.csv", index=False)
-        keys = summary[["run", "cell_id", "device", "model", "loader", "backend", "precision"]]
+        report.summary[SUMMARY_COLUMNS].to_csv(out / "summary.csv", index=False)
+        report.runs[RUN_COLUMNS].to_csv(out / "runs.csv", index=False)
+        report.comparison.flat(target=target_acc is not None).to_csv(out / "comparison.csv", index=False)
+        keys = report.runs[["run", "cell_id", "device", "environment", "seed", "model", "loader", "backend",
+                            "precision"]]
         results.epochs.merge(keys, on="run").to_csv(out / "epochs.csv", index=False)
     if "md" in formats or "html" in formats:
         _plots(report, results.epochs, out)
@@ -77,22 +102,11 @@ def write_report(
         from harness.report.html import to_html
 
         (out / "report.html").write_text(to_html(report))
-    return summary[SUMMARY_COLUMNS]
+    return report.summary[SUMMARY_COLUMNS]
 
 
-CONSOLE_COLUMNS = [
-    "model",
-    "loader",
-    "backend",
-    "precision",
-    "device",
-    "status",
-    "epochs",
-    "epoch_time_s",
-    "throughput_img_s",
-    "best_val_acc",
-    "reason",
-]
+CONSOLE_COLUMNS = ["model", "loader", "backend", "precision", "device", "status", "runs", "epochs", "epoch_time_s",
+                   "throughput_img_s", "best_val_acc", "reason"]
 
 
 def console_table(summary: pd.DataFrame, width: int = 60) -> str:
@@ -100,7 +114,7 @@ def console_table(summary: pd.DataFrame, width: int = 60) -> str:
     table = summary[CONSOLE_COLUMNS].copy()
     table["precision"] = labelled_precision(summary)
     table["reason"] = table["reason"].fillna("").str.slice(0, width)
-    table["best_val_acc"] = (100 * table["best_val_acc"]).round(2)
+    table["best_val_acc"] = (100 * table["best_val_acc"]).round(1)
     table = table.rename(columns={"best_val_acc": "best_val_acc_%"}).astype(object)
     table = table.where(table.notna(), None)
     return table.to_markdown(index=False, tablefmt="simple", floatfmt=".2f", missingval="")
@@ -111,7 +125,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, metavar="DIR", help="result directories (any machine)")
     parser.add_argument("--out", type=Path, required=True, help="directory to write the report into")
     parser.add_argument("--by", default="device", help="column groups of the comparison: device (default) or host")
-    parser.add_argument("--baseline", help="group the ratios are taken against (default: the first, e.g. P40)")
+    parser.add_argument("--baseline", help="group the ratios are taken against, e.g. P40 (default: the group of the "
+                                           "first DIR given)")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
     parser.add_argument("--target-acc", type=float, help="validation accuracy for time-to-accuracy, e.g. 0.6")
 
@@ -126,5 +141,5 @@ def command(args: argparse.Namespace) -> int:
     except Exception as exc:  # input nothing foresaw: still a one-line error, never a traceback
         print(f"harness report: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    print(f"harness report: {len(summary)} cell run(s) -> {args.out}")
+    print(f"harness report: {len(summary)} cell(s), {int(summary['runs'].sum())} run(s) -> {args.out}")
     return 0

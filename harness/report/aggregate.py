@@ -19,8 +19,9 @@ from scipy import stats
 
 #: What makes a configuration: every matrix axis.
 CONFIG = ["suite", "model", "loader", "backend", "precision"]
-#: A summary row: one configuration on one device in one environment.
-ROW = [*CONFIG, "device", "environment"]
+#: A summary row: one configuration with one set of settings (epochs, image size, ...) on one device in one
+#: environment.
+ROW = [*CONFIG, "device", "environment", "settings"]
 NOT_INSTALLED = re.compile(r"\bnot installed\b", re.IGNORECASE)
 #: Metrics averaged over repeats, each with a 95 % interval (``<metric>_ci95_low`` / ``_high``).
 MEAN_METRICS = ["throughput_img_s", "epoch_time_s", "best_val_acc", "time_to_acc_s"]
@@ -30,9 +31,9 @@ SUMMARY_COLUMNS = [
     *CONFIG, "precision_support", "device", "environment", "status", "reason", "runs", "seeds", "epochs",
     "timed_epochs", "throughput_img_s", "throughput_ci95_low", "throughput_ci95_high", "epoch_time_s",
     "epoch_time_ci95_low", "epoch_time_ci95_high", "best_val_acc", "best_val_acc_ci95_low", "best_val_acc_ci95_high",
-    "time_to_acc_s", "time_to_acc_ci95_low", "time_to_acc_ci95_high", "target_reached_runs", "peak_mem_gb",
-    "optimizer_steps_per_epoch", "data_wait_pct", "train_flops_per_image", "mfu", "warnings", "host", "nproc",
-    "cell_id", "run_dirs",
+    "time_to_acc_s", "time_to_acc_ci95_low", "time_to_acc_ci95_high", "target_reached_runs", "best_epoch",
+    "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct", "train_flops_per_image", "mfu", "warnings", "host",
+    "nproc", "cell_id", "run",
 ]  # fmt: skip
 
 
@@ -61,10 +62,11 @@ def _ranks(runs: pd.DataFrame) -> list[int]:
 
 
 def pick_runs(runs: pd.DataFrame, keys: Sequence[str] = ROW) -> pd.DataFrame:
-    """One run per configuration, device, environment and seed; ``notes`` says what else was found."""
+    """One run per configuration, device, environment and seed; ``notes`` names reruns (a skip for missing
+    software is no rerun)."""
     ranked = runs.assign(_rank=_ranks(runs)).sort_values(["_rank", "finished_at"], na_position="first", kind="stable")
     key = [*keys, "seed"]
-    counts = ranked.groupby(key, dropna=False)["run"].transform("size")
+    counts = ranked["_rank"].gt(0).groupby([ranked[k] for k in key], dropna=False).transform("sum")
     picked = ranked.assign(_count=counts).drop_duplicates(key, keep="last")
     picked["notes"] = [
         [f"{n} runs on {device} with seed {seed}: latest {status} shown"] if n > 1 else []
@@ -79,7 +81,7 @@ def _aggregate_group(group: pd.DataFrame) -> dict:
     """One summary row from the picked runs of one configuration, device and environment."""
     ranked = group.assign(_rank=_ranks(group)).sort_values(["_rank", "seed"], ascending=[False, True])
     lead = ranked.iloc[0]
-    used = ranked[ranked["status"] == "ok"] if lead["status"] == "ok" else ranked.iloc[:1]
+    used = ranked[ranked["status"] == lead["status"]]
     notes = [note for notes in group["notes"] for note in notes]
     if lead["status"] == "ok":  # a failed repeat is reported; a repeat skipped for missing software is not
         others = ranked[(ranked["status"] != "ok") & (ranked["_rank"] > 0)]
@@ -103,7 +105,8 @@ def _aggregate_group(group: pd.DataFrame) -> dict:
         precision_support="emulated" if (used["precision_support"] == "emulated").any() else lead["precision_support"],
         warnings="; ".join([*warnings, *dict.fromkeys(notes)]),
         host=", ".join(dict.fromkeys(str(h) for h in used["host"].dropna())),
-        run_dirs="; ".join(used["run"]),
+        run="; ".join(used["run"]),
+        best_epoch=used["best_epoch"].median(),
         finished_at=used["finished_at"].max(),
         notes=list(dict.fromkeys(notes)),
     )
@@ -118,9 +121,11 @@ def aggregate(runs: pd.DataFrame, extra_keys: Sequence[str] = ()) -> pd.DataFram
     keys = [*ROW, *extra_keys]
     picked = pick_runs(runs, keys)
     rows = [_aggregate_group(group) for _, group in picked.groupby(keys, dropna=False, sort=False)]
-    summary = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *extra_keys, "device_short", "source_index",
-                                          "device_type", "finished_at", "notes", "env", "cell"])
+    extra = [k for k in extra_keys if k not in SUMMARY_COLUMNS]
+    summary = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *extra, "device_short", "source_index",
+                                          "device_type", "settings", "finished_at", "notes", "env", "cell"])
     summary = _drop_superseded_skips(summary)
+    summary["best_epoch"] = pd.to_numeric(summary["best_epoch"]).round().astype("Int64")  # median over repeats
     return summary.sort_values([*CONFIG, "source_index", "device", "environment"], ignore_index=True)
 
 

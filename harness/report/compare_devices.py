@@ -8,8 +8,7 @@ their result directories were given; the first is the baseline unless ``--baseli
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,14 +16,13 @@ import pandas as pd
 
 from harness.report.aggregate import CONFIG
 from harness.report.load import ReportError
+from harness.report.summary import SPEC_KEYS, describe
 
 ROW_KEYS = [*CONFIG, "environment"]
 METRICS = ["status", "runs", "throughput_img_s", "epoch_time_s", "best_val_acc", "time_to_acc_s", "mfu"]
 RATIO_METRICS = ["throughput_img_s"]
 #: Environment fields whose difference makes a comparison across devices unfair.
 ENV_KEYS = ("torch", "torchvision", "timm", "cuda_version", "cudnn_version", "dali", "colossalai", "harness")
-#: Cell fields that must agree (everything that changes the work done, not where it runs; repeats differ in seed).
-SPEC_KEYS = ("epochs", "image_size", "subset", "nproc", "recipe", "model_params", "loader_params", "backend_params")
 GROUP_COLUMNS = {"device": "device_short", "host": "host"}
 FLAGS = ("check", "flags")
 
@@ -61,17 +59,15 @@ def ordered_groups(summary: pd.DataFrame, column: str) -> list[str]:
     return list(dict.fromkeys(ordered))
 
 
-def _describe(value: Any) -> str:
-    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
-
-
-def differences(label: str, values: Mapping[str, Mapping[str, Any]], keys: tuple[str, ...]) -> list[str]:
+def differences(label: str, values: Iterable[tuple[str, Mapping[str, Any]]], keys: tuple[str, ...]) -> list[str]:
     """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups."""
     out = []
+    values = list(values)
     for key in keys:
         seen: dict[str, list[str]] = {}
-        for group, mapping in values.items():
-            seen.setdefault(_describe(mapping.get(key)), []).append(group)
+        for group, mapping in values:
+            groups = seen.setdefault(describe(mapping.get(key)), [])
+            groups += [group] if group not in groups else []
         if len(seen) > 1:
             out.append(f"{label}{key} " + " vs ".join(f"{v} ({', '.join(g)})" for v, g in seen.items()))
     return out
@@ -80,8 +76,8 @@ def differences(label: str, values: Mapping[str, Mapping[str, Any]], keys: tuple
 def _flags(rows: pd.DataFrame, column: str) -> dict[tuple, str]:
     flags = {}
     for key, runs in rows.groupby(ROW_KEYS, dropna=False, sort=False):
-        envs = dict(zip(runs[column], runs["env"], strict=True))
-        specs = dict(zip(runs[column], runs["cell"], strict=True))
+        envs = list(zip(runs[column], runs["env"], strict=True))
+        specs = list(zip(runs[column], runs["cell"], strict=True))
         found = differences("env ", envs, ENV_KEYS) + differences("spec ", specs, SPEC_KEYS)
         found += [note for notes in runs["notes"] for note in notes]
         emulated = [g for g, level in zip(runs[column], runs["precision_support"], strict=True) if level == "emulated"]
@@ -98,7 +94,8 @@ def compare(summary: pd.DataFrame, by: str = "device", baseline: str | None = No
     if baseline is not None and baseline not in groups:
         raise ReportError(f"--baseline {baseline!r} is not among the groups ({', '.join(groups)})")
     baseline = baseline or (groups[0] if groups else None)
-    rows = summary.drop_duplicates([*ROW_KEYS, column], keep="last")
+    rows = summary.sort_values("finished_at", na_position="first", kind="stable")
+    rows = rows.drop_duplicates([*ROW_KEYS, column], keep="last")  # other settings on one device: the latest
     pivot = rows.pivot(index=ROW_KEYS, columns=column, values=METRICS)
     pivot = pivot.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([groups, METRICS]))
     for group in groups:

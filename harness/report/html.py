@@ -1,101 +1,224 @@
-"""The report as one self-contained HTML file: inline CSS, images embedded as base64 PNG."""
+"""The report as one self-contained HTML file: inline CSS and JavaScript, images embedded as base64 PNG.
+
+Tables scroll inside their own box (so the page never overflows, down to phone width), keep their
+header and id columns in view while scrolling, and sort by any column on a click.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
+import math
 import re
 from datetime import datetime, timezone
 
 import pandas as pd
 
 from harness.report.render import (
-    NOTES,
+    DEFINITIONS,
+    EFFECTS_NOTE,
     Report,
+    Table,
     comparison_table,
+    decision_rule,
+    decision_table,
+    definitions,
+    effects_table,
     facts_table,
-    headline,
+    failed_table,
     reference_table,
-    summary_table,
+    results_table,
+    skipped_table,
 )
 
 CSS = """
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
-       max-width: 1280px; padding: 1rem 1.5rem; color: #1d1d1f; }
-h1 { font-size: 1.5rem; } h2 { font-size: 1.15rem; margin-top: 2rem; border-bottom: 1px solid #ddd; }
-.scroll { overflow-x: auto; }
-table { border-collapse: collapse; font-size: 12px; margin: .5rem 0; }
-th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; white-space: nowrap; }
-th { background: #f4f4f6; position: sticky; top: 0; }
+* { box-sizing: border-box; }
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1280px;
+       padding: .75rem 1rem; color: #1d1d1f; }
+p, li, code { overflow-wrap: anywhere; }
+h1 { font-size: 1.35rem; margin: .2rem 0; } h2 { font-size: 1.1rem; margin: 1.6rem 0 .4rem;
+     border-bottom: 1px solid #ddd; } h3 { font-size: 1rem; margin: .8rem 0 .2rem; }
+p { margin: .3rem 0; }
+.muted { color: #555; font-size: 12px; }
+.caveats { background: #fff4e5; border-left: 4px solid #f0a030; padding: .3rem .7rem; font-size: 13px; }
+.caveats ul { margin: .1rem 0; padding-left: 1.1rem; }
+.scroll { overflow: auto; max-height: 85vh; width: fit-content; max-width: 100%; margin: .3rem 0;
+          border: 1px solid #ddd; }
+.scroll.short { max-height: none; }
+table { border-collapse: separate; border-spacing: 0; font-size: 12.5px; }
+th, td { border-right: 1px solid #e3e3e3; border-bottom: 1px solid #e3e3e3; padding: 3px 7px; text-align: left;
+         vertical-align: top; background: #fff; }
+th { background: #f1f1f4; position: sticky; top: 0; z-index: 2; cursor: pointer; user-select: none;
+     white-space: normal; min-width: 4.5rem; }
+th[data-dir="asc"]::after { content: " \\25B2"; } th[data-dir="desc"]::after { content: " \\25BC"; }
+.frozen { position: sticky; z-index: 1; } th.frozen { z-index: 3; }
+td { white-space: nowrap; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.wrap { white-space: normal; min-width: 14rem; max-width: 28rem; text-align: left; overflow-wrap: anywhere; }
-.reference { background: #fff8e1; border: 1px solid #f0c36d; padding: .5rem .75rem; }
-.reference table th { background: #fdecc8; }
-.flagged { background: #fdeaea; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 1rem; }
-figure { margin: 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 12px; color: #555; }
-.muted { color: #666; font-size: 12px; }
+td.wrap { white-space: normal; min-width: 16rem; max-width: 34rem; }
+tr.flagged td { background: #fdeaea; }
+details summary { cursor: pointer; color: #0b57d0; }
+details ul { margin: .2rem 0; padding-left: 1.1rem; }
+#decision td { font-size: 13px; }
+.reference { background: #fff8e1; border: 1px solid #f0c36d; padding: .2rem .7rem; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 400px), 1fr)); gap: .8rem; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+@media (max-width: 700px) {
+  body { padding: .5rem; } td.wrap { min-width: 12rem; }
+  table.cards thead { display: none; }
+  table.cards, .cards tbody, .cards tr, .cards td { display: block; }
+  .cards tr { border-bottom: 2px solid #ccc; padding: 2px 0; }
+  .cards td { border: 0; white-space: normal; text-align: left; min-width: 0; padding: 1px 6px; }
+  .cards td::before { content: attr(data-label) ": "; font-weight: 600; }
+}
 """
 
-WRAP_COLUMNS = {"reason", "warnings", "flags", "notes", "sources", "source", "recipe"}
-NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( %| G|x)?$")
+SCRIPT = """
+const cellKey = c => c.dataset.v !== undefined ? Number(c.dataset.v) : c.textContent.trim().toLowerCase();
+function sortBy(th) {
+  const table = th.closest("table"), body = table.tBodies[0], i = th.cellIndex;
+  const dir = th.dataset.dir === "asc" ? "desc" : "asc";
+  table.querySelectorAll("th").forEach(h => delete h.dataset.dir);
+  th.dataset.dir = dir;
+  const rows = [...body.rows].sort((a, b) => {
+    const x = cellKey(a.cells[i]), y = cellKey(b.cells[i]);
+    const order = typeof x === typeof y ? (x < y ? -1 : x > y ? 1 : 0) : (typeof x === "number" ? -1 : 1);
+    return dir === "asc" ? order : -order;
+  });
+  body.append(...rows);
+}
+function freeze(table) {
+  const count = innerWidth < 700 ? Math.min(1, +table.dataset.frozen) : +table.dataset.frozen;
+  let left = 0;
+  for (let i = 1; i <= count; i++) {
+    const cells = table.querySelectorAll(`tr > :nth-child(${i})`);
+    cells.forEach(c => { c.classList.add("frozen"); c.style.left = left + "px"; });
+    left += cells[0].getBoundingClientRect().width;
+  }
+}
+document.querySelectorAll("table.sortable th").forEach(th => th.addEventListener("click", () => sortBy(th)));
+document.querySelectorAll("table[data-frozen]").forEach(freeze);
+"""
+
+WRAP_COLUMNS = {"reason", "warnings", "flags", "notes", "sources", "recipe", "which cells", "difference", "runner-up",
+                "pick"}
+NUMBER = re.compile(r"^[-+]?[\d,]*\.?\d+( ± [\d,.]+)?( %|x)?$")
 
 
-def _cell(column: str, value: str) -> str:
-    css = "wrap" if column in WRAP_COLUMNS else "num" if NUMBER.match(value) else ""
-    return f'<td class="{css}">{html.escape(value)}</td>' if css else f"<td>{html.escape(value)}</td>"
+def _cell(column: str, value: object, key: float | None) -> str:
+    label = f' data-label="{html.escape(column)}"'
+    if isinstance(value, list):
+        items = "".join(f"<li>{html.escape(v)}</li>" for v in value)
+        return f'<td class="wrap"{label}><details><summary>{len(value)} cells</summary><ul>{items}</ul></details></td>'
+    text = str(value)
+    css = "wrap" if column in WRAP_COLUMNS else "num" if NUMBER.match(text) else ""
+    attrs = (f' class="{css}"' if css else "") + label
+    if key is not None and math.isfinite(key):
+        attrs += f' data-v="{key:.12g}"'
+    return f"<td{attrs}>{html.escape(text)}</td>"
 
 
-def table_html(frame: pd.DataFrame, table_id: str, flag_column: str | None = None) -> str:
-    """A table with long text columns wrapped and flagged rows highlighted."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+def _header(column: str) -> str:
+    """A header cell, with the column's definition as its tooltip."""
+    key = "time to target (s)" if re.search(r"\btime to [\d.]+ %", column) else column
+    definition = next((text for name, text in DEFINITIONS.items() if key.endswith(name)), None)
+    title = f' title="{html.escape(definition)}"' if definition else ""
+    return f"<th{title}>{html.escape(column)}</th>"
+
+
+def table_html(table: Table, table_id: str, flag_column: str | None = None, short: bool = False,
+               cards: bool = False) -> str:
+    """A sortable table in its own scroll box; flagged rows highlighted, long text wrapped. ``short``: no height
+    limit; ``cards``: on narrow screens each row is a block of labelled lines."""
+    frame = table.frame
+    head = "".join(_header(str(c)) for c in frame.columns)
+    keys = {c: pd.to_numeric(v, errors="coerce").tolist() for c, v in table.keys.items()}
     rows = []
-    for record in frame.astype(str).to_dict("records"):
+    for i, record in enumerate(frame.to_dict("records")):
+        cells = "".join(_cell(c, v, keys[c][i] if c in keys else None) for c, v in record.items())
         flagged = flag_column is not None and record.get(flag_column)
-        cells = "".join(_cell(c, v) for c, v in record.items())
         rows.append(f'<tr class="flagged">{cells}</tr>' if flagged else f"<tr>{cells}</tr>")
+    frozen = f' data-frozen="{table.frozen}"' if table.frozen else ""
+    box = "scroll short" if short else "scroll"
+    css = "sortable cards" if cards else "sortable"
     return (
-        f'<div class="scroll"><table id="{table_id}"><thead><tr>{head}</tr></thead>'
+        f'<div class="{box}"><table id="{table_id}" class="{css}"{frozen}><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
 def _image(title: str, data: bytes) -> str:
     encoded = base64.b64encode(data).decode("ascii")
-    alt = html.escape(title)
-    return f'<figure><img alt="{alt}" src="data:image/png;base64,{encoded}"><figcaption>{alt}</figcaption></figure>'
+    return f'<figure><img alt="{html.escape(title)}" src="data:image/png;base64,{encoded}"></figure>'
+
+
+def _list(items: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul>"
+
+
+def _answer(report: Report) -> list[str]:
+    body = [
+        '<section id="answer"><h2>Answer</h2>',
+        f'<div class="caveats"><strong>Read with care</strong>{_list(report.caveats)}</div>',
+        f'<p class="muted">{html.escape(decision_rule(report))}</p>',
+        table_html(decision_table(report), "decision", short=True, cards=True),
+    ]
+    if report.effects:
+        body += [
+            "<h3>Effect of each factor on training throughput</h3>",
+            f'<p class="muted">{html.escape(EFFECTS_NOTE)}</p>',
+            table_html(effects_table(report), "effects", short=True, cards=True),
+        ]
+    return [*body, "</section>"]
+
+
+def _sections(report: Report) -> list[str]:
+    summary = report.summary
+    ok, skipped = summary[summary["status"] == "ok"], summary[summary["status"] == "skipped"]
+    body = [
+        f'<section id="results"><h2>Results: {len(ok)} cells that ran ({int(ok["runs"].sum())} runs)</h2>',
+        f"<details><summary>How each column is measured</summary>{_list(definitions(report))}</details>",
+        table_html(results_table(report), "summary"),
+        "</section>",
+    ]
+    failed = failed_table(report)
+    if len(failed.frame):
+        body += [f'<section id="unfinished"><h2>Did not finish: {len(failed.frame)} cells</h2>',
+                 table_html(failed, "failed"), "</section>"]
+    if len(skipped):
+        body += [f'<section id="not-run"><h2>Not run: {len(skipped)} cells</h2>',
+                 '<p class="muted">One row per reason; open a row\'s list for its cells.</p>',
+                 table_html(skipped_table(report), "skipped"), "</section>"]
+    if len(report.comparison.groups) > 1:
+        baseline = html.escape(str(report.comparison.baseline))
+        body += [f'<section id="device-comparison"><h2>Comparison by {html.escape(report.by)} (ratios against '
+                 f"{baseline})</h2>",
+                 '<p class="muted">Flagged rows differ in more than the device (software, settings, emulation).</p>',
+                 table_html(comparison_table(report), "comparison", flag_column="flags"), "</section>"]
+    if report.plots:
+        images = "".join(_image(t, path.read_bytes()) for t, path in report.plots)
+        body += ['<section id="plots"><h2>Plots</h2>', f'<div class="plots">{images}</div>', "</section>"]
+    if report.references:
+        sources = "".join(f'<p class="muted">Source: {html.escape(r["source"])}</p>' for r in report.references)
+        body += ['<section class="reference" id="published"><h2>Published reference (not measured here)</h2>',
+                 table_html(reference_table(report), "reference", short=True), sources, "</section>"]
+    body += ['<section id="device-facts"><h2>Device facts</h2>', table_html(facts_table(report), "devices", short=True),
+             "</section>"]
+    return body
 
 
 def to_html(report: Report) -> str:
-    """The whole report as a standalone HTML document."""
+    """The whole report as a standalone HTML document, the answer first."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sources = ", ".join(f"<code>{html.escape(s)}</code>" for s in report.sources)
-    title = f"Comparison by {html.escape(report.by)}"
-    if report.comparison.baseline and len(report.comparison.groups) > 1:
-        baseline = html.escape(report.comparison.baseline)
-        title += f" (ratios against {baseline}; flagged rows differ in more than the device)"
     body = [
-        "<h1>harness report</h1>",
+        f"<h1>{html.escape(report.title)}</h1>",
         f'<p class="muted">Generated {stamp} from {sources}.</p>',
-        "<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in headline(report)) + "</ul>",
-        '<section class="reference"><h2>Published reference (not measured here)</h2>',
-        table_html(reference_table(report), "reference"),
-        *[f'<p class="muted">Source: {html.escape(ref["source"])}</p>' for ref in report.references],
-        "</section>",
-        "<h2>Summary (measured)</h2>",
-        table_html(summary_table(report), "summary"),
-        f"<h2>{title}</h2>",
-        table_html(comparison_table(report), "comparison", flag_column="flags"),
-        "<h2>Device facts</h2>",
-        table_html(facts_table(report), "devices"),
+        *_answer(report),
+        *_sections(report),
     ]
-    if report.plots:
-        images = "".join(_image(t, path.read_bytes()) for t, path in report.plots)
-        body += ["<h2>Plots</h2>", f'<div class="plots">{images}</div>']
-    body += ["<h2>Definitions</h2>", "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in NOTES) + "</ul>"]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>harness report</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n"
+        f"<title>{html.escape(report.title)}</title><style>{CSS}</style></head>\n<body>\n" + "\n".join(body)
+        + f"\n<script>{SCRIPT}</script>\n</body></html>\n"
     )

@@ -99,7 +99,7 @@ def read_epochs(path: Path, problems: list[str] | None = None) -> list[dict[str,
         missing = [f for f in REQUIRED_EPOCH_FIELDS if f not in data]
         if missing:
             _problem(problems, f"{where}: missing field(s) {', '.join(map(repr, missing))}; read as empty")
-        record = {f: _number(data.get(f), where, f, problems) for f in EPOCH_FIELDS}
+        record: dict[str, Any] = {f: _number(data.get(f), where, f, problems) for f in EPOCH_FIELDS}
         record["_cell"] = data.get("cell")
         record["_env"] = data.get("env")
         records.append(record)
@@ -131,6 +131,7 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
     cell = _mapping(result, "cell", where, problems) or (first_cell if isinstance(first_cell, dict) else None) or spec
     env = _mapping(result, "env", where, problems) or (first_env if isinstance(first_env, dict) else None) or {}
     summary = _mapping(result, "summary", where, problems)
+    reason: str | None
     if result_problem or not result:
         status = INCOMPLETE
         reason = result_problem or "no result.json: run interrupted or still running"

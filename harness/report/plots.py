@@ -1,21 +1,31 @@
-"""Report plots (matplotlib, Agg backend, PNG): accuracy curves, throughput bars, epoch times."""
+"""Report plots (matplotlib, Agg backend, PNG): small multiples that stay readable at phone width.
+
+One image per panel: training throughput per model, and validation accuracy vs wall time per model and
+backend (and device, when there are several). Colours are fixed per loader across every
+plot, line styles per precision, markers per device; titles and axis labels are inside each image.
+Repeats are drawn as their mean with the min-max band; an interval is drawn only where one exists.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-LINESTYLES = ("-", "--", ":", "-.")
-DPI = 110
+from harness.report.load import DEFAULT_ENVIRONMENT
+from harness.report.render import SEP
 
-
-def config_label(row: Mapping[str, Any], with_model: bool) -> str:
-    """``"vit_tiny torchvision/torch/bf16"``: what distinguishes a cell, minus the device."""
-    parts = f"{row['loader']}/{row['backend']}/{row['precision']}"
-    return f"{row['model']} {parts}" if with_model else parts
+PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999")  # Okabe-Ito
+LINESTYLES = {"fp32": "-", "bf16": "--", "fp16": ":"}
+MARKERS = ("o", "s", "^", "D", "v", "P")
+DPI = 100
+WIDTH = 5.0  # inches: ~500-650 px with labels, shown ~400 px wide on a phone: 11 pt text stays ~10 px
+STYLE = {"font.size": 12, "axes.titlesize": 13, "axes.labelsize": 12, "xtick.labelsize": 11, "ytick.labelsize": 11,
+         "legend.fontsize": 11, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
+         "axes.spines.right": False}
 
 
 def _pyplot() -> Any:
@@ -27,138 +37,138 @@ def _pyplot() -> Any:
     return plt
 
 
-def _labels(summary: pd.DataFrame) -> pd.Series:
-    with_model = summary["model"].nunique() > 1
-    return summary.apply(lambda r: config_label(r, with_model), axis=1)
+def palette(values: Sequence[str]) -> dict[str, str]:
+    """A fixed colour per value (sorted, so the same loader has the same colour in every report)."""
+    return {v: PALETTE[i % len(PALETTE)] for i, v in enumerate(sorted(set(values)))}
 
 
-def _version(text: str) -> tuple[int, ...]:
-    return tuple(int(p) for p in text.split(".")[:2] if p.isdigit())
-
-
-def _legend_below(ax: Any, count: int) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2 if count > 6 else 1, fontsize=8, frameon=False)
-
-
-def _accuracy_plot(
-    summary: pd.DataFrame,
-    epochs: pd.DataFrame,
-    x: str,
-    xlabel: str,
-    references: Sequence[Mapping[str, Any]],
-    path: Path,
-) -> Path:
-    plt = _pyplot()
-    runs = summary[summary["epochs"] > 0]
-    labels = _labels(runs)
-    configs = list(dict.fromkeys(labels))
-    devices = list(dict.fromkeys(runs["device_short"]))
-    colors = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(8, 4.2 + 0.18 * len(runs)))
-    for (_, run), label in zip(runs.iterrows(), labels, strict=True):
-        ep = epochs[epochs["run"] == run["run"]]
-        ax.plot(
-            ep[x],
-            100 * ep["val_acc"],
-            marker="o",
-            markersize=3,
-            color=colors(configs.index(label) % 10),
-            linestyle=LINESTYLES[devices.index(run["device_short"]) % len(LINESTYLES)],
-            label=f"{label} @ {run['device_short']}",
-        )
-    for ref in references:
-        ref_label = f"published reference: {ref['label']}, {ref['device']}, best {100 * ref['best_val_acc']:.2f} %"
-        ax.axhline(100 * ref["best_val_acc"], color="grey", linestyle="--", linewidth=1, label=ref_label)
-    if x == "epoch":
-        from matplotlib.ticker import MaxNLocator
-
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("validation accuracy (%)")
-    ax.grid(alpha=0.3)
-    _legend_below(ax, len(runs) + len(references))
-    return _save(fig, path)
+def _slug(*parts: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(parts))
 
 
 def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    fig.clear()
     _pyplot().close(fig)
     return path
 
 
-def throughput_bars(summary: pd.DataFrame, path: Path) -> Path | None:
-    """Training throughput per configuration, one bar per device, with the 95 % interval."""
+def _legend_below(ax: Any, count: int, label_lines: int = 1) -> None:
+    """The legend under the x-axis label (``label_lines`` lines of it), whatever the panel's height."""
+    height = ax.get_position().height * ax.figure.get_figheight()
+    below = (0.42 + 0.2 * label_lines) / height
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -below), ncol=2 if count > 3 else 1, frameon=False)
+
+
+def _reference(ax: Any, references: Sequence[Mapping[str, Any]], model: str) -> str:
+    """Draw the published accuracy where it falls inside the data's range; else return a note for the caption."""
+    low, high = ax.get_ylim()
+    notes = []
+    for ref in (r for r in references if r["model"] == model):
+        value = 100 * ref["best_val_acc"]
+        text = f"published: {value:.1f} % ({ref['device']}, {ref['epochs']} epochs)"
+        if low <= value <= high:
+            ax.axhline(value, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(text, (0.01, value), xycoords=("axes fraction", "data"), va="bottom", fontsize=9, color="grey")
+        else:
+            notes.append(f"{text}, off this scale")
+    ax.set_ylim(low, high)
+    return "".join(f"\n{note}" for note in notes)
+
+
+def accuracy_panels(summary: pd.DataFrame, epochs: pd.DataFrame, references: Sequence[Mapping[str, Any]],
+                    out: Path) -> list[tuple[str, Path]]:
+    """Validation accuracy vs wall time, one image per model and backend (and device): time to accuracy."""
     plt = _pyplot()
-    runs = summary[summary["throughput_img_s"].notna()]
-    if runs.empty:
-        return None
-    runs = runs.assign(config=_labels(runs)).drop_duplicates(["config", "device_short"], keep="last")
-    table = runs.pivot(index="config", columns="device_short", values="throughput_img_s")
-    low = runs.pivot(index="config", columns="device_short", values="throughput_ci95_low")
-    high = runs.pivot(index="config", columns="device_short", values="throughput_ci95_high")
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.45 * len(table) * max(1, len(table.columns))))
-    width = 0.8 / max(1, len(table.columns))
-    for i, device in enumerate(table.columns):
-        ys = [y + i * width for y in range(len(table))]
-        below = (table[device] - low[device]).clip(lower=0).fillna(0)
-        err = [below, (high[device] - table[device]).clip(lower=0).fillna(0)]
-        ax.barh(ys, table[device], height=width, xerr=err, capsize=2, label=device)
-    ax.set_yticks([y + 0.4 - width / 2 for y in range(len(table))], table.index, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("training throughput (images/s, epochs after the first)")
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(title="device", fontsize=8)
-    return _save(fig, path)
+    ok = summary[(summary["status"] == "ok") & (summary["epochs"] > 0)]
+    colours = palette(summary["loader"].dropna())
+    devices = list(dict.fromkeys(summary["device_short"]))
+    keys = ["model", "backend", *(["device_short"] if ok["device_short"].nunique() > 1 else [])]
+    environments = ok["environment"].nunique() > 1
+    plots = []
+    for key, rows in ok.groupby(keys, sort=False):
+        title = f"{SEP.join(map(str, key))}: validation accuracy"
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(WIDTH, 3.6))
+            for row in rows.to_dict("records"):
+                curve = _mean_curve(epochs, row["run"].split("; "))
+                label = _label(row, ["loader", "precision"], environments)
+                style = {"color": colours[row["loader"]], "linestyle": LINESTYLES.get(row["precision"], "-."),
+                         "marker": MARKERS[devices.index(row["device_short"]) % len(MARKERS)]}
+                ax.plot(curve["x"], 100 * curve["mean"], markersize=4, label=label, **style)
+                if row["runs"] > 1:
+                    ax.fill_between(curve["x"], 100 * curve["min"], 100 * curve["max"], color=style["color"],
+                                    alpha=0.12, linewidth=0)
+            note = _reference(ax, references, key[0])
+            ax.set(title=title, xlabel=f"wall time since training started (s){note}",
+                   ylabel="validation accuracy (%)")
+            _legend_below(ax, len(rows), 1 + note.count("\n"))
+            plots.append((f"{title} vs wall time", _save(fig, out / f"val_acc-{_slug(*map(str, key))}.png")))
+    return plots
 
 
-def epoch_time_boxes(summary: pd.DataFrame, epochs: pd.DataFrame, path: Path) -> Path:
-    """Distribution of epoch times (after the first epoch) per cell run."""
+def _label(row: Mapping[str, Any], keys: list[str], environment: bool) -> str:
+    """``torchvision · bf16 (emulated)``: the given keys, the precision labelled, the environment if several."""
+    parts = [f"{row[k]} (emulated)" if k == "precision" and row["precision_support"] == "emulated" else str(row[k])
+             for k in keys]
+    named = environment and row["environment"] != DEFAULT_ENVIRONMENT
+    return SEP.join(parts + ([str(row["environment"])] if named else []))
+
+
+def _mean_curve(epochs: pd.DataFrame, runs: list[str]) -> pd.DataFrame:
+    """Per epoch: mean wall time and mean / min / max validation accuracy over the runs."""
+    rows = epochs[epochs["run"].isin(runs)]
+    return rows.groupby("epoch").agg(x=("wall_time_s", "mean"), mean=("val_acc", "mean"), min=("val_acc", "min"),
+                                     max=("val_acc", "max")).reset_index()
+
+
+def throughput_panels(summary: pd.DataFrame, runs: pd.DataFrame, out: Path) -> list[tuple[str, Path]]:
+    """Training throughput per model: each run a small dot, the mean a large one, the 95 % interval a line."""
     plt = _pyplot()
-    runs = summary[summary["epochs"] > 0]
-    labels = _labels(runs)
-    data, names = [], []
-    for (_, run), label in zip(runs.iterrows(), labels, strict=True):
-        times = epochs.loc[epochs["run"] == run["run"], "epoch_time_s"]
-        data.append((times.iloc[1:] if len(times) > 1 else times).to_numpy())
-        names.append(f"{label} @ {run['device_short']}")
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.35 * len(data)))
-    import matplotlib
+    ok = summary[(summary["status"] == "ok") & summary["throughput_img_s"].notna()]
+    colours = palette(summary["loader"].dropna())
+    devices = list(dict.fromkeys(summary["device_short"]))
+    environments = ok["environment"].nunique() > 1
+    plots = []
+    for model, rows in ok.groupby("model", sort=False):
+        labels = [_label(r, ["backend", "precision"], environments) for r in rows.to_dict("records")]
+        categories = list(dict.fromkeys(labels))
+        series = rows.assign(_label=labels).groupby(["loader", "device_short"], sort=False)
+        title = f"{model}: training throughput"
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(WIDTH, 1.6 + 0.42 * len(categories)))
+            for i, ((loader, device), group) in enumerate(series):
+                offset = (i - (len(series) - 1) / 2) * min(0.6 / len(series), 0.2)
+                ys = [categories.index(label) + offset for label in group["_label"]]
+                marker = MARKERS[devices.index(device) % len(MARKERS)]
+                name = f"{loader} @ {device}" if len(devices) > 1 else loader
+                ax.scatter(group["throughput_img_s"], ys, color=colours[loader], marker=marker, s=45, label=name,
+                           zorder=3)
+                for y, row in zip(ys, group.to_dict("records"), strict=True):
+                    each = runs.loc[runs["run"].isin(row["run"].split("; ")), "throughput_img_s"]
+                    if row["runs"] > 1:
+                        ax.scatter(each, [y] * len(each), color=colours[loader], marker=marker, s=12, alpha=0.4)
+                    if pd.notna(row["throughput_ci95_low"]):
+                        ax.plot([max(row["throughput_ci95_low"], 0), row["throughput_ci95_high"]], [y, y],
+                                color=colours[loader], linewidth=2, alpha=0.7)
+            ax.set_yticks(range(len(categories)), categories)
+            ax.set_ylim(len(categories) - 0.5, -0.5)
+            ax.set_xlim(left=0)
+            ax.grid(axis="y", alpha=0)
+            ax.set(title=title, xlabel="training images / s (epochs after the first)")
+            _legend_below(ax, len(series))
+            plots.append((title, _save(fig, out / f"throughput-{_slug(str(model))}.png")))
+    return plots
 
-    horizontal = {"orientation": "horizontal"} if _version(matplotlib.__version__) >= (3, 10) else {"vert": False}
-    ax.boxplot(data, showmeans=True, **horizontal)
-    ax.set_yticks(range(1, len(names) + 1), names)
-    ax.tick_params(axis="y", labelsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("epoch time (s, train + validation, epochs after the first)")
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
 
-
-def write_plots(
-    summary: pd.DataFrame, epochs: pd.DataFrame, out: Path, references: Sequence[Mapping[str, Any]] = ()
-) -> list[tuple[str, Path]]:
-    """Write every plot as PNG under ``out``; returns ``(title, path)`` pairs (none without data)."""
+def write_plots(summary: pd.DataFrame, runs: pd.DataFrame, epochs: pd.DataFrame, out: Path,
+                references: Sequence[Mapping[str, Any]] = ()) -> list[tuple[str, Path]]:
+    """Write every plot as PNG under ``out`` (replacing earlier ones); returns ``(title, path)`` pairs."""
     out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
     if summary.empty or epochs.empty:
         return []
-    plots = [
-        (
-            "Validation accuracy vs epoch",
-            _accuracy_plot(summary, epochs, "epoch", "epoch", references, out / "val_acc_vs_epoch.png"),
-        ),
-        (
-            "Validation accuracy vs wall-clock time",
-            _accuracy_plot(
-                summary,
-                epochs,
-                "wall_time_s",
-                "wall-clock time since training started (s)",
-                references,
-                out / "val_acc_vs_time.png",
-            ),
-        ),
-        ("Training throughput by device", throughput_bars(summary, out / "throughput_by_device.png")),
-        ("Epoch-time distribution", epoch_time_boxes(summary, epochs, out / "epoch_times.png")),
+    return [
+        *throughput_panels(summary, runs, out),
+        *accuracy_panels(summary, epochs, references, out),
     ]
-    return [(title, path) for title, path in plots if path is not None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -23,6 +24,14 @@ RUN_COLUMNS = [
 ]  # fmt: skip
 
 MIN_OPTIMIZER_STEPS = 10
+#: Cell fields that set the work done (not where it runs; repeats differ only in seed): runs that differ in one
+#: are different experiments, never repeats of one.
+SPEC_KEYS = ("epochs", "image_size", "subset", "nproc", "recipe", "model_params", "loader_params", "backend_params")
+
+
+def describe(value: Any) -> str:
+    """A value as text (objects as sorted JSON), for comparing and showing."""
+    return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
 def device_name(env: Mapping[str, Any]) -> str:
@@ -114,8 +123,10 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
         )
         row["warnings"] = "; ".join(warnings)
         row["precision_support"] = precision_support(cell_row) if cell_row["status"] != "skipped" else None
+        row["settings"] = describe({key: cell.get(key) for key in SPEC_KEYS})
         rows.append(row)
-    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "device_short", "source_index", "device_type", "env", "cell"])
+    frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "device_short", "source_index", "device_type", "settings", "env",
+                                        "cell"])
     frame["device_type"] = [env.get("device_type") for env in frame["env"]]
     frame[["epochs", "timed_epochs"]] = frame[["epochs", "timed_epochs"]].fillna(0).astype(int)
     frame["best_epoch"] = frame["best_epoch"].astype("Int64")

@@ -1,0 +1,187 @@
+"""Environments cells run in: declared by plugins and suites, built for real with uv, cached, locked, and the
+same answer from ``harness env``, ``harness run`` and ``harness run --no-build``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from helpers import harness, write_suite
+
+from harness import environments
+from harness.environments import Environment
+from harness.plugins import get_manager
+from harness.suite import SuiteError, expand, select
+
+OLD_TIMM = "1.0.9"  # an older timm than the main environment's: the small environment built for real
+TORCH = {name: metadata.version(name) for name in ("torch", "torchvision")}  # reused: the build stays small and fast
+#: One tiny cell per environment: the harness's own, one with an older timm, one whose requirement cannot exist.
+SUITE = f"""
+name = "envs"
+epochs = 1
+image_size = 32
+subset = 20
+recipe = {{ base = "default", batch_size = 8 }}
+[matrix]
+model = ["resnet10t"]
+loader = ["torchvision"]
+backend = ["torch"]
+precision = ["fp32"]
+environment = ["default", "old-timm", "broken"]
+[loaders.torchvision]
+workers = 0
+[environments.old-timm]
+requires = ["timm=={OLD_TIMM}", "torch=={TORCH['torch']}", "torchvision=={TORCH['torchvision']}"]
+[environments.broken]
+requires = ["harness-test-no-such-distribution==0.0.1"]
+"""
+
+
+def results(out: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in (out / "cells").glob("*/result.json")}
+
+
+@pytest.fixture(scope="session")
+def envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where this session's environments are built (uv's own cache stays the user's: builds hard-link from it)."""
+    return tmp_path_factory.mktemp("envs")
+
+
+@pytest.fixture(scope="session")
+def suite_with_envs(tmp_path_factory: pytest.TempPathFactory, envs_dir: Path) -> Path:
+    """The suite, with ``old-timm`` built for real once per session by ``harness envs build``."""
+    suite = write_suite(tmp_path_factory.mktemp("suite") / "envs.toml", SUITE)
+    done = harness("envs", "build", "--suite", suite, "old-timm", env={environments.ROOT_ENV: str(envs_dir)})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "built environment old-timm in" in done.stdout
+    return suite
+
+
+# -- declaring and resolving ----------------------------------------------------------------------------------
+def test_a_plugin_environment_is_used_only_where_this_interpreter_lacks_it() -> None:
+    manager = get_manager()
+    colossalai = manager.backends()["colossalai-ddp"]
+    have = Environment("mine", ("pluggy>=1",))
+    torch25 = Environment("torch-2.5", ("torch==2.5.1",))
+    needed = environments.for_cell(Environment(), [colossalai], manager)
+    assert needed.name == ("default" if environments.satisfied(needed) else "colossalai")
+    if needed.name == "colossalai":
+        assert needed.requires == ("colossalai==0.5.0",) and needed.constraints[0].endswith("colossalai.txt")
+        assert Path(needed.constraints[0]).is_file()  # shipped as package data
+    assert environments.satisfied(have) and not environments.satisfied(torch25)
+    combined = environments.for_cell(torch25, [colossalai, manager.backends()["torch"]], manager)
+    assert combined.name == "torch-2.5+colossalai"
+    assert combined.requires == ("torch==2.5.1", "colossalai==0.5.0")
+
+
+def test_environment_declarations_are_checked() -> None:
+    assert Environment.parse({"name": "x", "requires": "timm"}).requires == ("timm",)
+    for bad, message in (({"name": "a b"}, "name"), ({"name": "x", "requires": ["timm>>1"]}, "not a requirement"),
+                         ({"name": "x", "pins": []}, "unknown key 'pins'"),
+                         ({"name": "default", "requires": ["timm"]}, "harness's own")):
+        with pytest.raises(ValueError, match=message):
+            Environment.parse(bad)
+
+
+def test_suite_environments_axis_ids_and_only(tmp_path: Path) -> None:
+    suite = expand(write_suite(tmp_path / "s.toml", SUITE), get_manager())
+    ids = [c.id for c in suite.cells]
+    assert ids == ["resnet10t-torchvision-torch-fp32-default", "resnet10t-torchvision-torch-fp32-old-timm",
+                   "resnet10t-torchvision-torch-fp32-broken"]
+    old = select(suite.cells, ["environment=old-timm"])
+    assert [c.environment["requires"][0] for c in old] == [f"timm=={OLD_TIMM}"]
+    for text, message in ((SUITE.replace('"broken"]', '"missing"]'), "unknown environment 'missing'"),
+                          (SUITE + '[environments.x]\nconstraints = "none.txt"\n', "missing 'requires'"),
+                          (SUITE + '[environments.y]\nrequires = ["timm"]\nconstraints = "none.txt"\n', "not found")):
+        with pytest.raises(SuiteError, match=message):
+            expand(write_suite(tmp_path / "bad.toml", text), get_manager())
+
+
+def test_pip_index_settings_become_uv_options(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "pip.conf"
+    config.write_text("[global]\nindex-url = https://mirror.example/simple\nextra-index-url = file:///a file:///b\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(config))
+    monkeypatch.setenv("PIP_FIND_LINKS", "/wheels")
+    monkeypatch.setenv("PIP_CONSTRAINT", str(tmp_path / "c.txt"))
+    monkeypatch.delenv("UV_INDEX_STRATEGY", raising=False)
+    options = " ".join(environments.uv_options(environments.pip_settings()))
+    assert "--index-url https://mirror.example/simple" in options
+    assert "--extra-index-url file:///a --extra-index-url file:///b" in options
+    assert "--find-links /wheels" in options and f"--constraint {tmp_path / 'c.txt'}" in options
+    assert "--index-strategy unsafe-best-match" in options  # pip's: the best version across every index
+
+
+def test_concurrent_builds_of_one_environment_build_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(environments.ROOT_ENV, str(tmp_path))
+    spec = environments.Spec.of(Environment("locked", ("timm",)))
+    made: list[int] = []
+
+    def steps(spec: environments.Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
+        made.append(1)
+        return [[sys.executable, "-c", f"import os, time; os.makedirs({str(spec.path)!r}); time.sleep(1)"]], {}
+
+    monkeypatch.setattr(environments, "steps", steps)
+    logs: list[str] = []
+    threads = [threading.Thread(target=environments.build, args=(spec, logs.append)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert made == [1] and environments.ready(spec.path)
+    assert any(line.startswith("waiting for another process building") for line in logs)
+
+
+# -- for real ------------------------------------------------------------------------------------------------
+def test_no_build_skips_cells_of_missing_environments_as_harness_env_says(photos: Path, tmp_path: Path) -> None:
+    suite = write_suite(tmp_path / "envs.toml", SUITE)
+    variables = {environments.ROOT_ENV: str(tmp_path / "no-envs")}
+    done = harness("run", "--suite", suite, "--data", photos, "--out", tmp_path / "out", "--no-build",
+                   "--only", "environment=old-timm", env=variables)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (result,) = results(tmp_path / "out").values()
+    assert result["status"] == "skipped"
+    assert result["reason"] == (f"environment old-timm is not built; build it with: harness envs build --suite {suite} "
+                                "--only=environment=old-timm old-timm")
+    assert result["env"]["environment"] == "old-timm" and result["env"]["timm"] is None
+    planned = json.loads(harness("env", "--suite", suite, "--json", env=variables).stdout)["suite"]
+    assert planned["statuses"]["resnet10t-torchvision-torch-fp32-old-timm"] == "skipped"
+    assert planned["reasons"][result["reason"].replace(" --only=environment=old-timm", "")] == 1
+    assert [(e["name"], e["built"]) for e in planned["environments"]] == [
+        ("default", True), ("old-timm", False), ("broken", False)]
+    assert not (tmp_path / "no-envs").exists()
+
+
+@pytest.mark.slow
+def test_a_small_environment_is_built_once_then_listed_and_reused(envs_dir: Path, suite_with_envs: Path) -> None:
+    variables = {environments.ROOT_ENV: str(envs_dir)}
+    again = harness("envs", "build", "--suite", suite_with_envs, "old-timm", env=variables)
+    assert again.returncode == 0 and "environment old-timm is built: " in again.stdout, again.stderr[-3000:]
+    listed = harness("envs", "list", env=variables).stdout
+    (folder,) = envs_dir.glob("old-timm-*/")
+    assert f"{folder.name} " in listed and f"timm=={OLD_TIMM}" in listed and " with uv " in listed
+
+
+@pytest.mark.slow
+def test_a_two_environment_matrix_records_both_and_skips_a_failed_build(photos: Path, tmp_path: Path,
+                                                                        envs_dir: Path, suite_with_envs: Path) -> None:
+    variables = {environments.ROOT_ENV: str(envs_dir)}
+    done = harness("run", "--suite", suite_with_envs, "--data", photos, "--out", tmp_path / "out", env=variables)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    found = {cell_id.rsplit("-fp32-", 1)[1]: r for cell_id, r in results(tmp_path / "out").items()}
+    assert {k: r["status"] for k, r in found.items()} == {"default": "ok", "old-timm": "ok", "broken": "skipped"}
+    assert found["default"]["env"]["environment"] == "default" and found["default"]["env"]["environment_hash"] is None
+    old = found["old-timm"]["env"]
+    assert (old["environment"], old["timm"], old["torch"]) == ("old-timm", OLD_TIMM, TORCH["torch"])
+    assert [p.name for p in envs_dir.glob("old-timm-*/")] == [f"old-timm-{old['environment_hash']}"]
+    assert found["default"]["env"]["timm"] != OLD_TIMM
+    reason = found["broken"]["reason"]
+    assert reason.startswith("environment broken could not be built (uv): ") and "harness-test-no-such" in reason
+    assert "building environment broken" in done.stdout + done.stderr
+    assert not list(envs_dir.glob("broken-*/"))  # a failed build leaves no folder behind
+    planned = json.loads(harness("env", "--suite", suite_with_envs, "--json", env=variables).stdout)["suite"]
+    assert planned["statuses"] == {f"resnet10t-torchvision-torch-fp32-{k}": ("ok" if k != "broken" else "skipped")
+                                   for k in found}
