@@ -20,7 +20,6 @@ under ``torch.autocast(bfloat16)``, named apart so reports never call it Colossa
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.api import CannotRun, DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
+from harness_plugins._distributed import all_reduce, free_port
 
 if TYPE_CHECKING:
     import torch
@@ -99,12 +99,6 @@ def recipe_blocker(variant: str, recipe: Recipe | None) -> str | None:
     if recipe is not None and variant == "gemini" and recipe.optimizer != "adamw":
         return GEMINI_SGD.format(optimizer=recipe.optimizer)
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ensure_rendezvous_env() -> None:
@@ -206,12 +200,7 @@ class ColossalAIBackend:
         optimizer.zero_grad()
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        if self.world_size > 1:
-            tensor = tensor.clone()
-            dist.all_reduce(tensor)
-        return tensor
+        return all_reduce(tensor, self.world_size)
 
     def save(self, directory: Path, model: Any, optimizer: Any) -> None:
         """Booster checkpoints: unsharded model and optimizer files, written by rank 0."""

@@ -65,11 +65,8 @@ def build_report(results: Results, sources: Sequence[str], target_acc: float | N
 
 
 def _plots(report: Report, epochs: pd.DataFrame, out: Path) -> None:
-    try:
-        from harness.report.plots import write_plots
-    except ImportError:  # matplotlib is an optional dependency (the "report" extra)
-        print("harness report: matplotlib is not installed; skipping plots", file=sys.stderr)
-        return
+    from harness.report.plots import write_plots
+
     report.plots = write_plots(report.summary, report.runs, epochs, out / "plots", report.references)
 
 
