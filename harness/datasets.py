@@ -66,6 +66,8 @@ def discover(root: Path | str, seed: int = 0, scale: int = 4) -> Dataset:
     lists of :class:`Sample` (``path``, ``label`` indexing ``classes``). Raises :class:`DataError`.
     """
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: is a file; expected a data directory (class folders, or train/ + validation/)")
     if not root.is_dir():
         raise DataError(f"{root}: data directory does not exist")
     if all((root / s).is_dir() for s in SPLITS):

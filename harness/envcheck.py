@@ -13,6 +13,7 @@ from typing import Any
 
 from harness import capability, devices, envinfo, environments
 from harness.api import DeviceInfo
+from harness.datasets import DataError
 from harness.plugins import Manager, get_manager, suite_path
 
 
@@ -74,6 +75,9 @@ def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Pa
 
 
 def command(args: argparse.Namespace) -> int:
+    for results in args.results:
+        if not results.is_dir():
+            raise DataError(f"--results {results}: no such result directory")
     manager = get_manager()
     device = envinfo.device_info(args.device)
     report: dict[str, Any] = {

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import deque
@@ -144,8 +146,11 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
                dynamic_ncols=True, disable=None)
     # A session of its own: the runner's signals reach the whole group (cell or torchrun, loader workers), the
     # terminal's Ctrl-C only the runner, which forwards it.
+    # A temporary folder of its own, removed afterwards: libraries' leftovers (DALI's autograph writes
+    # /tmp/__autograph_generated_file*.py, ~50 per cell) go with it.
+    scratch = tempfile.mkdtemp(prefix=f"harness-{cell.id[:40]}-")
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python),
-                            env=cell_env(cell.nproc, python),
+                            env={**cell_env(cell.nproc, python), "TMPDIR": scratch},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=True)
     reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
@@ -160,6 +165,7 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
     finally:
         bar.close()
         reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
+        shutil.rmtree(scratch, ignore_errors=True)
         record(store, cell, env, proc.returncode, tail, stopped)
 
 

@@ -76,6 +76,10 @@ def load(path: Path, manager: Manager) -> dict[str, Any]:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SuiteError(f"{path}: suite file not found") from None
+    except IsADirectoryError:
+        raise SuiteError(f"{path}: is a directory; expected a suite TOML file or a suite name") from None
+    except UnicodeDecodeError as exc:
+        raise SuiteError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); a suite is a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
     Validator(path, manager).check(raw)

@@ -36,11 +36,12 @@ def validation_transform(size: int) -> v2.Transform:
 
 
 def decode(path: os.PathLike[str] | str) -> torch.Tensor:
-    """A photo as a uint8 CHW RGB tensor; the error names the file."""
+    """A photo as a uint8 CHW RGB tensor (16-bit PNGs scaled down to 8 bits); the error names the file."""
     try:
-        return tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB)
-    except RuntimeError as exc:
+        image = tvio.decode_image(tvio.read_file(str(path)), mode=tvio.ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exc:
         raise RuntimeError(f"{path}: cannot decode image: {exc}") from exc
+    return image if image.dtype == torch.uint8 else v2.functional.to_dtype(image, torch.uint8, scale=True)
 
 
 class Photos(Dataset):

@@ -9,6 +9,7 @@ Tiny generated photos and archives only; the command line runs in real subproces
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -502,3 +503,62 @@ def test_a_full_disk_fails_the_cell_the_run_says_so_and_resume_finishes(photos: 
     assert freed.returncode == 0, freed.stdout[-3000:] + freed.stderr[-3000:]
     assert CellStore(out, CELL).result()["status"] == "ok" and rows(out) == [1, 2]
     assert (out / "summary.csv").exists()
+
+
+def test_a_16_bit_png_decodes_and_a_broken_photo_is_named(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from harness_plugins.torchvision_loader import decode
+
+    deep = tmp_path / "deep.png"
+    Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100).save(deep)  # mode I;16
+    image = decode(deep)
+    assert image.dtype.is_floating_point is False and str(image.dtype) == "torch.uint8"
+    assert tuple(image.shape) == (3, 20, 30) and int(image.max()) > 200  # scaled down, not truncated
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    with pytest.raises(RuntimeError, match=re.escape(f"{broken}: cannot decode image")):
+        decode(broken)
+
+
+DALI_SUITE = """
+name = "dali-leftovers"
+epochs = 1
+image_size = 32
+recipe = { base = "default", batch_size = 8, randaugment = true }
+[matrix]
+model = ["resnet10t"]
+loader = ["dali"]
+backend = ["torch"]
+precision = ["fp32"]
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="nvidia-dali is not installed")
+def test_a_dali_cell_leaves_nothing_in_the_temporary_folder(photos: Path, tmp_path: Path) -> None:
+    """DALI's conditionals (RandAugment) write autograph files into the temporary folder: the cell's own."""
+    (tmp_path / "suite.toml").write_text(DALI_SUITE)
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    done = run_harness("run", "--suite", tmp_path / "suite.toml", "--data", photos, "--out", tmp_path / "out",
+                       env={"TMPDIR": str(shared)})
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert CellStore(tmp_path / "out", "resnet10t-dali-torch-fp32").result()["status"] == "ok"
+    assert not list(shared.glob("**/__autograph_generated_file*")), sorted(shared.rglob("*"))
+
+
+def test_bad_paths_get_one_line_errors(photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "latin1.toml").write_bytes('name = "fleurs \xe9"\n'.encode("latin-1"))
+    a_file = tmp_path / "a-file.txt"
+    a_file.write_text("not photos")
+    cases = {
+        ("run", "--suite", tmp_path, "--data", photos): "is a directory; expected a suite TOML file",
+        ("run", "--suite", tmp_path / "latin1.toml", "--data", photos): "not UTF-8 text",
+        ("run", "--suite", suite(tmp_path), "--data", a_file, "--out", tmp_path / "o"): "is a file; expected a data",
+        ("env", "--results", tmp_path / "absent"): "no such result directory",
+    }
+    for args, message in cases.items():
+        done = run_harness(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr[-1500:])
+        assert message in done.stderr.strip().splitlines()[-1], (args, done.stderr)
