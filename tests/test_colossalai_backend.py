@@ -27,7 +27,8 @@ T4 = DeviceInfo("cuda", "Tesla T4", capability=(7, 5), bf16_native=False)
 WORKER = Path(__file__).with_name("colossalai_worker.py")
 INSTALLED = importlib.util.find_spec("colossalai") is not None
 needs_colossalai = pytest.mark.skipif(
-    not INSTALLED, reason="colossalai is not installed here (it pins torch<=2.5.1): CI runs these in the environment the harness builds (harness envs build), or tox -e colossalai")
+    not INSTALLED, reason="colossalai is not installed here (it pins torch<=2.5.1): CI runs these in the environment "
+                          "the harness builds for it (harness envs build), locally also tox -e colossalai")
 
 # Measured on the 2-core CPU (vit_tiny, 32 px, 160 training / 40 validation photos, 2 epochs, seed 0):
 # colossalai-ddp and torch gave the same per-epoch train loss to 4 decimals and the same validation accuracy,
