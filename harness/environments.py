@@ -303,7 +303,8 @@ def uv_variables(settings: Mapping[str, str]) -> dict[str, str]:
 
 
 def steps(spec: Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
-    """The commands that build ``spec`` and the process environment they run in."""
+    """The commands that build ``spec`` and the process environment they run in (uv compiles bytecode at build
+    time, as pip does: otherwise the first cells import an uncompiled torch, measured ~2x slower quick start)."""
     packages = [*spec.installs, *spec.environment.requires]
     constraints = [a for c in spec.environment.constraints for a in ("--constraint", c)]
     if uv is None:
@@ -312,7 +313,8 @@ def steps(spec: Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
                 ], dict(os.environ)
     settings = pip_settings()
     return [[uv, "venv", "--python", base_python(), str(spec.path)],
-            [uv, "pip", "install", "--python", str(spec.python), *uv_options(settings), *constraints, *packages]
+            [uv, "pip", "install", "--compile-bytecode", "--python", str(spec.python), *uv_options(settings),
+             *constraints, *packages]
             ], uv_variables(settings)
 
 

@@ -476,10 +476,24 @@ class DaliSplit:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         self.sources = []
-        for (batch,) in self._iterator:
-            if self.record_sources:
-                self.sources += [bytes(row.tolist()).rstrip(b"\0").decode() for row in batch["sources"].cpu()]
-            yield batch["images"], batch["labels"].reshape(-1).long()
+        try:
+            for (batch,) in self._iterator:
+                if self.record_sources:
+                    self.sources += [bytes(row.tolist()).rstrip(b"\0").decode() for row in batch["sources"].cpu()]
+                yield batch["images"], batch["labels"].reshape(-1).long()
+        except RuntimeError as exc:  # DALI names the failing operator, never the photo: find it
+            message = str(exc).strip().splitlines()[0]
+            raise RuntimeError(f"{undecodable(self.src) or 'DALI'}: {message}") from exc
+
+
+def undecodable(src: ReaderSource) -> str | None:
+    """``"PATH: why"`` for the first photo of a file reader's split that does not decode, else None."""
+    from harness.prepare.scan import check_image
+
+    for path in src.files or []:
+        if reason := check_image(Path(path).read_bytes()):
+            return f"{path}: {reason}"
+    return None
 
 
 def _shard_size(n: int, rank: int, world_size: int) -> int:

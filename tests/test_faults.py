@@ -562,3 +562,16 @@ def test_bad_paths_get_one_line_errors(photos: Path, tmp_path: Path) -> None:
         done = run_harness(*args)
         assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr[-1500:])
         assert message in done.stderr.strip().splitlines()[-1], (args, done.stderr)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="nvidia-dali is not installed")
+def test_a_photo_dali_cannot_decode_is_named(photos: Path, tmp_path: Path) -> None:
+    broken = shutil.copytree(photos, tmp_path / "photos")
+    victim = sorted(broken.rglob("*.jpg"))[0]
+    victim.write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)  # a JPEG header, then nothing decodable
+    suite_file = tmp_path / "suite.toml"
+    suite_file.write_text(DALI_SUITE.replace("randaugment = true", "randaugment = false"))
+    done = run_harness("run", "--suite", suite_file, "--data", broken, "--out", tmp_path / "out")
+    assert done.returncode == 1
+    reason = CellStore(tmp_path / "out", "resnet10t-dali-torch-fp32").result()["reason"]
+    assert f"{victim}: " in reason, reason
