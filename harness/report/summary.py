@@ -76,26 +76,31 @@ def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, flo
 
 
 def derived_warnings(cell: Mapping[str, Any], env: Mapping[str, Any], stats: Mapping[str, float],
-                     recorded: Sequence[str] = ()) -> list[str]:
-    """Warnings the report can see from the data: a precision the device only emulates (results older than
-    the engine's own ``emulated-precision`` warning), tiny step counts (unless the engine's own, more precise
-    step warning is among the ``recorded`` ones)."""
+                     recorded: Sequence[str] = (), codes: Sequence[str] = ()) -> list[str]:
+    """Warnings the report can see from the data: a precision the device only emulates, tiny step counts;
+    each unless the engine recorded its own, more precise one (by warning ``codes``; results written before
+    warnings had codes are matched by their ``recorded`` text)."""
     out = []
     device = devices.from_fingerprint(dict(env))
     support = devices.support(device, str(cell.get("precision"))) if device else None
-    if support and support.level == devices.EMULATED and not any(" is emulated on " in w for w in recorded):
+    if support and support.level == devices.EMULATED and not _recorded("emulated-precision", " is emulated on ",
+                                                                        recorded, codes):
         out.append(f"{support.reason}: {support.slowdown}")
     steps = stats.get("optimizer_steps_per_epoch", math.nan)
-    if steps < MIN_OPTIMIZER_STEPS and not any("optimizer steps per epoch" in w for w in recorded):
+    if steps < MIN_OPTIMIZER_STEPS and not _recorded("few-steps", "optimizer steps per epoch", recorded, codes):
         out.append(f"only {steps:g} optimizer step(s) per epoch")
     if stats.get("epochs") == 1:
         out.append("one epoch only: timings include warm-up")
     return out
 
 
+def _recorded(code: str, text: str, recorded: Sequence[str], codes: Sequence[str]) -> bool:
+    return code in codes or any(text in w for w in recorded)
+
+
 def precision_support(cell_row: Mapping[str, Any]) -> str | None:
     """native / emulated for the precision a cell ran in (recorded by the engine, or derivable), else None."""
-    if "emulated-precision" in cell_row.get("warning_codes", []):
+    if "emulated-precision" in cell_row["warning_codes"]:
         return devices.EMULATED
     return devices.recorded_support(dict(cell_row["env"]), str(cell_row["precision"]))
 
@@ -111,7 +116,8 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
             stats["optimizer_steps_per_epoch"] = cell_row["optimizer_steps_per_epoch_recorded"]
         name = device_name(env)
         recorded = cell_row["recorded_warnings"]
-        derived = derived_warnings(cell, env, stats, recorded) if cell_row["status"] != "skipped" else []
+        skipped = cell_row["status"] == "skipped"
+        derived = [] if skipped else derived_warnings(cell, env, stats, recorded, cell_row["warning_codes"])
         warnings = list(dict.fromkeys([*recorded, *derived]))
         row = {**cell_row, **stats, "device": name, "device_short": device_short(name), "host": env.get("hostname")}
         row["mfu"] = mfu(
