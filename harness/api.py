@@ -220,6 +220,7 @@ class CellSpec:
     data: str
     seed: int
     recipe: Recipe
+    recipe_name: str = ""  # the recipe's name when the suite has a recipe axis
     nproc: int = 1
     subset: int | None = None
     model_plugin: str = ""  # the model family (registered name) that builds ``model``; set when the suite expands

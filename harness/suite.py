@@ -20,7 +20,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 AXES = ("model", "loader", "backend", "precision")
-ENVIRONMENT = "environment"  # the optional matrix axis: the environment each cell runs in (docs/environments.md)
+RECIPE = "recipe"  # an optional matrix axis: named recipes, built in or the suite's [recipes.NAME] tables
+ENVIRONMENT = "environment"  # an optional matrix axis: the environment each cell runs in (docs/environments.md)
+OPTIONAL_AXES = (RECIPE, ENVIRONMENT)
 # key -> (accepted types, required)
 TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "name": ((str,), True),
@@ -32,7 +34,9 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "repeat": ((int,), False),
     "nproc": ((int,), False),
     "device": ((str,), False),
-    "recipe": ((str, dict), True),
+    "recipe": ((str, dict), False),  # required unless the matrix has a recipe axis
+    "recipes": ((dict,), False),
+    "target_acc": ((float, int), False),
     "tensorboard": ((bool,), False),
     "save_best": ((bool,), False),
     "allow_emulated": ((bool,), False),
@@ -68,6 +72,7 @@ class Suite:
     path: Path
     cells: list[CellSpec] = field(default_factory=list)
     description: str = ""
+    target_acc: float | None = None  # validation accuracy for time-to-accuracy, the report's headline
 
 
 def load(path: Path, manager: Manager) -> dict[str, Any]:
@@ -114,27 +119,45 @@ class Validator:
         timeout = raw.get("timeout_s")
         if timeout is not None and not timeout > 0:
             self.fail("timeout_s", f"expected a positive number of seconds, got {timeout!r}")
-        self.check_recipe(raw["recipe"])
+        target = raw.get("target_acc")
+        if target is not None and not 0 < target <= 1:
+            self.fail("target_acc", f"expected a validation accuracy in (0, 1], e.g. 0.6; got {target!r}")
+        self.check_recipes(raw)
         self.check_variants(raw, "loaders", self.manager.loaders())
         self.check_variants(raw, "backends", self.manager.backends())
         self.check_models(raw)
         self.check_environments(raw)
         self.check_matrix(raw)
 
-    def check_recipe(self, recipe: str | dict[str, Any]) -> None:
+    def check_recipes(self, raw: dict[str, Any]) -> None:
+        axis = raw["matrix"].get(RECIPE) if isinstance(raw["matrix"], dict) else None
+        if axis is not None and "recipe" in raw:
+            self.fail("recipe", "the matrix has a recipe axis: name the recipes there (and define variants in "
+                                "[recipes.NAME] tables), not in the top-level 'recipe'")
+        if axis is None and "recipe" not in raw:
+            self.fail("recipe", "missing (a named recipe such as 'seed', or a table with 'base' and overrides)")
+        if "recipe" in raw:
+            self.check_recipe("recipe", raw["recipe"])
+        for name, table in raw.get("recipes", {}).items():
+            if not isinstance(table, dict):
+                self.fail(f"recipes.{name}", f"expected a table with 'base' and overrides, got {table!r}")
+            self.check_recipe(f"recipes.{name}", table)
+
+    def check_recipe(self, key: str, recipe: str | dict[str, Any]) -> None:
         table = {"base": recipe} if isinstance(recipe, str) else dict(recipe)
         base = table.pop("base", "default")
         if base not in recipes.RECIPES:
-            self.fail("recipe.base", f"unknown recipe {base!r}; allowed: {', '.join(recipes.RECIPES)}")
-        for key, value in table.items():
-            if key not in recipes.KINDS:
-                self.fail(f"recipe.{key}", f"unknown key; allowed: base, {', '.join(recipes.KINDS)}")
+            self.fail(f"{key}.base" if isinstance(recipe, dict) else key,
+                      f"unknown recipe {base!r}; allowed: {', '.join(recipes.RECIPES)}")
+        for field_name, value in table.items():
+            if field_name not in recipes.KINDS:
+                self.fail(f"{key}.{field_name}", f"unknown key; allowed: base, {', '.join(recipes.KINDS)}")
             try:
-                recipes.coerce(key, value)
+                recipes.coerce(field_name, value)
             except (TypeError, ValueError) as exc:
-                self.fail(f"recipe.{key}", str(exc))
-            if key in COUNTS:
-                self.check_count(f"recipe.{key}", value, COUNTS[key])
+                self.fail(f"{key}.{field_name}", str(exc))
+            if field_name in COUNTS:
+                self.check_count(f"{key}.{field_name}", value, COUNTS[field_name])
 
     def check_count(self, key: str, value: Any, minimum: int) -> None:
         try:
@@ -189,15 +212,17 @@ class Validator:
     def check_matrix(self, raw: dict[str, Any]) -> None:
         matrix = raw["matrix"]
         for key in matrix:
-            if key not in (*AXES, ENVIRONMENT):
-                self.fail(f"matrix.{key}", f"unknown key; allowed: {', '.join(AXES)}, {ENVIRONMENT}")
+            if key not in (*AXES, *OPTIONAL_AXES, "exclude"):
+                self.fail(f"matrix.{key}", f"unknown key; allowed: {', '.join((*AXES, *OPTIONAL_AXES, 'exclude'))}")
         allowed = {
             "loader": set(self.manager.loaders()) | set(raw.get("loaders", {})),
             "backend": set(self.manager.backends()) | set(raw.get("backends", {})),
             "precision": {p for r in self.manager.backends().values() for p in r.impl.precisions},
+            RECIPE: {*recipes.RECIPES, *raw.get("recipes", {})},
             ENVIRONMENT: {environments.DEFAULT, *raw.get("environments", {})},
         }
-        for axis in (*AXES, *([ENVIRONMENT] if ENVIRONMENT in matrix else [])):
+        axes = axes_of(matrix)
+        for axis in axes:
             values = matrix.get(axis)
             if not isinstance(values, list) or not values or not all(isinstance(v, str) for v in values):
                 self.fail(f"matrix.{axis}", f"expected a non-empty list of strings, got {values!r}")
@@ -212,49 +237,80 @@ class Validator:
                                                   f"{self.manager.broken_hint('models', value)}")
                 elif value not in allowed[axis]:
                     names = ", ".join(sorted(allowed[axis]))
-                    hint = "" if axis == ENVIRONMENT else self.manager.broken_hint(axis + "s", value)
+                    hint = "" if axis in OPTIONAL_AXES else self.manager.broken_hint(axis + "s", value)
                     self.fail(f"matrix.{axis}", f"unknown {axis} {value!r}; allowed: {names}{hint}")
+        self.check_exclude(matrix, axes)
+
+    def check_exclude(self, matrix: dict[str, Any], axes: list[str]) -> None:
+        """``matrix.exclude`` tables name a value (or a list of values) on one or more axes; cells matching all of
+        them are left out (as in GitHub Actions). A value the axis does not list is an error, not a silent no-op."""
+        exclude = matrix.get("exclude", [])
+        if not isinstance(exclude, list) or not all(isinstance(t, dict) and t for t in exclude):
+            self.fail("matrix.exclude", f"expected a list of tables such as {{ loader = 'dali', backend = 'torch' }}, "
+                                        f"got {exclude!r}")
+        for i, table in enumerate(exclude):
+            for axis, value in table.items():
+                if axis not in axes:
+                    self.fail(f"matrix.exclude[{i}].{axis}", f"not an axis of this matrix; axes: {', '.join(axes)}")
+                for one in value if isinstance(value, list) else [value]:
+                    if one not in matrix[axis]:
+                        self.fail(f"matrix.exclude[{i}].{axis}", f"{one!r} is not in matrix.{axis} {matrix[axis]!r}")
+
+
+def axes_of(matrix: dict[str, Any]) -> list[str]:
+    """The matrix's axes in cell-id order: model, loader, backend, precision, then recipe and environment if
+    present."""
+    return [*AXES, *(a for a in OPTIONAL_AXES if a in matrix)]
 
 
 def _names(registered: dict[str, Any]) -> str:
     return ", ".join(sorted(registered)) or "none registered"
 
 
-def cell_id(model: str, loader: str, backend: str, precision: str, environment: str | None = None) -> str:
-    """A stable, readable, filesystem-safe id: ``model-loader-backend-precision``, then ``-environment`` when the
-    suite has that axis."""
-    parts = (model, loader, backend, precision, *([environment] if environment else []))
+def cell_id(model: str, loader: str, backend: str, precision: str, *optional: str | None) -> str:
+    """A stable, readable, filesystem-safe id: ``model-loader-backend-precision``, then the recipe and the
+    environment when the suite has those axes."""
+    parts = (model, loader, backend, precision, *(o for o in optional if o))
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(parts))
 
 
 def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     """Validate ``path`` and expand its matrix into cells.
 
-    ``overrides``: data, epochs, device, nproc, seed, repeat, tensorboard, allow_emulated, timeout_s (None means
-    the suite's value). With ``repeat`` N > 1 every cell runs N times, with seeds seed, seed + 1, ... and ids
-    ``ID``, ``ID-r2``, ... (all cells' first repeat first, so each repeat samples the machine at another time).
+    ``overrides``: data, epochs, device, nproc, seed, repeat, tensorboard, allow_emulated, timeout_s, target_acc
+    (None means the suite's value). With ``repeat`` N > 1 every cell runs N times, with seeds seed, seed + 1, ...
+    and ids ``ID``, ``ID-r2``, ... (all cells' first repeat first, so each repeat samples the machine at another
+    time).
     """
     raw = load(path, manager)
     _check_overrides(overrides)
-    recipe = _recipe(raw["recipe"])
-    options = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
+    named = {name: _recipe(table) for name, table in raw.get("recipes", {}).items()}
+    options: dict[str, Any] = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
+    options["target_acc"] = _pick(overrides.get("target_acc"), raw.get("target_acc"))  # read back by the report
     if overrides.get("tensorboard") is not None:
         options["tensorboard"] = overrides["tensorboard"]
     chosen = {name: environments.Environment.parse({"name": name, **table}, path.parent)
               for name, table in raw.get("environments", {}).items()}
-    axis = raw["matrix"].get(ENVIRONMENT)
+    matrix = raw["matrix"]
+    axes = axes_of(matrix)
     cells = []
-    for model, loader, backend, precision, env_name in itertools.product(
-            *(raw["matrix"][a] for a in AXES), axis or [environments.DEFAULT]):
+    for values in itertools.product(*(matrix[a] for a in axes)):
+        point = dict(zip(axes, values, strict=True))
+        if any(all(point[k] in (v if isinstance(v, list) else [v]) for k, v in table.items())
+               for table in matrix.get("exclude", [])):
+            continue
+        model, loader, backend, precision = (point[a] for a in AXES)
+        recipe_name, env_name = point.get(RECIPE, ""), point.get(ENVIRONMENT)
+        recipe = named.get(recipe_name) or _recipe(recipe_name or raw["recipe"])
         loader_table = dict(raw.get("loaders", {}).get(loader, {}))
         backend_table = dict(raw.get("backends", {}).get(backend, {}))
         nproc = backend_table.pop("nproc", raw.get("nproc", 1))
         loader_plugin, backend_plugin = loader_table.pop("use", loader), backend_table.pop("use", backend)
         plugins = (manager.loaders()[loader_plugin], manager.model_family(model), manager.backends()[backend_plugin])
-        environment = environments.for_cell(chosen.get(env_name, environments.Environment()), plugins, manager)
+        environment = environments.for_cell(chosen.get(env_name or "", environments.Environment()), plugins, manager)
         cells.append(
             CellSpec(
-                id=cell_id(model, loader, backend, precision, env_name if axis else None),
+                id=cell_id(model, loader, backend, precision, recipe_name, env_name),
                 suite=raw["name"],
                 model=model,
                 loader=loader,
@@ -268,6 +324,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 data=str(overrides.get("data") or ""),
                 seed=_pick(overrides.get("seed"), raw.get("seed", 0)),
                 recipe=recipe,
+                recipe_name=recipe_name,
                 nproc=_pick(overrides.get("nproc"), nproc),
                 subset=raw.get("subset"),
                 device=overrides.get("device") or raw.get("device", "auto"),
@@ -283,7 +340,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     _check_ids(path, cells)
     repeats = _pick(overrides.get("repeat"), raw.get("repeat", 1))
     cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
-    return Suite(raw["name"], path, cells, raw.get("description", ""))
+    return Suite(raw["name"], path, cells, raw.get("description", ""), raw.get("target_acc"))
 
 
 def _pick(override: Any, value: Any) -> Any:
@@ -309,11 +366,15 @@ def _check_ids(path: Path, cells: list[CellSpec]) -> None:
     for cell in cells:
         other = seen.setdefault(cell.id, cell)
         if other is not cell:
-            diff = [k for k in AXES if getattr(other, k) != getattr(cell, k)]
+            diff = [k for k in (*AXES, RECIPE) if _axis_value(other, k) != _axis_value(cell, k)]
             key = f"matrix.{diff[0]}" if len(diff) == 1 else "matrix"
-            a, b = (", ".join(f"{k} {getattr(c, k)!r}" for k in diff) for c in (other, cell))
+            a, b = (", ".join(f"{k} {_axis_value(c, k)!r}" for k in diff) for c in (other, cell))
             raise SuiteError(f"{path}: key {key!r}: {a} and {b} both give the cell id {cell.id!r} "
                              "(ids keep only letters, digits and _ . + -); rename one")
+
+
+def _axis_value(cell: CellSpec, axis: str) -> str:
+    return cell.recipe_name if axis == RECIPE else str(getattr(cell, axis))
 
 
 def _recipe(value: str | dict[str, Any]) -> Recipe:
@@ -325,7 +386,7 @@ def _recipe(value: str | dict[str, Any]) -> Recipe:
 def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
     """Keep cells matching every ``key=value`` filter (keys: id, the matrix axes, and environment, which matches
     the cell's environment or one part of a combined one such as ``torch-2.5+colossalai``)."""
-    keys = ("id", *AXES, ENVIRONMENT)
+    keys = ("id", *AXES, *OPTIONAL_AXES)
     for item in only:
         key, sep, value = item.partition("=")
         if not sep or key not in keys:
@@ -338,5 +399,7 @@ def _values(cell: CellSpec, key: str) -> set[str]:
     if key == ENVIRONMENT:
         name = environments.of_cell(cell).name
         return {name, *name.split("+")}
+    if key == RECIPE:
+        return {cell.recipe_name}
     return {getattr(cell, key)}
 

@@ -698,3 +698,23 @@ def test_small_report_renders(two_machines: tuple[Path, Path], tmp_path: Path) -
     assert check["rows"] == {"decision": 2, "effects": 5, "summary": 4, "skipped": 1, "comparison": 2,
                              "reference": 1, "devices": 2}
     assert check["images"] == check["embedded"] == 3
+
+
+def test_recipe_axis_rows_and_the_suites_target_give_time_to_accuracy(tmp_path: Path) -> None:
+    """Two recipes of one configuration are two rows named by recipe; the suite's own target_acc (recorded in
+    the cells) makes time-to-accuracy the pick's metric without --target-acc; a row that never reaches it says so."""
+    out = tmp_path / "run"
+    cpu = make_env("cpu")
+    for name, accs in (("tuned", [0.45, 0.58, 0.66]), ("seed", [0.2, 0.25, 0.3])):
+        cell = make_cell("fp32", recipe_name=name, id=f"vit-tv-torch-fp32-{name}", suite="flowers-cpu",
+                         epochs=3, options={"target_acc": 0.55})
+        write_cell(out, cell, cpu, make_epochs([10.0, 10.0, 10.0], [8.0, 8.0, 8.0], accs))
+    summary = write_report([out], tmp_path / "report")
+    assert list(summary["recipe"]) == ["seed", "tuned"]
+    assert list(summary["time_to_acc_s"].fillna(-1)) == [-1, 20.0]
+    text = (tmp_path / "report" / "summary.md").read_text()
+    assert "time to 55 % (s)" in text and "not reached" in text
+    assert "tuned · torchvision · torch · fp32" in text  # the pick names its recipe
+    assert "reaches 55.0 % validation accuracy soonest" in text
+    console = console_table(summary)
+    assert "recipe" in console and "time_to_acc_s" in console

@@ -127,3 +127,89 @@ def test_builtin_suites_are_valid_and_listed() -> None:
     assert result.returncode == 0
     assert f"flowers {len(flowers.cells):>4} cells".replace(" ", "") in result.stdout.replace(" ", "")
     assert "flowers-smoke" in result.stdout
+
+
+RECIPES = """
+name = "r"
+epochs = 1
+image_size = 32
+target_acc = 0.6
+[matrix]
+model = ["resnet10t"]
+loader = ["torchvision", "tv1"]
+backend = ["torch", "torch-ddp2"]
+precision = ["fp32"]
+recipe = ["seed", "fast"]
+exclude = [{ recipe = "seed", loader = "tv1" }, { loader = "tv1", backend = ["torch-ddp2"] }]
+[recipes.fast]
+base = "tuned"
+lr = 2e-3
+[loaders.tv1]
+use = "torchvision"
+workers = 1
+[backends.torch-ddp2]
+use = "torch"
+nproc = 2
+"""
+
+
+def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_path: Path) -> None:
+    suite = expand(suite_file(tmp_path, RECIPES), get_manager())
+    assert [c.id for c in suite.cells] == [
+        "resnet10t-torchvision-torch-fp32-seed", "resnet10t-torchvision-torch-fp32-fast",
+        "resnet10t-torchvision-torch-ddp2-fp32-seed", "resnet10t-torchvision-torch-ddp2-fp32-fast",
+        "resnet10t-tv1-torch-fp32-fast",
+    ]
+    by_id = {c.id: c for c in suite.cells}
+    seed, fast = by_id["resnet10t-torchvision-torch-fp32-seed"], by_id["resnet10t-tv1-torch-fp32-fast"]
+    assert (seed.recipe_name, seed.recipe.accumulation, seed.recipe.optimizer) == ("seed", 16, "sgd")
+    assert (fast.recipe_name, fast.recipe.lr, fast.recipe.optimizer, fast.recipe.label_smoothing) == (
+        "fast", 2e-3, "adamw", 0.1)  # the built-in tuned recipe with one override
+    assert [c.id for c in select(suite.cells, ["recipe=fast", "backend=torch"])] == [
+        "resnet10t-torchvision-torch-fp32-fast", "resnet10t-tv1-torch-fp32-fast"]
+    assert suite.target_acc == 0.6 and seed.options["target_acc"] == 0.6
+    assert expand(suite_file(tmp_path, RECIPES), get_manager(), target_acc=0.5).cells[0].options["target_acc"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('recipe = ["seed", "fast"]', 'recipe = ["seed", "slow"]'),
+         "key 'matrix.recipe': unknown recipe 'slow'; allowed: default, fast, seed, tuned"),
+        (('recipe = ["seed", "fast"]', 'recipe = ["seed", "fast"]\n'), None),
+        (("lr = 2e-3", "lr = 'high'"), "key 'recipes.fast.lr': expected float, got str 'high'"),
+        (('base = "tuned"', 'base = "best"'), "key 'recipes.fast.base': unknown recipe 'best'"),
+        (("{ recipe = \"seed\", loader = \"tv1\" }", "{ recipe = \"seed\", loader = \"tv2\" }"),
+         "key 'matrix.exclude[0].loader': 'tv2' is not in matrix.loader ['torchvision', 'tv1']"),
+        (("{ recipe = \"seed\", loader = \"tv1\" }", "{ colour = \"red\" }"),
+         "key 'matrix.exclude[0].colour': not an axis of this matrix; axes: model, loader, backend, precision, "
+         "recipe"),
+        (("target_acc = 0.6", "target_acc = 60"), "key 'target_acc': expected a validation accuracy in (0, 1]"),
+        (("target_acc = 0.6", 'target_acc = 0.6\nrecipe = "seed"'),
+         "key 'recipe': the matrix has a recipe axis: name the recipes there"),
+        (('recipe = ["seed", "fast"]\n', ""), "key 'recipe': missing"),
+    ],
+)
+def test_bad_recipe_axes_name_the_key(tmp_path: Path, change: tuple[str, str], message: str | None) -> None:
+    path = suite_file(tmp_path, RECIPES.replace(*change))
+    if message is None:  # the unchanged suite is valid
+        expand(path, get_manager())
+        return
+    with pytest.raises(SuiteError) as info:
+        expand(path, get_manager())
+    assert str(info.value).startswith(f"{path}: ") and message in str(info.value)
+
+
+def test_flowers_cpu_varies_one_factor_at_a_time_around_its_core_cells() -> None:
+    suite = expand(suite_path("flowers-cpu"), get_manager())
+    assert suite.target_acc == 0.55 and {(c.epochs, c.image_size, c.subset) for c in suite.cells} == {(5, 64, None)}
+    vit = "vit_tiny_patch16_224"
+    assert sorted(c.id for c in suite.cells) == sorted([
+        f"{vit}-torchvision-torch-fp32-tuned", f"{vit}-torchvision-torch-fp32-seed",
+        f"{vit}-torchvision-torch-bf16-tuned", f"{vit}-dali-file-torch-fp32-tuned",
+        f"{vit}-torchvision-torch-ddp2-fp32-tuned", f"{vit}-torchvision-colossalai-ddp-fp32-tuned",
+        "resnet18-torchvision-torch-fp32-tuned", "resnet18-torchvision-torch-fp32-seed",
+        "resnet18-torchvision-torch-bf16-tuned",
+    ])
+    seed = next(c for c in suite.cells if c.recipe_name == "seed")
+    assert (seed.recipe.batch_size, seed.recipe.accumulation) == (128, 16)  # the tutorial's, exactly

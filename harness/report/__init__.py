@@ -64,6 +64,13 @@ def build_report(results: Results, sources: Sequence[str], target_acc: float | N
     )
 
 
+def suite_target(results: Results) -> float | None:
+    """The target accuracy the results' suites declare, if they declare exactly one."""
+    options = (cell.get("options") for cell in results.cells["cell"] if isinstance(cell, dict))
+    targets = {float(o["target_acc"]) for o in options if isinstance(o, dict) and o.get("target_acc") is not None}
+    return targets.pop() if len(targets) == 1 else None
+
+
 def _plots(report: Report, epochs: pd.DataFrame, out: Path) -> None:
     from harness.report.plots import write_plots
 
@@ -78,10 +85,12 @@ def write_report(
     by: str = "device",
     baseline: str | None = None,
 ) -> pd.DataFrame:
-    """Read result directories, write the report into ``out``, return the summary table."""
+    """Read result directories, write the report into ``out``, return the summary table. Without ``target_acc``,
+    the suites' own target (``target_acc`` in the suite file) when the results agree on one."""
     formats = _check(formats, target_acc)
     out = Path(out)
     results = load_results(dirs)
+    target_acc = target_acc if target_acc is not None else suite_target(results)
     report = build_report(results, [str(d) for d in dirs], target_acc, by, baseline)
     out.mkdir(parents=True, exist_ok=True)
     if "csv" in formats:
@@ -102,13 +111,16 @@ def write_report(
     return report.summary[SUMMARY_COLUMNS]
 
 
-CONSOLE_COLUMNS = ["model", "loader", "backend", "precision", "device", "status", "runs", "epochs", "epoch_time_s",
-                   "throughput_img_s", "best_val_acc", "reason"]
+CONSOLE_COLUMNS = ["model", "recipe", "loader", "backend", "precision", "device", "status", "runs", "epochs",
+                   "epoch_time_s", "throughput_img_s", "best_val_acc", "time_to_acc_s", "reason"]
 
 
 def console_table(summary: pd.DataFrame, width: int = 60) -> str:
-    """The summary's key columns as a plain-text table for the terminal."""
-    table = summary[CONSOLE_COLUMNS].copy()
+    """The summary's key columns as a plain-text table for the terminal (recipe and time to the target accuracy
+    only when the suite has them)."""
+    shown = [c for c in CONSOLE_COLUMNS if not (c == "recipe" and summary[c].nunique() < 2)
+             and not (c == "time_to_acc_s" and summary[c].isna().all())]
+    table = summary[shown].copy()
     table["precision"] = labelled_precision(summary)
     table["reason"] = table["reason"].fillna("").str.slice(0, width)
     table["best_val_acc"] = (100 * table["best_val_acc"]).round(1)

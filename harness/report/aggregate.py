@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import pandas as pd
 from scipy import stats
 
-#: What makes a configuration: every matrix axis.
-CONFIG = ["suite", "model", "loader", "backend", "precision"]
+#: What makes a configuration: every matrix axis (recipe: its name where the suite has that axis, else "").
+CONFIG = ["suite", "model", "recipe", "loader", "backend", "precision"]
 #: A summary row: one configuration with one set of settings (epochs, image size, ...) on one device in one
 #: environment.
 ROW = [*CONFIG, "device", "environment", "settings"]

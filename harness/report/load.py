@@ -157,6 +157,7 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
         "cell_id": result.get("cell_id") or cell.get("id") or cell_dir.name,
         "suite": cell.get("suite"),
         "model": cell.get("model"),
+        "recipe": str(cell.get("recipe_name") or ""),
         "loader": cell.get("loader"),
         "backend": cell.get("backend"),
         "precision": cell.get("precision"),
@@ -184,8 +185,8 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
 
 
 CELL_COLUMNS = [
-    "run", "source", "source_index", "cell_id", "suite", "model", "loader", "backend", "precision", "nproc", "seed",
-    "environment", "status", "reason",
+    "run", "source", "source_index", "cell_id", "suite", "model", "recipe", "loader", "backend", "precision", "nproc",
+    "seed", "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
     "recorded_warnings", "warning_codes", "cell", "env",
 ]  # fmt: skip

@@ -119,12 +119,15 @@ def labelled_precision(summary: pd.DataFrame) -> pd.Series:
 
 
 def _id_columns(report: Report, rows: pd.DataFrame) -> pd.DataFrame:
-    """What identifies a row: suite, model, loader, backend, precision, device, environment and the settings that
-    differ (those that vary)."""
+    """What identifies a row: suite, model, recipe, loader, backend, precision, device, environment and the
+    settings that differ (those that vary)."""
     table = pd.DataFrame(index=rows.index)
     if report.summary["suite"].nunique() > 1:
         table["suite"] = rows["suite"]
-    for column in ("model", "loader", "backend"):
+    table["model"] = rows["model"]
+    if report.summary["recipe"].nunique() > 1:
+        table["recipe"] = rows["recipe"]
+    for column in ("loader", "backend"):
         table[column] = rows[column]
     table["precision"] = labelled_precision(rows)
     if report.summary["device_short"].nunique() > 1:
@@ -220,9 +223,11 @@ def failed_table(report: Report) -> Table:
 
 
 def config_label(row: pd.Series | dict[str, Any], model: bool = False, environment: bool = False) -> str:
-    """``torchvision · torch-ddp2 · bf16``: what distinguishes a configuration on one device."""
+    """``torchvision · torch-ddp2 · bf16`` (after the recipe's name where the suite has that axis): what
+    distinguishes a configuration on one device."""
     precision = str(row["precision"]) + (" (emulated)" if row.get("precision_support") == "emulated" else "")
     parts = [row["model"]] if model else []
+    parts += [row["recipe"]] if row.get("recipe") else []
     parts += [row["loader"], row["backend"], precision]
     parts += [row["environment"]] if environment and row["environment"] != DEFAULT_ENVIRONMENT else []
     return SEP.join(str(p) for p in parts)

@@ -17,7 +17,7 @@ from harness.report.mfu import mfu
 
 #: Columns of ``runs.csv``: one row per cell run (every repeat, every directory), in order.
 RUN_COLUMNS = [
-    "suite", "model", "loader", "backend", "precision", "precision_support", "device", "environment", "seed",
+    "suite", "model", "recipe", "loader", "backend", "precision", "precision_support", "device", "environment", "seed",
     "status", "reason", "epochs", "timed_epochs", "epoch_time_s", "throughput_img_s", "best_val_acc", "best_epoch",
     "time_to_acc_s", "peak_mem_gb", "optimizer_steps_per_epoch", "data_wait_pct", "train_flops_per_image", "mfu",
     "warnings", "host", "nproc", "cell_id", "run", "finished_at",
@@ -136,4 +136,5 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
     frame["device_type"] = [env.get("device_type") for env in frame["env"]]
     frame[["epochs", "timed_epochs"]] = frame[["epochs", "timed_epochs"]].fillna(0).astype(int)
     frame["best_epoch"] = frame["best_epoch"].astype("Int64")
-    return frame.sort_values(["suite", "model", "loader", "backend", "precision", "device", "seed"], ignore_index=True)
+    return frame.sort_values(["suite", "model", "recipe", "loader", "backend", "precision", "device", "seed"],
+                             ignore_index=True)

@@ -1,0 +1,168 @@
+"""Accuracy and throughput parity of a harness cell with a bare PyTorch loop at the same settings.
+
+The bare loop is what a user would write without the harness: PIL decoding in 2 DataLoader workers,
+RandomResizedCrop + flip, AdamW lr 1e-3 wd 0.05, batch 64, cosine LR per step, fp32, timm's model with
+``num_classes = 5`` (and ``img_size`` for ViTs). Both train on the harness's split of the photos (the same 4:1,
+seeded split, so both validate on the same photos) and validate as the harness does (shorter side to
+size / 0.875, centre crop). The harness side is ``harness run`` on a one-cell suite with those settings and the
+torchvision loader's defaults (decoded cache, 2 workers), as a user would run it.
+
+Runs are interleaved per model, bare, harness, harness, bare (ABBA), so a drift of the machine's speed
+cancels out of the ratio. Throughput is training images per second of training time (evaluation excluded) over
+the epochs after the first (warm-up), as the report computes it.
+
+    python benchmarks/parity.py --data ../shared/data/flower_photos --epochs 3 \
+        --json reports/benchmarks/parity-<cpu>.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from harness import envinfo
+from harness.datasets import discover
+
+MODELS = ("vit_tiny_patch16_224", "resnet18")
+SIZE, BATCH, LR, WD, WORKERS, SEED = 64, 64, 1e-3, 0.05, 2, 0
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SUITE = f"""\
+name = "parity"
+description = "benchmarks/parity.py: the bare loop's settings"
+epochs = {{epochs}}
+image_size = {SIZE}
+seed = {SEED}
+device = "cpu"
+recipe = {{{{ base = "default", optimizer = "adamw", lr = {LR}, weight_decay = {WD}, schedule = "cosine-step", \
+batch_size = {BATCH} }}}}
+
+[matrix]
+model = ["{{model}}"]
+loader = ["tv2"]
+backend = ["torch"]
+precision = ["fp32"]
+
+[loaders.tv2]
+use = "torchvision"
+workers = {WORKERS}
+"""
+
+
+class Photos(Dataset):
+    def __init__(self, samples: list[Any], transform: T.Compose) -> None:
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[index]
+        with Image.open(sample.path) as image:
+            return self.transform(image.convert("RGB")), sample.label
+
+
+def bare_loop(model_name: str, data: Path, epochs: int) -> list[dict[str, float]]:
+    """The bare loop; one record per epoch: training throughput and validation accuracy."""
+    torch.manual_seed(SEED)
+    dataset = discover(data, seed=SEED)
+    normalize = T.Normalize(MEAN, STD)
+    train = DataLoader(
+        Photos(dataset.splits["train"], T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
+                                                   normalize])),
+        batch_size=BATCH, shuffle=True, drop_last=True, num_workers=WORKERS, persistent_workers=True)
+    validation = DataLoader(
+        Photos(dataset.splits["validation"], T.Compose([T.Resize(round(SIZE / 0.875)), T.CenterCrop(SIZE),
+                                                        T.ToTensor(), normalize])),
+        batch_size=BATCH, num_workers=WORKERS, persistent_workers=True)
+    kwargs = {"img_size": SIZE} if model_name.startswith("vit") else {}
+    model = timm.create_model(model_name, num_classes=len(dataset.classes), **kwargs)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train))
+    records = []
+    for epoch in range(1, epochs + 1):
+        model.train()
+        images_seen, start = 0, time.perf_counter()
+        for images, labels in train:
+            loss = F.cross_entropy(model(images), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            images_seen += len(labels)
+        train_time = time.perf_counter() - start
+        model.eval()
+        correct = total = 0
+        with torch.no_grad():
+            for images, labels in validation:
+                correct += int((model(images).argmax(1) == labels).sum())
+                total += len(labels)
+        records.append({"epoch": epoch, "train_images": images_seen, "train_time_s": train_time,
+                        "val_acc": correct / total})
+        print(f"bare {model_name} epoch {epoch}: val_acc {correct / total:.4f} {images_seen / train_time:.1f} img/s",
+              flush=True)
+    return records
+
+
+def harness_cell(model_name: str, data: Path, epochs: int, scratch: Path) -> list[dict[str, float]]:
+    """``harness run`` on a one-cell suite at the bare loop's settings; its epoch records."""
+    suite = scratch / f"parity-{model_name}.toml"
+    suite.write_text(SUITE.format(epochs=epochs, model=model_name))
+    out = Path(tempfile.mkdtemp(dir=scratch))
+    subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", str(suite), "--data", str(data),
+                    "--out", str(out)], check=True)
+    (epochs_file,) = out.glob("cells/*/epochs.jsonl")
+    return [json.loads(line) for line in epochs_file.read_text().splitlines()]
+
+
+def throughput(records: list[dict[str, float]]) -> float:
+    steady = records[1:] or records
+    return sum(r["train_images"] for r in steady) / sum(r["train_time_s"] for r in steady)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="the flower photos (class folders)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--json", type=Path, help="write the measurements here")
+    args = parser.parse_args()
+    results: dict[str, Any] = {"device": envinfo.device_info("cpu").name, "epochs": args.epochs, "models": {}}
+    with tempfile.TemporaryDirectory() as scratch:
+        for model_name in args.models.split(","):
+            runs: dict[str, list[list[dict[str, float]]]] = {"bare": [], "harness": []}
+            for side in ("bare", "harness", "harness", "bare"):  # ABBA: a drift cancels out of the ratio
+                records = (bare_loop(model_name, args.data, args.epochs) if side == "bare"
+                           else harness_cell(model_name, args.data, args.epochs, Path(scratch)))
+                runs[side].append(records)
+            summary = {side: {"best_val_acc": [max(r["val_acc"] for r in rs) for rs in side_runs],
+                              "throughput_img_s": [throughput(rs) for rs in side_runs]}
+                       for side, side_runs in runs.items()}
+            acc = {side: sum(v["best_val_acc"]) / len(v["best_val_acc"]) for side, v in summary.items()}
+            speed = {side: math.exp(sum(map(math.log, v["throughput_img_s"])) / 2) for side, v in summary.items()}
+            results["models"][model_name] = {
+                **summary,
+                "accuracy_points_harness_minus_bare": round(100 * (acc["harness"] - acc["bare"]), 2),
+                "throughput_ratio_harness_over_bare": round(speed["harness"] / speed["bare"], 4),
+            }
+            print(json.dumps({model_name: results["models"][model_name]}, indent=1), flush=True)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
