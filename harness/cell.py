@@ -48,12 +48,19 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def launch(cell_json: Path, out: Path, nproc: int, resume: bool) -> int:
-    """Start ``nproc`` ranks of the cell with torchrun, in this process; they die with it."""
+def launch(cell_json: Path, out: Path, nproc: int, resume: bool, nnodes: int = 1, node_rank: int = 0,
+           endpoint: str | None = None, rdzv_id: str = "harness") -> int:
+    """Start ``nproc`` ranks of the cell with torchrun, in this process; they die with it. With ``nnodes > 1``
+    this node's torchrun joins a c10d rendezvous at ``endpoint`` (HOST:PORT, hosted by node 0's torchrun) with
+    the other nodes' (:mod:`harness.fleet` starts one per node). The rendezvous, not ``node_rank``, assigns
+    global ranks; whichever node holds rank 0 writes the results."""
     from torch.distributed.run import main as torchrun
 
     os.environ[PARENT_ENV] = str(os.getpid())
-    torchrun(["--standalone", f"--nproc_per_node={nproc}", "-m", "harness.cell", str(cell_json), "--out", str(out),
+    where = ["--standalone"] if nnodes == 1 else [
+        f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
+        f"--rdzv_id={rdzv_id}", f"--rdzv_conf=is_host={int(node_rank == 0)}"]
+    torchrun([*where, f"--nproc_per_node={nproc}", "-m", "harness.cell", str(cell_json), "--out", str(out),
               *(["--resume"] if resume else [])])
     return 0
 
@@ -139,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cell_json", type=Path)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--nproc", type=int, default=1, help="ranks to start under torchrun (1: train here)")
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes the cell spans (each runs this command)")
+    parser.add_argument("--node-rank", type=int, default=0, help="with --nnodes > 1: this node's rank")
+    parser.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nnodes > 1: the c10d rendezvous")
+    parser.add_argument("--rdzv-id", default="harness", help="with --nnodes > 1: the rendezvous id, one per cell")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--check", action="store_true",
                         help="CELL_JSON lists cells: print whether each can run in this environment, as JSON")
@@ -150,8 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.out is None:
         parser.error("--out is required")
-    if args.nproc > 1:
-        return launch(args.cell_json, args.out, args.nproc, args.resume)
+    if args.nnodes > 1 and not args.rdzv_endpoint:
+        parser.error("--nnodes > 1 needs --rdzv-endpoint")
+    if args.nproc > 1 or args.nnodes > 1:
+        return launch(args.cell_json, args.out, args.nproc, args.resume, args.nnodes, args.node_rank,
+                      args.rdzv_endpoint, args.rdzv_id)
     cell = CellSpec.from_dict(json.loads(args.cell_json.read_text()))
     return run(cell, args.out, args.resume)
 

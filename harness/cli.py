@@ -56,6 +56,14 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def kinds(text: str) -> list[str]:
+    """A comma-separated list of device kinds (``T4,P40``)."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct device kinds separated by commas, e.g. T4,P40")
+    return names
+
+
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every cell of a suite")
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
@@ -82,6 +90,19 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="kill a cell running longer and record it failed (overrides the suite's timeout_s)")
     p.add_argument("--allow-emulated", action="store_true", default=None,
                    help="also run precisions this device only emulates (bf16 on AVX2 CPUs, ...), labelled 'emulated'")
+    fleet = p.add_argument_group("many machines (docs/many-machines.md)")
+    fleet.add_argument("--executor", choices=("local", "ray"), default="local",
+                       help="where cells run: this machine, one after another (default), or a Ray cluster")
+    fleet.add_argument("--address", metavar="auto|HOST:PORT",
+                       help="with --executor ray: the cluster to join (default: the running one, else a new local one)")
+    fleet.add_argument("--devices", type=kinds, metavar="KIND[,KIND...]",
+                       help="with --executor ray: run the suite once per device kind (Ray accelerator_type or custom "
+                            "node resource, e.g. T4,P40), in parallel across the fleet")
+    fleet.add_argument("--data-copy", action="store_true",
+                       help="with --executor ray: copy --data once to each node (checksummed) instead of reading a "
+                            "path every node shares")
+    fleet.add_argument("--retries", type=count(0), default=2, metavar="N",
+                       help="with --executor ray: run a cell whose node is lost again on another node up to N times")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
@@ -103,18 +124,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
                    device=args.device, seed=args.seed, repeat=args.repeat, nproc=args.nproc,
-                   tensorboard=args.tensorboard, allow_emulated=args.allow_emulated, timeout_s=args.cell_timeout)
+                   tensorboard=args.tensorboard, allow_emulated=args.allow_emulated, timeout_s=args.cell_timeout,
+                   target_acc=args.target_acc)
     cells = select(suite.cells, args.only)
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
     check_data(args.data, cells, manager)
+    executor = None
+    if args.executor == "ray":
+        from harness import fleet
+
+        cells, kinds_of = fleet.per_kind(cells, args.devices or [])
+        try:  # before anything is written: without Ray, or without a cluster at --address, exit 2
+            executor = fleet.RayExecutor(manager, address=args.address, kinds=kinds_of, retries=args.retries,
+                                         data_copy=args.data_copy)
+            executor.connect()
+        except fleet.FleetError as exc:
+            print(f"harness: {exc}", file=sys.stderr)
+            return 2
+    elif args.devices or args.address or args.data_copy:
+        raise SuiteError("--devices, --address and --data-copy go with --executor ray")
     out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
     check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None
     try:
         hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
-        outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint)
+        outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint,
+                             executor=executor)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2

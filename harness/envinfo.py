@@ -87,6 +87,17 @@ def current_environment() -> dict[str, str | None]:
     return {"environment": marker.get("name"), "environment_hash": marker.get("hash")}
 
 
+#: Set by :mod:`harness.fleet` on the Ray node running the cell: the device kind it was scheduled for, the node.
+FLEET_KIND, FLEET_NODE = "HARNESS_FLEET_KIND", "HARNESS_FLEET_NODE"
+
+
+def fleet() -> dict[str, str]:
+    """``fleet_kind`` (the device kind the cell was placed on, e.g. ``T4``) and ``fleet_node`` (the Ray node),
+    for cells run by ``harness run --executor ray``; nothing otherwise."""
+    fields = {"fleet_kind": os.environ.get(FLEET_KIND), "fleet_node": os.environ.get(FLEET_NODE)}
+    return {key: value for key, value in fields.items() if value}
+
+
 def memory_gb() -> float | None:
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
@@ -121,6 +132,7 @@ def fingerprint(device: DeviceInfo, extra: Sequence[dict[str, Any] | None] = ())
         **{key: version(dist) for key, dist in PACKAGES.items()},
         "git_commit": git_commit(),
         **current_environment(),
+        **fleet(),
     }
     for fields in extra:
         env.update(fields or {})

@@ -14,10 +14,11 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -59,9 +60,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(cell_json: Path, out: Path, nproc: int, resume: bool, python: str = sys.executable) -> list[str]:
-    """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process)."""
-    return [python, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}",
+def command(cell_json: Path, out: Path, nproc: int, resume: bool, python: str = sys.executable,
+            launch: Sequence[str] = ()) -> list[str]:
+    """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process;
+    ``launch`` adds :mod:`harness.cell`'s multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``)."""
+    return [python, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch,
             *(["--resume"] if resume else [])]
 
 
@@ -78,6 +81,11 @@ def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
         env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     return env
+
+
+def nodes(cell: CellSpec) -> int:
+    """How many nodes the cell spans: its backend table's ``nnodes`` (``nproc`` ranks on each), 1 by default."""
+    return int(cell.backend_params.get("nnodes", 1))
 
 
 def recorded_epochs(store: CellStore) -> int:
@@ -123,17 +131,24 @@ def watch(proc: subprocess.Popen, store: CellStore, cell: CellSpec, bar: tqdm) -
 
 
 def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: deque[str],
-           stopped: tuple[str, str] | None) -> None:
-    """Record what the cell's process could not: why the runner stopped it, or how it died."""
+           stopped: tuple[str, str] | None, expect_result: bool = True) -> None:
+    """Record what the cell's process could not: why the runner stopped it, or how it died. Without
+    ``expect_result`` (one node of a multi-node cell, which may not hold global rank 0) a clean exit that wrote
+    no result is not a failure."""
     result = store.result()
     if stopped and (result is None or result["status"] == "failed"):  # a cell that finished first keeps its result
         store.write_result(cell, env, *stopped)
+    elif result is None and code == 0 and not expect_result:
+        return
     elif result is None or (result["status"] == "ok" and code != 0):
         store.write_result(cell, env, "failed", f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:]))
 
 
-def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable) -> None:
-    """Run the cell in its own process group, relay its output, and record what its process could not.
+def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable,
+             launch: Sequence[str] = (), expect_result: bool = True) -> int | None:
+    """Run the cell in its own process group, relay its output, and record what its process could not; return
+    the process's exit code. ``launch`` and ``expect_result``: one node's share of a multi-node cell
+    (:mod:`harness.fleet`).
 
     On :class:`Interrupted` the group gets the runner's signal, the cell is recorded interrupted and the
     exception goes on.
@@ -149,8 +164,8 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
     # A temporary folder of its own, removed afterwards: libraries' leftovers (DALI's autograph writes
     # /tmp/__autograph_generated_file*.py, ~50 per cell) go with it.
     scratch = tempfile.mkdtemp(prefix=f"harness-{cell.id[:40]}-")
-    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python),
-                            env={**cell_env(cell.nproc, python), "TMPDIR": scratch},
+    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python, launch),
+                            env={**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
                             start_new_session=True)
     reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
@@ -166,7 +181,8 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
         bar.close()
         reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
         shutil.rmtree(scratch, ignore_errors=True)
-        record(store, cell, env, proc.returncode, tail, stopped)
+        record(store, cell, env, proc.returncode, tail, stopped, expect_result)
+    return proc.returncode
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -176,11 +192,33 @@ def interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
+class Executor(Protocol):
+    """Where cells run: :class:`LocalExecutor` (this machine, one cell at a time) or
+    :class:`harness.fleet.RayExecutor` (a Ray cluster). Both write the same result layout into ``out``."""
+
+    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
+        """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted ones' too)."""
+
+
+@dataclass
+class LocalExecutor:
+    """Each cell in a process of its own on this machine, one after another, under its environment's
+    interpreter (built as reached with ``build``; without, skipped naming ``hint``)."""
+
+    manager: Manager
+    build: bool = True
+    hint: str = "harness envs build --suite SUITE"
+
+    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
+        placer = environments.Placer(cells, self.manager, self.build, self.hint, log=tqdm.write)
+        run_cells(cells, out, placer, resume, outcomes)
+
+
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False, build: bool = True,
-              hint: str = "harness envs build --suite SUITE") -> list[Outcome]:
-    """Run every cell; finished cells of an earlier run are kept when resuming. Environments the cells need are
-    built as they are reached (with ``build``; without, their cells are skipped naming ``hint``, the command that
-    builds them).
+              hint: str = "harness envs build --suite SUITE", executor: Executor | None = None) -> list[Outcome]:
+    """Run every cell with ``executor`` (default: :class:`LocalExecutor` with ``build`` and ``hint``); finished
+    cells of an earlier run are kept when resuming. Environments the cells need are built as they are reached
+    (with ``build``; without, their cells are skipped naming ``hint``, the command that builds them).
 
     SIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) raise :class:`Interrupted` once the running
     cell is stopped and recorded.
@@ -196,8 +234,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         if handler != signal.SIG_IGN:
             signal.signal(sig, interrupt)
     try:
-        placer = environments.Placer(cells, manager, build, hint, log=tqdm.write)
-        run_cells(cells, out, placer, resume, outcomes)
+        (executor or LocalExecutor(manager, build, hint)).run(cells, out, resume, outcomes)
     except Interrupted as exc:
         exc.outcomes = outcomes
         raise
@@ -218,6 +255,8 @@ def run_cells(cells: list[CellSpec], out: Path, placer: environments.Placer, res
             continue
         place = placer.place(cell)
         env, reason = place.env, place.blocker
+        if not reason and nodes(cell) > 1:
+            reason = f"spans {nodes(cell)} nodes (backend parameter nnodes): run it with harness run --executor ray"
         failure = None
         try:
             if reason or place.python is None:

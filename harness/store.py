@@ -127,6 +127,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
         raise
 
 
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write a file's bytes atomically: a result file that came from elsewhere (a Ray node, harness/fleet.py)."""
+    _write_atomically(path, data)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a log: any text (tracebacks naming non-UTF-8 file names included) is written, never refused."""
     path.parent.mkdir(parents=True, exist_ok=True)

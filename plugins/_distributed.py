@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -14,6 +15,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def nnodes_problem(params: Mapping[str, Any]) -> str | None:
+    """Why a backend table's ``nnodes`` (nodes a cell spans, each running ``nproc`` ranks) is unusable."""
+    nnodes = params.get("nnodes", 1)
+    if isinstance(nnodes, bool) or not isinstance(nnodes, int) or nnodes < 1:
+        return f"nnodes: expected a positive integer (nodes the cell spans), got {nnodes!r}"
+    return None
 
 
 def all_reduce(tensor: torch.Tensor, world_size: int) -> torch.Tensor:

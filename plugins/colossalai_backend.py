@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.api import CannotRun, DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
-from harness_plugins._distributed import all_reduce, free_port
+from harness_plugins._distributed import all_reduce, free_port, nnodes_problem
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,8 @@ AUTOCAST_BF16 = "bf16-autocast"
 
 #: backend params each variant accepts, with what they set
 PARAMS = {
-    "ddp": {"bucket_cap_mb", "find_unused_parameters", "static_graph", "gradient_as_bucket_view"},
+    "ddp": {"bucket_cap_mb", "find_unused_parameters", "static_graph", "gradient_as_bucket_view",
+            "nnodes"},  # nnodes: harness.fleet runs the cell across nodes; not a Booster argument
     "zero1": {"reduce_bucket_size_in_m", "overlap_communication", "cpu_offload", "initial_scale"},
     "zero2": {"reduce_bucket_size_in_m", "overlap_communication", "cpu_offload", "initial_scale"},
     "gemini": {"placement_policy", "shard_param_frac", "offload_optim_frac", "offload_param_frac", "initial_scale",
@@ -139,7 +140,8 @@ class ColossalAIBackend:
         from colossalai.booster import Booster
         from colossalai.booster.plugin import GeminiPlugin, LowLevelZeroPlugin, TorchDDPPlugin
 
-        kwargs = {k: v for k, v in self.params.items() if k not in ("max_norm", "enable_gradient_accumulation")}
+        kwargs = {k: v for k, v in self.params.items()
+                  if k not in ("max_norm", "enable_gradient_accumulation", "nnodes")}
         if self.variant == "ddp":
             mixed = "fp16" if self.precision == "fp16" else None
             return Booster(plugin=TorchDDPPlugin(**kwargs), mixed_precision=mixed)
@@ -286,7 +288,7 @@ class ColossalAI:
         if unknown:
             return (f"colossalai-{self.variant} has no parameter {unknown[0]!r} "
                     f"(it takes {', '.join(sorted(PARAMS[self.variant]))})")
-        return None
+        return nnodes_problem(params)
 
     def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
                recipe: Recipe | None = None) -> ColossalAIBackend:

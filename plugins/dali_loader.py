@@ -209,6 +209,7 @@ class ReaderSource:
     records: list[str] | None = None
     indexes: list[str] | None = None
     tmpdir: tempfile.TemporaryDirectory[str] | None = None  # holds filtered index files
+    photos: dict[tuple[int, str], str] | None = None  # (0-based label, image/filename) -> the photo's path
 
 
 def _cut(items: list[Any], spec: DataSpec, train: bool) -> list[Any]:
@@ -284,8 +285,11 @@ def _tfrecord_source(spec: DataSpec, chosen: list[Sample], train: bool, num_clas
         keep = [i in picked for i in range(len(scanned))]
     positions = _cut([i for i, k in enumerate(keep) if k], spec, train)
     if len(positions) == len(scanned):
-        return ReaderSource("tfrecord", len(positions), records=records, indexes=indexes)
-    return _filtered(records, indexes, set(positions))
+        src = ReaderSource("tfrecord", len(positions), records=records, indexes=indexes)
+    else:
+        src = _filtered(records, indexes, set(positions))
+    src.photos = {(s.label, s.path.name): str(s.path) for s in chosen}  # names the photo a record came from
+    return src
 
 
 def _filtered(records: list[str], indexes: list[str], keep: set[int]) -> ReaderSource:
@@ -483,17 +487,66 @@ class DaliSplit:
                 yield batch["images"], batch["labels"].reshape(-1).long()
         except RuntimeError as exc:  # DALI names the failing operator, never the photo: find it
             message = str(exc).strip().splitlines()[0]
-            raise RuntimeError(f"{undecodable(self.src) or 'DALI'}: {message}") from exc
+            try:
+                culprit = undecodable(self.src)
+            except Exception:  # a shard too broken to scan: DALI's own error says the rest
+                culprit = None
+            raise RuntimeError(f"{culprit or 'DALI'}: {message}") from exc
 
 
 def undecodable(src: ReaderSource) -> str | None:
-    """``"PATH: why"`` for the first photo of a file reader's split that does not decode, else None."""
+    """``"PATH: why"`` for the first photo of the split that does not decode, else None.
+
+    The file reader's PATH is the photo's; the TFRecord reader's is the photo's the record was written from
+    (when the record's label and ``image/filename`` match one), then the shard and the record's number in it.
+    """
     from harness.prepare.scan import check_image
 
     for path in src.files or []:
         if reason := check_image(Path(path).read_bytes()):
             return f"{path}: {reason}"
+    for shard, index in zip(src.records or [], src.indexes or [], strict=True):
+        wanted = {int(line.split()[0]) for line in _index_lines(index)}
+        for number, (label, name, data) in _records_at(shard, wanted):
+            if reason := check_image(data):
+                where = f"record {number} of {shard}"
+                photo = (src.photos or {}).get((label, name))
+                named = f"{photo} ({where})" if photo else f"{where} (image/filename {name!r})" if name else where
+                return f"{named}: {reason}"
     return None
+
+
+def _records_at(shard: str, offsets: set[int]) -> Iterator[tuple[int, tuple[int, str, bytes]]]:
+    """``(number in the shard, (0-based label, image/filename, image/encoded))`` of the shard's records that
+    start at ``offsets``, in file order; the others are skipped unread.
+
+    TFRecord framing: u64 length, u32 CRC of the length, the serialized ``Example``, u32 CRC of the data.
+    """
+    import struct
+
+    from tfrecord import example_pb2
+
+    with open(shard, "rb") as fh:
+        size, position, number = os.fstat(fh.fileno()).st_size, 0, 0
+        while position < size and offsets:
+            fh.seek(position)
+            head = fh.read(8)
+            if len(head) != 8:
+                return
+            (length,) = struct.unpack("<Q", head)
+            if position in offsets:
+                offsets.discard(position)
+                fh.seek(4, os.SEEK_CUR)
+                example = example_pb2.Example()
+                example.ParseFromString(fh.read(length))
+                feature = example.features.feature
+                labels = feature[LABEL_KEY].int64_list.value
+                names = feature[NAME_KEY].bytes_list.value
+                images = feature[IMAGE_KEY].bytes_list.value
+                yield number, (int(labels[0]) - 1 if labels else -1, names[0].decode(errors="replace") if names else "",
+                               bytes(images[0]) if images else b"")
+            position += 8 + 4 + length + 4
+            number += 1
 
 
 def _shard_size(n: int, rank: int, world_size: int) -> int:

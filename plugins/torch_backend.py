@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from harness.api import DeviceInfo, Recipe
 from harness.hookspecs import hookimpl
-from harness_plugins._distributed import all_reduce
+from harness_plugins._distributed import all_reduce, nnodes_problem
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -95,7 +95,10 @@ class Torch:
         return self.check_params(params)  # which precisions the device runs well: harness.devices decides
 
     def check_params(self, params: Mapping[str, Any]) -> str | None:
-        return f"torch backend takes no parameters besides nproc, got {', '.join(params)}" if params else None
+        other = [key for key in params if key != "nnodes"]  # nnodes: harness.fleet runs the cell across nodes
+        if other:
+            return f"torch backend takes no parameters besides nproc and nnodes, got {', '.join(other)}"
+        return nnodes_problem(params)
 
     def create(self, device: DeviceInfo, precision: str, params: Mapping[str, Any],
                recipe: Recipe | None = None) -> TorchBackend:

@@ -3,7 +3,8 @@
 Each test reproduces one fault: a corrupt line in a result file (readers, ``--resume``), two runs
 on one output directory, counts and names that validation let through, a cell that trains
 nothing, ``--resume`` after the suite changed, ``data prepare`` deleting what it did not
-write, unsafe or oversized archives, and inputs that made ``report``/``compare`` crash.
+write, unsafe or oversized archives, inputs that made ``report``/``compare`` crash, outputs that cannot be
+written (under a file, on a read-only disk), and photos no decoder can read (named, TFRecords included).
 Tiny generated photos and archives only; the command line runs in real subprocesses.
 """
 
@@ -575,3 +576,71 @@ def test_a_photo_dali_cannot_decode_is_named(photos: Path, tmp_path: Path) -> No
     assert done.returncode == 1
     reason = CellStore(tmp_path / "out", "resnet10t-dali-torch-fp32").result()["reason"]
     assert f"{victim}: " in reason, reason
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None or importlib.util.find_spec("tfrecord") is None,
+                    reason="nvidia-dali or tfrecord is not installed")
+@pytest.mark.parametrize("layout", ["prepared", "raw"])
+def test_a_photo_dali_cannot_decode_from_a_tfrecord_is_named(photos: Path, tmp_path: Path, layout: str) -> None:
+    """A truncated JPEG (whole header, so the TFRecord writer takes it) in a TFRecord shard: the cell's one-line
+    reason names the photo it was written from, the shard and the record's number in it."""
+    from harness.datasets import discover, select
+    from harness.prepare.tfrecord import write_tfrecords
+
+    raw = shutil.copytree(photos, tmp_path / "photos")
+    victim = select(discover(raw), None, 0)["validation"][1].path  # validation reads every record each epoch
+    victim.write_bytes(victim.read_bytes()[:-200])  # no end-of-image marker: DALI cannot decode it
+    cache = tmp_path / "cache"
+    if layout == "prepared":  # as `harness data prepare --tfrecord` lays it out (prepare itself would leave it out)
+        data = tmp_path / "prepared"
+        for split, samples in select(discover(raw), None, 0).items():
+            for s in samples:
+                dest = data / split / s.path.parent.name / s.path.name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(s.path, dest)
+        victim = data / "validation" / victim.parent.name / victim.name
+        write_tfrecords(discover(data), data)
+        shard = data / "tfrecord" / "validation-00000-of-00001"
+    else:  # raw class folders: the loader writes the TFRecords once into the harness cache
+        data = raw
+    number = [s.path.name for s in select(discover(data), None, 0)["validation"]].index(victim.name)
+    suite_file = tmp_path / "suite.toml"
+    suite_file.write_text(DALI_SUITE.replace("randaugment = true", "randaugment = false")
+                          + '[loaders.dali]\nreader = "tfrecord"\n')
+    done = run_harness("run", "--suite", suite_file, "--data", data, "--out", tmp_path / "out",
+                       env={"HARNESS_CACHE": str(cache)})
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    reason = CellStore(tmp_path / "out", "resnet10t-dali-torch-fp32").result()["reason"]
+    if layout == "raw":
+        (shard,) = cache.glob("tfrecord/*/tfrecord/validation-00000-of-00001")
+    assert "\n" not in reason, reason
+    assert f"{victim} (record {number} of {shard}): truncated JPEG: no end-of-image marker: " in reason, reason
+
+
+@pytest.fixture
+def read_only_disk(tmp_path: Path) -> Iterator[Path]:
+    """A read-only tmpfs: a chmod 0o500 folder would not do, root writes into it anyway (CI runs as root)."""
+    mount = tmp_path / "read-only"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.parametrize("where", ["under a file", "read-only"])
+def test_an_output_that_cannot_be_written_is_one_line_exit_2(killed: Path, photos: Path, tmp_path: Path,
+                                                             where: str, request: pytest.FixtureRequest) -> None:
+    if where == "read-only":
+        out = request.getfixturevalue("read_only_disk") / "out"
+    else:
+        (tmp_path / "a-file").write_text("x")
+        out = tmp_path / "a-file" / "out"
+    for args in (("report", killed, "--out", out, "--format", "csv"),
+                 ("run", "--suite", suite(tmp_path), "--data", photos, "--out", out)):
+        done = run_harness(*args)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, (args, done.stderr[-1500:])
+        assert len(done.stderr.strip().splitlines()) == 1 and str(out) in done.stderr, (args, done.stderr)
+        assert ("Read-only file system" if where == "read-only" else "Not a directory") in done.stderr, done.stderr
+    assert not out.exists()

@@ -39,9 +39,9 @@ from harness.report.summary import RUN_COLUMNS, derived_warnings, device_short, 
 from harness.store import ResultWarning
 
 REPO = Path(__file__).resolve().parents[1]
-FP16 = ("flowers", "vit_tiny_patch16_224", "torchvision", "torch", "fp16", "default")
-FP32 = (*FP16[:4], "fp32", "default")
-BF16 = (*FP16[:4], "bf16", "default")
+FP16 = ("flowers", "vit_tiny_patch16_224", "", "torchvision", "torch", "fp16", "default")  # "": no recipe axis
+FP32 = (*FP16[:5], "fp32", "default")
+BF16 = (*FP16[:5], "bf16", "default")
 CHROMIUM = "/usr/bin/chromium"
 T95 = {2: 12.706204736, 3: 4.302652730}  # Student t, two-sided 95 %, by sample size
 

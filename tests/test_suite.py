@@ -79,7 +79,7 @@ def test_cell_ids_are_filesystem_safe() -> None:
         (("batch_size = 8", "batch_size = 8.5"), "key 'recipe.batch_size': expected int, got float 8.5"),
         (('use = "torch"', 'use = "jax"'), "key 'backends.torch-ddp2.use': unknown backend 'jax'"),
         (("nproc = 2", "nproc = 2\nbucket_mb = 25"),
-         "key 'backends.torch-ddp2': torch backend takes no parameters besides nproc, got bucket_mb"),
+         "key 'backends.torch-ddp2': torch backend takes no parameters besides nproc and nnodes, got bucket_mb"),
         (("drop_rate = 0.1", "drop_rat = 0.1"),
          "key 'models.vit_tiny_patch16_224': VisionTransformer.__init__() got an unexpected keyword argument "
          "'drop_rat'"),
@@ -163,8 +163,8 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
     by_id = {c.id: c for c in suite.cells}
     seed, fast = by_id["resnet10t-torchvision-torch-fp32-seed"], by_id["resnet10t-tv1-torch-fp32-fast"]
     assert (seed.recipe_name, seed.recipe.accumulation, seed.recipe.optimizer) == ("seed", 16, "sgd")
-    assert (fast.recipe_name, fast.recipe.lr, fast.recipe.optimizer, fast.recipe.label_smoothing) == (
-        "fast", 2e-3, "adamw", 0.1)  # the built-in tuned recipe with one override
+    assert (fast.recipe_name, fast.recipe.lr, fast.recipe.optimizer, fast.recipe.warmup_epochs) == (
+        "fast", 2e-3, "adamw", 0.5)  # the built-in tuned recipe with one override
     assert [c.id for c in select(suite.cells, ["recipe=fast", "backend=torch"])] == [
         "resnet10t-torchvision-torch-fp32-fast", "resnet10t-tv1-torch-fp32-fast"]
     assert suite.target_acc == 0.6 and seed.options["target_acc"] == 0.6

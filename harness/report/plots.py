@@ -2,7 +2,8 @@
 
 One image per panel: training throughput per model, and validation accuracy vs wall time per model and
 backend (and device, when there are several). Colours are fixed per loader across every
-plot, line styles per precision, markers per device; titles and axis labels are inside each image.
+plot, line styles per precision (per recipe where recipes differ), markers per device; titles and
+axis labels are inside each image.
 Repeats are drawn as their mean with the min-max band; an interval is drawn only where one exists.
 """
 
@@ -20,6 +21,7 @@ from harness.report.render import SEP
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999")  # Okabe-Ito
 LINESTYLES = {"fp32": "-", "bf16": "--", "fp16": ":"}
+RECIPE_LINESTYLES = ("-", "--", ":", "-.")  # instead of per precision where the recipes differ
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 100
 WIDTH = 5.0  # inches: ~500-650 px with labels, shown ~400 px wide on a phone: 11 pt text stays ~10 px
@@ -84,6 +86,7 @@ def accuracy_panels(summary: pd.DataFrame, epochs: pd.DataFrame, references: Seq
     devices = list(dict.fromkeys(summary["device_short"]))
     keys = ["model", "backend", *(["device_short"] if ok["device_short"].nunique() > 1 else [])]
     environments = ok["environment"].nunique() > 1
+    recipes = list(dict.fromkeys(ok["recipe"])) if ok["recipe"].nunique() > 1 else []
     plots = []
     for key, rows in ok.groupby(keys, sort=False):
         title = f"{SEP.join(map(str, key))}: validation accuracy"
@@ -91,8 +94,10 @@ def accuracy_panels(summary: pd.DataFrame, epochs: pd.DataFrame, references: Seq
             fig, ax = plt.subplots(figsize=(WIDTH, 3.6))
             for row in rows.to_dict("records"):
                 curve = _mean_curve(epochs, row["run"].split("; "))
-                label = _label(row, ["loader", "precision"], environments)
-                style = {"color": colours[row["loader"]], "linestyle": LINESTYLES.get(row["precision"], "-."),
+                label = _label(row, ["recipe"] * bool(recipes) + ["loader", "precision"], environments)
+                dashes = RECIPE_LINESTYLES[recipes.index(row["recipe"]) % len(RECIPE_LINESTYLES)] if recipes else (
+                    LINESTYLES.get(row["precision"], "-."))
+                style = {"color": colours[row["loader"]], "linestyle": dashes,
                          "marker": MARKERS[devices.index(row["device_short"]) % len(MARKERS)]}
                 ax.plot(curve["x"], 100 * curve["mean"], markersize=4, label=label, **style)
                 if row["runs"] > 1:

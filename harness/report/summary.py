@@ -35,12 +35,15 @@ def describe(value: Any) -> str:
 
 
 def device_name(env: Mapping[str, Any]) -> str:
-    """The device a run used, as recorded: the GPU's torch name, else the CPU model."""
+    """The device a run used, as recorded: the GPU's torch name, else the CPU model, with the device kind the Ray
+    executor placed it by (``fleet_kind``, docs/many-machines.md) when that is not the GPU itself."""
     if env.get("device_type") == "cuda" and env.get("device_name"):
         return str(env["device_name"])
     if env.get("cpu_model"):
-        return f"CPU: {env['cpu_model']}"
-    return "cpu" if env.get("device_type") == "cpu" else "unknown"
+        name = f"CPU: {env['cpu_model']}"
+    else:
+        name = "cpu" if env.get("device_type") == "cpu" else "unknown"
+    return f"{name} ({env['fleet_kind']})" if env.get("fleet_kind") else name
 
 
 def device_short(name: str) -> str:

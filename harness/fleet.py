@@ -1,0 +1,627 @@
+"""The Ray executor: a suite's cells as Ray tasks across a fleet of machines (``harness run --executor ray``).
+
+Each cell becomes one task (one per node for a multi-node cell) that asks for what the cell needs: ``nproc``
+CPUs, ``nproc`` GPUs when it trains on CUDA, and a sliver of the device kind's resource
+(``accelerator_type:T4``, which Ray detects on GPU nodes, or a custom node resource such as ``T4``). On the
+node the task does what the local executor does, with the same code: it places the cell in its environment
+(:class:`harness.environments.Placer`, so capability is judged on the node) and runs the same cell process
+(:func:`harness.runner.run_cell`) into a node-local folder. It is a streaming generator: it yields the cell's
+files as they change, and the driver writes them into ``OUT/cells/<id>/``, the layout of a local run, so
+``harness report``, ``compare`` and ``--resume`` work unchanged. The cell process records the node in its
+fingerprint (``fleet_kind``, ``fleet_node``; :func:`harness.envinfo.fleet`).
+
+A cell whose node is lost is retried on another node of its kind (from its last checkpoint when one came
+home), up to ``retries`` times, then recorded ``failed`` naming the node. A kind no node offers is reported
+(its cells skipped), never waited for. On Ctrl-C / SIGTERM every task in flight is cancelled (its worker is
+killed, and the cell process and its ranks die with it); finished cells keep their results.
+
+A multi-node cell (backend parameter ``nnodes``) reserves its nodes together, a placement group with one
+bundle per node (STRICT_SPREAD), and each node's torchrun joins a c10d rendezvous hosted by node 0; whichever
+node holds global rank 0 writes the results.
+
+Data: ``--data`` is a path every node sees (a shared filesystem), or with ``data_copy`` it is packed once,
+put into Ray's object store and unpacked once per node into ``~/.cache/harness/fleet-data/<sha256>/``,
+every file checked against the driver's SHA-256 manifest.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import os
+import queue
+import re
+import shutil
+import socket
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from harness import envinfo
+from harness.api import CellSpec
+from harness.plugins import Manager
+from harness.runner import POLL_S, Interrupted, Outcome, nodes, recorded_epochs
+from harness.store import CellStore, write_bytes
+
+INSTALL_HINT = "the Ray executor needs Ray: pip install 'harness[ray]' (or pip install 'ray>=2.9')"
+KIND_SLIVER = 0.001  # of a kind's resource per task: the kind selects nodes, CPUs and GPUs limit how many run
+CACHE = Path(os.environ.get("HARNESS_FLEET_CACHE", Path.home() / ".cache" / "harness" / "fleet-data"))
+MIRRORED_SKIP = ("cell.json",)  # the driver writes its own (a node may see another data path)
+CHECKPOINT = "checkpoint.pt"
+NODE_FOLDER = "harness-fleet-"  # the node-local folder a task runs its cell into, in the node's temp dir
+
+
+class FleetError(RuntimeError):
+    """The fleet cannot be used as asked (Ray missing, no cluster at the address); exit code 2."""
+
+
+def require_ray() -> Any:
+    """The ``ray`` module, or :class:`FleetError` with the install hint."""
+    try:
+        import ray
+    except ImportError:
+        raise FleetError(INSTALL_HINT) from None
+    return ray
+
+
+def per_kind(cells: Sequence[CellSpec], kinds: Sequence[str]) -> tuple[list[CellSpec], dict[str, str]]:
+    """The suite once per device kind (ids ``ID-KIND``, so one ``--out`` holds all), and each cell's kind."""
+    if not kinds:
+        return list(cells), {}
+    out, kind_of = [], {}
+    for kind in kinds:
+        for cell in cells:
+            each = replace(cell, id=f"{cell.id}-{re.sub(r'[^A-Za-z0-9_.+-]', '_', kind)}")
+            out.append(each)
+            kind_of[each.id] = kind
+    return out, kind_of
+
+
+# ---------------------------------------------------------------- data on the nodes
+
+
+@dataclass(frozen=True)
+class DataCopy:
+    """A data folder to copy once per node: its SHA-256 manifest and an object-store reference to a tar of it."""
+
+    name: str
+    manifest: Mapping[str, str]  # relative path -> sha256
+    archive: Any  # ray.ObjectRef[bytes]
+
+    @property
+    def digest(self) -> str:
+        text = "\n".join(f"{path} {sha}" for path, sha in sorted(self.manifest.items()))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack(root: Path) -> tuple[dict[str, str], bytes]:
+    """``root``'s regular files: their SHA-256 manifest and an uncompressed tar of them."""
+    manifest, buffer = {}, io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink()):
+            rel = path.relative_to(root).as_posix()
+            manifest[rel] = sha256(path)
+            tar.add(path, arcname=rel, recursive=False)
+    return manifest, buffer.getvalue()
+
+
+def unpack(copy: DataCopy, ray: Any) -> Path:
+    """The node's verified copy of ``copy``: made once per node (a file lock serialises the node's cells)."""
+    target = CACHE / copy.digest[:32] / copy.name
+    marker = target.parent / "verified"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent.with_suffix(".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists():
+            return target
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+        try:
+            with tarfile.open(fileobj=io.BytesIO(ray.get(copy.archive)), mode="r") as tar:
+                if hasattr(tarfile, "data_filter"):  # Python 3.10.12+: refuse members leaving ``tmp``
+                    tar.extractall(tmp, filter="data")
+                else:  # the checksums below still refuse anything not in the driver's manifest
+                    tar.extractall(tmp)
+            found = {p.relative_to(tmp).as_posix(): sha256(p) for p in tmp.rglob("*") if p.is_file()}
+            bad = sorted(k for k in set(found) | set(copy.manifest) if found.get(k) != copy.manifest.get(k))
+            if bad:
+                raise FleetError(f"the copy of {copy.name} on this node differs from the driver's in {len(bad)} "
+                                 f"file(s), e.g. {bad[0]} (checksum mismatch)")
+            shutil.rmtree(target, ignore_errors=True)
+            tmp.rename(target)
+            marker.write_text(copy.digest + "\n")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# ---------------------------------------------------------------- on the node
+
+
+def node_identity(ray: Any) -> dict[str, str]:
+    return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname()}
+
+
+def endpoint() -> tuple[str, int]:
+    """This node's address and a port free on it: the rendezvous of a multi-node cell (run on its node 0)."""
+    import ray
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = int(s.getsockname()[1])
+    return ray.util.get_node_ip_address(), port
+
+
+def changes(root: Path, seen: dict[str, tuple[int, int]]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The cell's files changed since ``seen``: ``("file", {path: bytes})``, or ``("checkpoint", {...})``
+    with the whole checkpoint folder, which the driver rotates in as a unit. Temporary files are not sent."""
+    if not root.exists():
+        return
+    checkpoint_changed, files = False, {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in MIRRORED_SKIP or any(part.startswith(".") or part.endswith((".tmp", ".old"))
+                                       for part in rel.split("/")):
+            continue
+        with suppress(FileNotFoundError):  # rotated away meanwhile: the next poll sends the new one
+            stat = path.stat()
+            if seen.get(rel) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            if rel.startswith(CHECKPOINT + "/"):
+                checkpoint_changed = True
+                continue
+            files[rel] = path.read_bytes()
+            seen[rel] = (stat.st_size, stat.st_mtime_ns)
+    if checkpoint_changed:
+        checkpoint, folder = {}, root / CHECKPOINT
+        with suppress(FileNotFoundError):
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                stat = path.stat()
+                checkpoint[path.relative_to(folder).as_posix()] = path.read_bytes()
+                seen[path.relative_to(root).as_posix()] = (stat.st_size, stat.st_mtime_ns)
+            yield "checkpoint", checkpoint
+    if files:
+        yield "files", files
+
+
+def sweep(tmp: Path) -> None:
+    """Remove node folders whose task's worker is gone: a force-cancelled task (Ctrl-C on the driver, a lost
+    driver) is killed before its ``finally`` can."""
+    for folder in tmp.glob(NODE_FOLDER + "*"):
+        try:
+            os.kill(int((folder / ".pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # not ours to judge (another user's, or being created)
+            continue
+
+
+def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: dict[str, bytes],
+              launch: list[str], expect_result: bool, data: DataCopy | None) -> Iterator[tuple[str, Any]]:
+    """The Ray task: place and run one cell (or one node's share of it) here, yielding its files as they change.
+
+    Yields ``("node", identity)`` first, ``("env", fingerprint)``, then ``("files" | "checkpoint",
+    {path: bytes})`` as they change, and last ``("exit", code)``.
+    """
+    import ray
+
+    from harness import environments
+    from harness.plugins import get_manager
+    from harness.runner import run_cell
+
+    identity = node_identity(ray)
+    yield "node", identity
+    cell = CellSpec.from_dict(cell_data)
+    fleet = {envinfo.FLEET_KIND: kind or "", envinfo.FLEET_NODE: f"{identity['ip']} {identity['node_id'][:12]}"}
+    # Ray gives a task OMP_NUM_THREADS = its CPUs; the cell's ranks share them (torchrun alone would give each 1).
+    threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or cell.nproc) // cell.nproc)
+    saved = {key: os.environ.get(key) for key in (*fleet, "OMP_NUM_THREADS")}
+    os.environ.update({key: value for key, value in fleet.items() if value}, OMP_NUM_THREADS=str(threads))
+    sweep(Path(tempfile.gettempdir()))
+    root = Path(tempfile.mkdtemp(prefix=NODE_FOLDER))
+    (root / ".pid").write_text(str(os.getpid()))
+    try:
+        if data is not None:
+            cell = replace(cell, data=str(unpack(data, ray)))
+        place = environments.Placer([cell], get_manager(), log=print).place(cell)
+        env = dict(place.env)
+        yield "env", env
+        store = CellStore(root, cell.id)
+        for rel, blob in seed.items():
+            write_bytes(store.dir / rel, blob)
+        reason = place.blocker
+        if not reason and cell.data and not Path(cell.data).exists():
+            reason = (f"--data {cell.data} does not exist on node {identity['ip']}: use a shared filesystem "
+                      "mounted at the same path on every node, or --data-copy")
+        if reason or place.python is None:
+            store.write_cell(cell)
+            store.write_result(cell, env, "skipped", reason)
+            yield from changes(store.dir, {})
+            yield "exit", 0
+            return
+        seen: dict[str, tuple[int, int]] = {}
+        codes: list[int | None] = []
+        python = place.python
+        runner = threading.Thread(target=lambda: codes.append(run_cell(
+            cell, root, resume, env, python, launch=launch, expect_result=expect_result)), daemon=True)
+        runner.start()
+        while runner.is_alive():
+            runner.join(POLL_S)
+            yield from changes(store.dir, seen)
+        yield from changes(store.dir, seen)
+        yield "exit", codes[0] if codes else None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- on the driver
+
+
+class NodeLost(Exception):
+    """A node (or its worker) died under a cell: Ray raised a system error, not the cell's own."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        super().__init__(f"node {node} lost ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+        self.node = node
+
+
+@dataclass
+class Attempt:
+    """One try of a cell: the nodes it ran on and whether rank 0's result arrived."""
+
+    nodes: list[str] = field(default_factory=list)
+    env: dict[str, Any] | None = None
+    ok_from: str | None = None
+    codes: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class RayExecutor:
+    """Runs cells as Ray tasks (see the module docstring); ``kinds`` maps cell ids to device kinds."""
+
+    manager: Manager
+    address: str | None = None
+    kinds: Mapping[str, str] = field(default_factory=dict)
+    retries: int = 2
+    data_copy: bool = False
+
+    def __post_init__(self) -> None:
+        self.ray = require_ray()
+        self.stopping = threading.Event()
+        self.lock = threading.Lock()
+        self.inflight: set[Any] = set()
+        self.data: DataCopy | None = None
+        self._driver_env: dict[str, Any] | None = None
+        self._remote: Any = None
+        self.started_ray = False
+
+    # -- the run
+
+    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
+        self.connect()
+        try:
+            self._run(cells, out, resume, outcomes)
+        finally:
+            if self.started_ray:
+                self.ray.shutdown()
+                self.started_ray = False
+
+    def connect(self) -> None:
+        """Join the cluster at ``address`` (``auto``: the running one; None: it, or a new local one), unless this
+        process already has; a Ray this call started is shut down when the run ends."""
+        if self.ray.is_initialized():
+            return
+        try:
+            self.ray.init(address=self.address, log_to_driver=True, configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise FleetError(f"cannot join the Ray cluster at {self.address or 'auto'}: {exc}") from exc
+        self.started_ray = True
+
+    def _run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
+        done: queue.Queue[tuple[CellSpec, BaseException | None]] = queue.Queue()
+        todo = []
+        for cell in cells:
+            previous = CellStore(out, cell.id).result()
+            if resume and previous and previous["status"] in ("ok", "skipped"):
+                outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
+            else:
+                todo.append(cell)
+        if todo and self.data_copy and any(c.data for c in todo):
+            self.data = self.pack(Path(next(c.data for c in todo if c.data)))
+        for cell in todo:
+            threading.Thread(target=self.watch, args=(cell, out, resume, done), daemon=True,
+                             name=f"harness-fleet-{cell.id}").start()
+        left = len(todo)
+        try:
+            while left:
+                with suppress(queue.Empty):
+                    cell, error = done.get(timeout=POLL_S)
+                    left -= 1
+                    self.collect(cell, out, outcomes, error)
+        except Interrupted:
+            self.cancel()
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                with suppress(queue.Empty):
+                    cell, error = done.get(timeout=POLL_S)
+                    left -= 1
+                    self.collect(cell, out, outcomes, error)
+            raise
+
+    def collect(self, cell: CellSpec, out: Path, outcomes: list[Outcome], error: BaseException | None) -> None:
+        result = CellStore(out, cell.id).result()
+        if result:
+            outcomes.append(Outcome(cell, result["status"], result["reason"]))
+        elif error is not None:
+            outcomes.append(Outcome(cell, "failed", f"{type(error).__name__}: {error}"))
+
+    def cancel(self) -> None:
+        """Stop every cell in flight: its task is cancelled, its worker killed, its cell process dies with it."""
+        self.stopping.set()
+        with self.lock:
+            refs = list(self.inflight)
+        for ref in refs:
+            with suppress(Exception):
+                self.ray.cancel(ref, force=True)
+
+    def pack(self, root: Path) -> DataCopy:
+        tqdm.write(f"harness: packing {root} to copy once to every node")
+        manifest, blob = pack(root)
+        return DataCopy(root.name, manifest, self.ray.put(blob))
+
+    # -- one cell, in a driver thread of its own
+
+    def watch(self, cell: CellSpec, out: Path, resume: bool, done: queue.Queue) -> None:
+        error: BaseException | None = None
+        try:
+            self.run_one(cell, out, resume)
+        except BaseException as exc:  # recorded by collect(); the thread must always report back
+            error = exc
+        done.put((cell, error))
+
+    def run_one(self, cell: CellSpec, out: Path, resume: bool) -> None:
+        store = CellStore(out, cell.id)
+        kind = self.kinds.get(cell.id)
+        problem, request = self.request(cell, kind)
+        if problem:
+            store.write_cell(cell)
+            store.write_result(cell, self.driver_env(kind), "skipped", problem)
+            tqdm.write(f"[{cell.id}] skipped: {problem}")
+            return
+        lost: list[str] = []
+        attempt = Attempt()
+        for number in range(1, self.retries + 2):
+            seed, again = self.seed(store, resume or number > 1)
+            attempt = Attempt()
+            try:
+                self.attempt(cell, kind, request, store, attempt, seed, again)
+                if store.result() is None:
+                    codes = ", ".join(map(str, attempt.codes))
+                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed",
+                                       f"no result came home from node(s) {', '.join(attempt.nodes)} (exit {codes})")
+                return
+            except NodeLost as exc:
+                lost.append(exc.node)
+                if self.stopping.is_set():
+                    break
+                left = self.request(cell, kind)[0]
+                if number > self.retries or left:
+                    why = f"; no other node can take it: {left}" if left else ""
+                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed",
+                                       f"{exc} after {recorded_epochs(store)} of {cell.epochs} epochs; tried "
+                                       f"{number} time(s), on node(s) {', '.join(lost)}{why}")
+                    tqdm.write(f"[{cell.id}] failed: {exc}")
+                    return
+                tqdm.write(f"[{cell.id}] {exc}; retrying on another {kind or 'node'} ({number}/{self.retries})")
+            except Interrupted:
+                break
+            except Exception as exc:
+                if not self.stopping.is_set():
+                    where = f" on node {', '.join(attempt.nodes)}" if attempt.nodes else ""
+                    reason = f"{type(exc).__name__}{where}: {str(exc).strip().splitlines()[-1][:500]}"
+                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed", reason)
+                    tqdm.write(f"[{cell.id}] failed: {reason}")
+                    return
+        if self.stopping.is_set() and attempt.nodes:  # it had started: recorded interrupted, as a local run does
+            result = store.result()
+            if result is None or result["status"] == "failed":
+                store.write_result(cell, attempt.env or self.driver_env(kind), "interrupted",
+                                   f"interrupted on node {', '.join(attempt.nodes)} after {recorded_epochs(store)} "
+                                   f"of {cell.epochs} epochs")
+
+    def seed(self, store: CellStore, again: bool) -> tuple[dict[str, bytes], bool]:
+        """The files a resumed or retried cell starts from on its node (its rows and checkpoint), and whether
+        it resumes; without a checkpoint it starts over."""
+        if not again:
+            return {}, False
+        for message in store.prepare_resume():
+            tqdm.write(f"harness: warning: {message}")
+        if not (store.checkpoint_path / "trainer.pt").exists():
+            store.epochs_path.unlink(missing_ok=True)
+            store.result_path.unlink(missing_ok=True)
+            return {}, False
+        store.result_path.unlink(missing_ok=True)
+        files = [store.epochs_path, *sorted(p for p in store.checkpoint_path.rglob("*") if p.is_file())]
+        return {p.relative_to(store.dir).as_posix(): p.read_bytes() for p in files if p.exists()}, True
+
+    def request(self, cell: CellSpec, kind: str | None) -> tuple[str | None, dict[str, Any]]:
+        """What each of the cell's tasks asks Ray for, or why no node of the cluster can give it."""
+        alive = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        key = None
+        if kind:
+            key = next((k for k in (f"accelerator_type:{kind}", kind) if any(r.get(k) for r in alive)), None)
+            if key is None:
+                seen = sorted({k.removeprefix("accelerator_type:") for r in alive for k in r
+                               if k.startswith("accelerator_type:") or not re.match(r"^(CPU|GPU|memory|"
+                               r"object_store_memory|node:.*|accelerator_type:.*)$", k)})
+                return (f"no node of the Ray cluster offers device kind {kind!r} (kinds there: "
+                        f"{', '.join(seen) or 'none'})"), {}
+        members = [r for r in alive if key is None or r.get(key)]
+        gpus = cell.device == "cuda" or (cell.device == "auto" and any(r.get("GPU", 0) >= cell.nproc for r in members))
+        request: dict[str, Any] = {"num_cpus": cell.nproc, "num_gpus": cell.nproc if gpus else 0,
+                                   "resources": {key: KIND_SLIVER} if key else {}}
+        fits = [r for r in members if r.get("CPU", 0) >= cell.nproc and r.get("GPU", 0) >= request["num_gpus"]]
+        if len(fits) < nodes(cell):
+            what = f"{cell.nproc} CPU(s)" + (f" and {cell.nproc} GPU(s)" if gpus else "")
+            return (f"needs {nodes(cell)} node(s){f' of kind {kind}' if kind else ''} with {what} each; the Ray "
+                    f"cluster has {len(fits)}"), {}
+        return None, request
+
+    def attempt(self, cell: CellSpec, kind: str | None, request: dict[str, Any], store: CellStore,
+                attempt: Attempt, seed: dict[str, bytes], resume: bool) -> None:
+        """Run the cell once: one task, or one per node in a placement group; write what comes home."""
+        options = {"num_returns": "streaming", "max_retries": 0, **request}  # retries are ours: on another node
+        bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
+                   dynamic_ncols=True, disable=None)
+        try:
+            if nodes(cell) == 1:
+                gen = self.submit(options, cell, kind, resume, seed, [], True)
+                self.follow(gen, cell, store, attempt, bar)
+                return
+            self.gang(options, cell, kind, request, store, attempt, bar, seed, resume)
+        finally:
+            bar.close()
+
+    def submit(self, options: dict[str, Any], cell: CellSpec, kind: str | None, resume: bool, seed: dict[str, bytes],
+               launch: list[str], expect_result: bool) -> Any:
+        with self.lock:  # cancel() sets stopping, then takes the lock: no task starts after it looked
+            if self.stopping.is_set():
+                raise Interrupted(2)
+            if self._remote is None:
+                self._remote = self.ray.remote(node_cell)
+            gen = self._remote.options(**options).remote(cell.describe(), kind, resume, seed, launch, expect_result,
+                                                         self.data)
+            self.inflight.add(gen)
+        return gen
+
+    def follow(self, gen: Any, cell: CellSpec, store: CellStore, attempt: Attempt, bar: tqdm) -> None:
+        """Write each of the task's messages into ``store`` until it ends; system failures raise NodeLost."""
+        ray, node = self.ray, "(not yet placed)"
+        try:
+            for ref in gen:
+                message, payload = ray.get(ref)
+                if message == "node":
+                    node = f"{payload['ip']} ({payload['hostname']}, Ray node {payload['node_id'][:12]})"
+                    with self.lock:
+                        if not attempt.nodes:
+                            store.write_cell(cell)
+                            store.result_path.unlink(missing_ok=True)
+                        attempt.nodes.append(node)
+                elif message == "env":
+                    attempt.env = attempt.env or payload
+                elif message == "exit":
+                    attempt.codes.append(payload)
+                else:
+                    with self.lock:
+                        self.write(store, message, payload, attempt, node)
+                    bar.update(recorded_epochs(store) - bar.n)
+        except ray.exceptions.TaskCancelledError:
+            raise Interrupted(2) from None
+        except ray.exceptions.RayTaskError as exc:
+            if self.stopping.is_set():
+                raise Interrupted(2) from None
+            raise RuntimeError(str(exc.cause) if exc.cause else str(exc)) from None
+        except ray.exceptions.RayError as exc:
+            if self.stopping.is_set():
+                raise Interrupted(2) from None
+            raise NodeLost(node, exc) from None
+        finally:
+            with self.lock:
+                self.inflight.discard(gen)
+
+    def write(self, store: CellStore, message: str, files: dict[str, bytes], attempt: Attempt, node: str) -> None:
+        """Mirror a node's files into the driver's cell folder; a checkpoint rotates in whole (as on the node).
+        Of a multi-node cell's nodes the one that wrote an ``ok`` result keeps it."""
+        if message == "checkpoint":
+            with store.checkpoint() as tmp:
+                for rel, blob in files.items():
+                    write_bytes(tmp / safe(rel), blob)
+            return
+        for rel, blob in files.items():
+            if rel == "result.json":
+                if attempt.ok_from not in (None, node):
+                    continue
+                with suppress(ValueError):
+                    if json.loads(blob).get("status") == "ok":
+                        attempt.ok_from = node
+            write_bytes(store.dir / safe(rel), blob)
+
+    def gang(self, options: dict[str, Any], cell: CellSpec, kind: str | None, request: dict[str, Any], store: CellStore,
+             attempt: Attempt, bar: tqdm, seed: dict[str, bytes], resume: bool) -> None:
+        """A multi-node cell: reserve its nodes together, then start one task per node around one rendezvous."""
+        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        ray, count = self.ray, nodes(cell)
+        bundle = {"CPU": request["num_cpus"], **({"GPU": request["num_gpus"]} if request["num_gpus"] else {}),
+                  **request["resources"]}
+        group = placement_group([bundle] * count, strategy="STRICT_SPREAD")
+        try:
+            while not ray.wait([group.ready()], timeout=POLL_S)[0]:
+                if self.stopping.is_set():
+                    raise Interrupted(2)
+            on = [PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=i)
+                  for i in range(count)]
+            host, port = ray.get(ray.remote(endpoint).options(num_cpus=0, scheduling_strategy=on[0]).remote())
+            rdzv = f"{cell.id[:40]}-{os.urandom(4).hex()}"
+            gens = [self.submit({**options, "scheduling_strategy": on[i]}, cell, kind, resume, seed,
+                                [f"--nnodes={count}", f"--node-rank={i}", f"--rdzv-endpoint={host}:{port}",
+                                 f"--rdzv-id={rdzv}"], False) for i in range(count)]
+            errors: list[BaseException] = []
+
+            def follow(gen: Any) -> None:
+                try:
+                    self.follow(gen, cell, store, attempt, bar)
+                except BaseException as exc:
+                    errors.append(exc)
+                    for other in gens:  # one node lost: the others' ranks would wait for it until timeout
+                        if other is not gen:
+                            with suppress(Exception):
+                                ray.cancel(other, force=True)
+
+            threads = [threading.Thread(target=follow, args=(gen,), daemon=True) for gen in gens]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise next((e for e in errors if isinstance(e, NodeLost)), errors[0])
+        finally:
+            remove_placement_group(group)
+
+    def driver_env(self, kind: str | None) -> dict[str, Any]:
+        """For results the driver writes before a node answered: the driver's fingerprint, with the kind."""
+        if self._driver_env is None:
+            self._driver_env = envinfo.fingerprint(envinfo.device_info("cpu"), self.manager.environment())
+        return {**self._driver_env, "fleet_kind": kind, "fleet_node": None}
+
+
+def safe(rel: str) -> str:
+    """A relative path from a node, refused when it would leave the cell's folder."""
+    parts = Path(rel).parts
+    if Path(rel).is_absolute() or ".." in parts or not parts:
+        raise ValueError(f"refusing the path {rel!r} from a node")
+    return rel
