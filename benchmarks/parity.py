@@ -8,17 +8,19 @@ size / 0.875, centre crop). The harness side is ``harness run`` on a one-cell su
 torchvision loader with 2 workers and ``cache = false``, which decodes every photo every epoch and crops it at
 full resolution, as the bare loop does. The loader's default (``cache = true``) keeps each photo decoded at the
 validation's resize (shorter side 73 px at 64 px), so its training crops are cut from that smaller image: a
-different input, measured once more at the end (``harness-cached``) and reported beside the parity pair.
+different input, measured with ``--cached`` (``harness-cached``) and reported beside the parity pair.
 
 The bare loop runs with ``OMP_WAIT_POLICY=PASSIVE``, as the harness runs its cells: with OpenMP's default
 (spinning) threads a bare loop on a busy 2-core machine trained at a fraction of its speed (no epoch in 5 minutes
 here, against ~25 s quiet), which would flatter the harness.
 
-Runs are interleaved per model, bare, harness, harness, bare (ABBA), so a drift of the machine's speed
-cancels out of the ratio. Throughput is training images per second of training time (evaluation excluded) over
-the epochs after the first (warm-up), as the report computes it.
+Runs are paired by seed (the seed sets the split, the initialisation and the order on both sides) and
+interleaved per model, bare then harness for the first seed, harness then bare for the next, and so on, so a
+drift of the machine's speed cancels out of the ratio; one seed's accuracy is noisy (a few points at 3 epochs),
+the mean over seeds is what is compared. Throughput is training images per second of training time (evaluation
+excluded) over the epochs after the first (warm-up), as the report computes it.
 
-    python benchmarks/parity.py --data ../shared/data/flower_photos --epochs 3 \
+    python benchmarks/parity.py --data ../shared/data/flower_photos --epochs 3 --seeds 0,1,2 [--cached] \
         --json reports/benchmarks/parity-<cpu>.json
 """
 
@@ -48,14 +50,14 @@ from harness import envinfo
 from harness.datasets import discover
 
 MODELS = ("vit_tiny_patch16_224", "resnet18")
-SIZE, BATCH, LR, WD, WORKERS, SEED = 64, 64, 1e-3, 0.05, 2, 0
+SIZE, BATCH, LR, WD, WORKERS = 64, 64, 1e-3, 0.05, 2
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 SUITE = f"""\
 name = "parity"
 description = "benchmarks/parity.py: the bare loop's settings"
 epochs = {{epochs}}
 image_size = {SIZE}
-seed = {SEED}
+seed = {{seed}}
 device = "cpu"
 recipe = {{{{ base = "default", optimizer = "adamw", lr = {LR}, weight_decay = {WD}, schedule = "cosine-step", \
 batch_size = {BATCH} }}}}
@@ -86,10 +88,10 @@ class Photos(Dataset):
             return self.transform(image.convert("RGB")), sample.label
 
 
-def bare_loop(model_name: str, data: Path, epochs: int) -> list[dict[str, float]]:
+def bare_loop(model_name: str, data: Path, epochs: int, seed: int) -> list[dict[str, float]]:
     """The bare loop; one record per epoch: training throughput and validation accuracy."""
-    torch.manual_seed(SEED)
-    dataset = discover(data, seed=SEED)
+    torch.manual_seed(seed)
+    dataset = discover(data, seed=seed)
     normalize = T.Normalize(MEAN, STD)
     train = DataLoader(
         Photos(dataset.splits["train"], T.Compose([T.RandomResizedCrop(SIZE), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -99,7 +101,7 @@ def bare_loop(model_name: str, data: Path, epochs: int) -> list[dict[str, float]
         Photos(dataset.splits["validation"], T.Compose([T.Resize(round(SIZE / 0.875)), T.CenterCrop(SIZE),
                                                         T.ToTensor(), normalize])),
         batch_size=BATCH, num_workers=WORKERS, persistent_workers=True)
-    kwargs = {"img_size": SIZE} if model_name.startswith("vit") else {}
+    kwargs: dict[str, Any] = {"img_size": SIZE} if model_name.startswith("vit") else {}
     model = timm.create_model(model_name, num_classes=len(dataset.classes), **kwargs)
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs * len(train))
@@ -123,15 +125,16 @@ def bare_loop(model_name: str, data: Path, epochs: int) -> list[dict[str, float]
                 total += len(labels)
         records.append({"epoch": epoch, "train_images": images_seen, "train_time_s": train_time,
                         "val_acc": correct / total})
-        print(f"bare {model_name} epoch {epoch}: val_acc {correct / total:.4f} {images_seen / train_time:.1f} img/s",
-              flush=True)
+        print(f"bare {model_name} seed {seed} epoch {epoch}: val_acc {correct / total:.4f} "
+              f"{images_seen / train_time:.1f} img/s", flush=True)
     return records
 
 
-def harness_cell(model_name: str, data: Path, epochs: int, scratch: Path, cache: bool) -> list[dict[str, float]]:
+def harness_cell(model_name: str, data: Path, epochs: int, seed: int, scratch: Path, cache: bool
+                 ) -> list[dict[str, float]]:
     """``harness run`` on a one-cell suite at the bare loop's settings; its epoch records."""
     suite = scratch / f"parity-{model_name}.toml"
-    suite.write_text(SUITE.format(epochs=epochs, model=model_name, cache=str(cache).lower()))
+    suite.write_text(SUITE.format(epochs=epochs, model=model_name, seed=seed, cache=str(cache).lower()))
     out = Path(tempfile.mkdtemp(dir=scratch))
     subprocess.run([sys.executable, "-m", "harness.cli", "run", "--suite", str(suite), "--data", str(data),
                     "--out", str(out)], check=True)
@@ -148,36 +151,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="the flower photos (class folders)")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1,2", help="paired seeds: each gives both sides the same split")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--cached", action="store_true", help="also run the loader's default (cache = true)")
     parser.add_argument("--json", type=Path, help="write the measurements here")
     args = parser.parse_args()
-    results: dict[str, Any] = {"device": envinfo.device_info("cpu").name, "epochs": args.epochs, "models": {}}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, Any] = {"device": envinfo.device_info("cpu").name, "epochs": args.epochs, "seeds": seeds,
+                               "models": {}}
     with tempfile.TemporaryDirectory() as scratch:
         for model_name in args.models.split(","):
             runs: dict[str, list[list[dict[str, float]]]] = {"bare": [], "harness": [], "harness-cached": []}
-            # ABBA: a drift cancels out of the ratio; then the loader's default once
-            for side in ("bare", "harness", "harness", "bare", "harness-cached"):
-                records = (bare_loop(model_name, args.data, args.epochs) if side == "bare"
-                           else harness_cell(model_name, args.data, args.epochs, Path(scratch),
-                                             cache=side == "harness-cached"))
-                runs[side].append(records)
+            for i, seed in enumerate(seeds):  # bare first, then harness first, ...: a drift cancels out
+                for side in [*(("bare", "harness") if i % 2 == 0 else ("harness", "bare")),
+                             *(["harness-cached"] if args.cached else [])]:
+                    records = (bare_loop(model_name, args.data, args.epochs, seed) if side == "bare"
+                               else harness_cell(model_name, args.data, args.epochs, seed, Path(scratch),
+                                                 cache=side == "harness-cached"))
+                    runs[side].append(records)
             summary = {side: {"best_val_acc": [max(r["val_acc"] for r in rs) for rs in side_runs],
                               "throughput_img_s": [throughput(rs) for rs in side_runs]}
-                       for side, side_runs in runs.items()}
-            acc = {side: sum(v["best_val_acc"]) / len(v["best_val_acc"]) for side, v in summary.items()}
-            speed = {side: math.exp(sum(map(math.log, v["throughput_img_s"])) / len(v["throughput_img_s"]))
-                     for side, v in summary.items()}
-            results["models"][model_name] = {
-                **summary,
-                "accuracy_points_harness_minus_bare": round(100 * (acc["harness"] - acc["bare"]), 2),
-                "throughput_ratio_harness_over_bare": round(speed["harness"] / speed["bare"], 4),
-                "accuracy_points_cached_minus_bare": round(100 * (acc["harness-cached"] - acc["bare"]), 2),
-                "throughput_ratio_cached_over_bare_not_interleaved": round(speed["harness-cached"] / speed["bare"], 4),
-            }
+                       for side, side_runs in runs.items() if side_runs}
+            results["models"][model_name] = {**summary, **parity(summary, "harness")}
+            if args.cached:
+                results["models"][model_name].update(parity(summary, "harness-cached"))
             print(json.dumps({model_name: results["models"][model_name]}, indent=1), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def parity(summary: dict[str, dict[str, list[float]]], side: str) -> dict[str, float]:
+    """``side`` against the bare loop over the paired seeds: mean accuracy difference (points) and the geometric
+    mean of the per-seed throughput ratios."""
+    bare, other = summary["bare"], summary[side]
+    points = [100 * (o - b) for o, b in zip(other["best_val_acc"], bare["best_val_acc"], strict=True)]
+    ratios = [o / b for o, b in zip(other["throughput_img_s"], bare["throughput_img_s"], strict=True)]
+    return {f"{side}_minus_bare_accuracy_points": round(sum(points) / len(points), 2),
+            f"{side}_over_bare_throughput": round(math.exp(sum(map(math.log, ratios)) / len(ratios)), 4)}
 
 
 if __name__ == "__main__":
