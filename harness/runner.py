@@ -163,7 +163,9 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
     # terminal's Ctrl-C only the runner, which forwards it.
     # A temporary folder of its own, removed afterwards: libraries' leftovers (DALI's autograph writes
     # /tmp/__autograph_generated_file*.py, ~50 per cell) go with it.
-    scratch = tempfile.mkdtemp(prefix=f"harness-{cell.id[:40]}-")
+    # Short: DataLoader workers put Unix sockets under it (pymp-*/listener-*), whose paths may not exceed 107
+    # bytes; a long name under a deep TMPDIR made workers fail and the cell hang.
+    scratch = tempfile.mkdtemp(prefix="harness-cell-")
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python, launch),
                             env={**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
