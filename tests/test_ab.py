@@ -188,9 +188,11 @@ def test_a_signal_mid_run_stops_the_command_and_removes_the_worktrees(
 ) -> None:
     log = tmp_path / "log.jsonl"
     env = {**os.environ, "FAKE_HOLD_AT": "3"}  # the third run (round 2, candidate) sleeps
+    # SIG_DFL first: a background job of a non-interactive shell (as CI may run us) inherits SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "ab", "HEAD~1", "HEAD", "--repo", str(repo),
                              "--rounds", "4", "--out", str(tmp_path / "out"), *fake(log)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while not (log.exists() and len(log.read_text().splitlines()) == 3):
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
