@@ -177,9 +177,11 @@ def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_runnin
                  "the T4 cell's first epoch on the other T4 node")
         second = node_of(CellStore(out, t4).epochs()[-1], cluster)
         assert cluster.kinds[second.node_id][0] == "T4"
-        wait_for(lambda: (CellStore(out, p40).result() or {}).get("status") == "ok", "the P40 cell to finish")
+        # Ctrl-C while the T4 cell has epochs to go (the P40 cell, as long, may or may not have finished: the
+        # retried T4 cell resumes from its checkpoint and can catch up, so waiting for it would race).
         running = leftovers()
         assert any("ray::node_cell" in line for line in running) and any("harness.cell" in line for line in running)
+        p40_before = (CellStore(out, p40).result() or {}).get("status")
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the driver's group only
         output = proc.communicate(timeout=120)[0]
     finally:
@@ -191,7 +193,8 @@ def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_runnin
     interrupted = CellStore(out, t4).result()
     assert interrupted["status"] == "interrupted", interrupted
     assert interrupted["reason"].startswith("interrupted on node ") and second.node_id[:12] in interrupted["reason"]
-    assert CellStore(out, p40).result()["status"] == "ok"  # finished cells keep their results
+    if p40_before == "ok":
+        assert CellStore(out, p40).result()["status"] == "ok"  # finished cells keep their results
     deadline = time.monotonic() + 30
     while leftovers() and time.monotonic() < deadline:
         time.sleep(0.5)
