@@ -468,16 +468,20 @@ def harness_epoch_end(cell, record, context):
 """
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 192 MiB tmpfs (root only: CI runs as root): room for two checkpoints of the test model (~60 MB each)."""
-    mount = tmp_path / "disk"
+def tmpfs(mount: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mount`` with ``options`` for the test's life (root only: CI runs as root)."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192m", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {done.stderr.decode(errors='replace').strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 192 MiB tmpfs: room for two checkpoints of the test model (~60 MB each)."""
+    yield from tmpfs(tmp_path / "disk", "size=192m")
 
 
 def test_a_full_disk_fails_the_cell_the_run_says_so_and_resume_finishes(photos: Path, tmp_path: Path,
@@ -620,13 +624,7 @@ def test_a_photo_dali_cannot_decode_from_a_tfrecord_is_named(photos: Path, tmp_p
 @pytest.fixture
 def read_only_disk(tmp_path: Path) -> Iterator[Path]:
     """A read-only tmpfs: a chmod 0o500 folder would not do, root writes into it anyway (CI runs as root)."""
-    mount = tmp_path / "read-only"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    yield from tmpfs(tmp_path / "read-only", "ro,size=1m")
 
 
 @pytest.mark.parametrize("where", ["under a file", "read-only"])
