@@ -74,6 +74,7 @@ class Recipe:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     randaugment: bool = False
+    min_crop_area: float = 0.08  # the random-resized crop's smallest share of the photo (0.08 as in ImageNet)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     params: Mapping[str, Any] = field(default_factory=dict)  # the suite's loader params
+    min_crop_area: float = 0.08  # training crops: the random-resized crop's smallest share of the photo
 
     @property
     def data_dir(self) -> Path:

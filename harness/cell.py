@@ -81,7 +81,8 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
         data = contract.checked_splits(loader.impl.build(DataSpec(
             root=Path(cell.data) if cell.data else None, image_size=cell.image_size, batch_size=cell.recipe.batch_size,
             randaugment=cell.recipe.randaugment, seed=cell.seed, device=device, subset=cell.subset,
-            rank=backend.rank, world_size=backend.world_size, params=cell.loader_params)),
+            rank=backend.rank, world_size=backend.world_size, params=cell.loader_params,
+            min_crop_area=cell.recipe.min_crop_area)),
             manager.owner("loaders", loader))
         family = manager.family_of(cell)
         if family is None:

@@ -23,8 +23,8 @@ RECIPES: dict[str, Recipe] = {
     ),
     # For few epochs on a small set (flowers-cpu): enough optimizer steps (batch 64, no accumulation: 45 per
     # epoch on the flowers split instead of the seed's 1.4), AdamW with half an epoch of warmup, then cosine per
-    # step; no mixup or RandAugment (they pay off only over many epochs). Chosen by measurement:
-    # benchmarks/recipe-search.toml, docs/measurements.md "The tuned recipe".
+    # step, training crops of at least half the photo; no mixup or RandAugment (they pay off only over many
+    # epochs). Chosen by measurement: benchmarks/recipe-search.toml, docs/measurements.md "The tuned recipe".
     "tuned": Recipe(
         optimizer="adamw",
         lr=1e-3,
@@ -32,12 +32,14 @@ RECIPES: dict[str, Recipe] = {
         schedule="cosine-step",
         warmup_epochs=0.5,
         batch_size=64,
+        min_crop_area=0.5,
     ),
     # Plain defaults: no accumulation, no mixup, no RandAugment.
     "default": Recipe(),
 }
 
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine-epoch", "cosine-step", "constant")}
+FRACTIONS = ("min_crop_area",)  # in (0, 1]
 
 
 def _kind(default: Any) -> type:
@@ -59,6 +61,8 @@ def coerce(name: str, value: Any) -> Any:
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"got {value!r}; allowed: {', '.join(CHOICES[name])}")
+    if name in FRACTIONS and not 0 < value <= 1:
+        raise ValueError(f"expected a fraction in (0, 1], got {value!r}")
     return value
 
 

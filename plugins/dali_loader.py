@@ -338,8 +338,8 @@ def _reader(src: ReaderSource, spec: DataSpec, p: DaliParams, train: bool) -> tu
     return out[IMAGE_KEY], fn.cast(out[LABEL_KEY] - 1, dtype=types.INT32)
 
 
-def _train_images(jpegs: Any, size: int, p: DaliParams, randaugment: bool) -> Any:
-    """RandomResizedCrop(scale 0.08-1, ratio 3/4-4/3) + RandAugment(2, 9) + flip, uint8 CHW."""
+def _train_images(jpegs: Any, size: int, p: DaliParams, randaugment: bool, min_crop_area: float) -> Any:
+    """RandomResizedCrop(scale min_crop_area-1, ratio 3/4-4/3) + RandAugment(2, 9) + flip, uint8 CHW."""
     import nvidia.dali.fn as fn
     import nvidia.dali.types as types
 
@@ -348,7 +348,7 @@ def _train_images(jpegs: Any, size: int, p: DaliParams, randaugment: bool) -> An
         jpegs,
         device="mixed" if gpu else "cpu",
         output_type=types.RGB,
-        random_area=[0.08, 1.0],
+        random_area=[min_crop_area, 1.0],
         random_aspect_ratio=[3 / 4, 4 / 3],
         num_attempts=10,
         **({} if gpu else {"use_fast_idct": p.fast_idct}),
@@ -421,7 +421,7 @@ def build_pipeline(src: ReaderSource, spec: DataSpec, p: DaliParams, train: bool
     def pipeline():
         jpegs, labels = _reader(src, spec, p, train)
         if train:
-            images = _train_images(jpegs, spec.image_size, p, spec.randaugment)
+            images = _train_images(jpegs, spec.image_size, p, spec.randaugment, spec.min_crop_area)
         else:
             images = _validation_images(jpegs, spec.image_size, p)
         if p.record_sources:

@@ -26,8 +26,8 @@ PARAMS = {"cache": bool, "workers": int}
 CROP_RATIO = 0.875  # validation: resize the shorter side to size / 0.875, then centre-crop
 
 
-def train_transform(size: int, randaugment: bool) -> v2.Transform:
-    steps = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
+def train_transform(size: int, randaugment: bool, min_crop_area: float) -> v2.Transform:
+    steps = [v2.RandomResizedCrop(size, scale=(min_crop_area, 1.0), antialias=True), v2.RandomHorizontalFlip()]
     return v2.Compose(steps + ([v2.RandAugment(num_ops=2, magnitude=9)] if randaugment else []))
 
 
@@ -140,7 +140,7 @@ class TorchvisionLoader:
         cuda = spec.device.type == "cuda"
         loaders = {}
         for split, shuffle in (("train", True), ("validation", False)):
-            transform = (train_transform(spec.image_size, spec.randaugment) if shuffle
+            transform = (train_transform(spec.image_size, spec.randaugment, spec.min_crop_area) if shuffle
                          else validation_transform(spec.image_size))
             photos = Photos(splits[split], transform, spec.seed, caches[split])
             sampler = EpochSampler(len(photos), spec.seed, shuffle, spec.rank, spec.world_size)

@@ -245,3 +245,31 @@ def test_gpu_decode_matches_cpu_decode(photos: Path) -> None:
     assert torch.equal(out["cpu"][1], out["gpu"][1])
     diff = (out["cpu"][0] - out["gpu"][0]).abs()
     assert diff.mean().item() < 1.5, diff.mean()
+
+
+@pytest.mark.parametrize("loader", ["torchvision", pytest.param("dali", marks=needs_dali)])
+def test_training_crops_honour_the_recipes_smallest_crop_area(tmp_path: Path, loader: str) -> None:
+    """Square photos, red left half and blue right half: crops of the whole area keep both colours at the edges
+    (flipped or not); ImageNet's 0.08 gives some crops of one colour only."""
+    from PIL import Image
+
+    from harness_plugins.torchvision_loader import TorchvisionLoader
+
+    photo = Image.new("RGB", (64, 64), (220, 20, 20))
+    photo.paste((20, 20, 220), (32, 0, 64, 64))
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(20):
+            photo.save(tmp_path / label / f"{i}.jpg", quality=95)
+
+    def edges(min_crop_area: float) -> list[tuple[bool, bool]]:
+        impl = DaliLoader() if loader == "dali" else TorchvisionLoader()
+        params = {"num_threads": 2} if loader == "dali" else {"workers": 0}
+        splits = impl.build(DataSpec(root=tmp_path, image_size=16, batch_size=8, randaugment=False, seed=0,
+                                     device=CPU, params=params, min_crop_area=min_crop_area))
+        images = torch.cat([x for _ in range(3) for x, _ in splits.train]).float()
+        red = images[:, 0] > images[:, 2]  # N x H x W: the pixel is more red than blue
+        return [(bool(r[:, 0].all()) != bool(r[:, -1].all()), bool(r.all() or not r.any())) for r in red]
+
+    assert all(two_colours for two_colours, _ in edges(1.0))
+    assert any(one_colour for _, one_colour in edges(0.08))

@@ -178,6 +178,8 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
          "key 'matrix.recipe': unknown recipe 'slow'; allowed: default, fast, seed, tuned"),
         (('recipe = ["seed", "fast"]', 'recipe = ["seed", "fast"]\n'), None),
         (("lr = 2e-3", "lr = 'high'"), "key 'recipes.fast.lr': expected float, got str 'high'"),
+        (("lr = 2e-3", "min_crop_area = 1.5"),
+         "key 'recipes.fast.min_crop_area': expected a fraction in (0, 1], got 1.5"),
         (('base = "tuned"', 'base = "best"'), "key 'recipes.fast.base': unknown recipe 'best'"),
         (("{ recipe = \"seed\", loader = \"tv1\" }", "{ recipe = \"seed\", loader = \"tv2\" }"),
          "key 'matrix.exclude[0].loader': 'tv2' is not in matrix.loader ['torchvision', 'tv1']"),
