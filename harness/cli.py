@@ -77,7 +77,8 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="run each cell N times, seeds seed, seed+1, ... (ids ID, ID-r2, ...); the report aggregates")
     p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
-                   help="run only matching cells (id, model, loader, backend, precision, environment); repeatable")
+                   help="run only matching cells (id, model, loader, backend, precision, recipe, environment); "
+                        "repeatable")
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
     p.add_argument("--no-build", action="store_true",
                    help="use only environments already built; skip the cells of the others (harness envs build)")
@@ -101,8 +102,9 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     fleet.add_argument("--data-copy", action="store_true",
                        help="with --executor ray: copy --data once to each node (checksummed) instead of reading a "
                             "path every node shares")
-    fleet.add_argument("--retries", type=count(0), default=2, metavar="N",
-                       help="with --executor ray: run a cell whose node is lost again on another node up to N times")
+    fleet.add_argument("--retries", type=count(0), metavar="N",
+                       help="with --executor ray: run a cell whose node is lost again on another node up to N times "
+                            "(default 2)")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
@@ -121,6 +123,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from harness.runner import Interrupted, OutputExists, run_suite
     from harness.suite import expand, select
 
+    if args.executor != "ray" and (args.devices or args.address or args.data_copy or args.retries is not None):
+        raise SuiteError("--devices, --address, --data-copy and --retries go with --executor ray")
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
                    device=args.device, seed=args.seed, repeat=args.repeat, nproc=args.nproc,
@@ -131,25 +135,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
     check_data(args.data, cells, manager)
     executor = None
+    hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     if args.executor == "ray":
         from harness import fleet
 
         cells, kinds_of = fleet.per_kind(cells, args.devices or [])
         try:  # before anything is written: without Ray, or without a cluster at --address, exit 2
-            executor = fleet.RayExecutor(manager, address=args.address, kinds=kinds_of, retries=args.retries,
-                                         data_copy=args.data_copy)
+            executor = fleet.RayExecutor(manager, address=args.address, kinds=kinds_of,
+                                         retries=2 if args.retries is None else args.retries,
+                                         data_copy=args.data_copy, build=not args.no_build, hint=hint)
             executor.connect()
         except fleet.FleetError as exc:
             print(f"harness: {exc}", file=sys.stderr)
             return 2
-    elif args.devices or args.address or args.data_copy:
-        raise SuiteError("--devices, --address and --data-copy go with --executor ray")
     out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
     check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None
     try:
-        hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
         outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint,
                              executor=executor)
     except OutputExists as exc:

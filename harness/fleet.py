@@ -20,7 +20,7 @@ bundle per node (STRICT_SPREAD), and each node's torchrun joins a c10d rendezvou
 node holds global rank 0 writes the results.
 
 Data: ``--data`` is a path every node sees (a shared filesystem), or with ``data_copy`` it is packed once,
-put into Ray's object store and unpacked once per node into ``~/.cache/harness/fleet-data/<sha256>/``,
+put into Ray's object store and unpacked once per node into ``~/.cache/harness/fleet-data/<digest[:32]>/<name>/``,
 every file checked against the driver's SHA-256 manifest.
 """
 
@@ -171,7 +171,7 @@ def endpoint() -> tuple[str, int]:
 
 
 def changes(root: Path, seen: dict[str, tuple[int, int]]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """The cell's files changed since ``seen``: ``("file", {path: bytes})``, or ``("checkpoint", {...})``
+    """The cell's files changed since ``seen``: ``("files", {path: bytes})``, or ``("checkpoint", {...})``
     with the whole checkpoint folder, which the driver rotates in as a unit. Temporary files are not sent."""
     if not root.exists():
         return
@@ -215,7 +215,8 @@ def sweep(tmp: Path) -> None:
 
 
 def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: dict[str, bytes],
-              launch: list[str], expect_result: bool, data: DataCopy | None) -> Iterator[tuple[str, Any]]:
+              launch: list[str], expect_result: bool, data: DataCopy | None, build: bool,
+              hint: str) -> Iterator[tuple[str, Any]]:
     """The Ray task: place and run one cell (or one node's share of it) here, yielding its files as they change.
 
     Yields ``("node", identity)`` first, ``("env", fingerprint)``, then ``("files" | "checkpoint",
@@ -241,7 +242,7 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
     try:
         if data is not None:
             cell = replace(cell, data=str(unpack(data, ray)))
-        place = environments.Placer([cell], get_manager(), log=print).place(cell)
+        place = environments.Placer([cell], get_manager(), build, hint, log=print).place(cell)
         env = dict(place.env)
         yield "env", env
         store = CellStore(root, cell.id)
@@ -258,16 +259,24 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
             yield "exit", 0
             return
         seen: dict[str, tuple[int, int]] = {}
-        codes: list[int | None] = []
+        outcome: list[int | BaseException | None] = []
         python = place.python
-        runner = threading.Thread(target=lambda: codes.append(run_cell(
-            cell, root, resume, env, python, launch=launch, expect_result=expect_result)), daemon=True)
+
+        def run() -> None:
+            try:
+                outcome.append(run_cell(cell, root, resume, env, python, launch=launch, expect_result=expect_result))
+            except BaseException as exc:  # raised again below, so that Ray reports it as the task's error
+                outcome.append(exc)
+
+        runner = threading.Thread(target=run, daemon=True)
         runner.start()
         while runner.is_alive():
             runner.join(POLL_S)
             yield from changes(store.dir, seen)
         yield from changes(store.dir, seen)
-        yield "exit", codes[0] if codes else None
+        if outcome and isinstance(outcome[0], BaseException):
+            raise outcome[0]
+        yield "exit", outcome[0] if outcome else None
     finally:
         for key, value in saved.items():
             if value is None:
@@ -307,6 +316,8 @@ class RayExecutor:
     kinds: Mapping[str, str] = field(default_factory=dict)
     retries: int = 2
     data_copy: bool = False
+    build: bool = True  # a node builds a missing environment; without, the cell is skipped naming ``hint``
+    hint: str = "harness envs build --suite SUITE"
 
     def __post_init__(self) -> None:
         self.ray = require_ray()
@@ -445,6 +456,7 @@ class RayExecutor:
                     store.write_result(cell, attempt.env or self.driver_env(kind), "failed", reason)
                     tqdm.write(f"[{cell.id}] failed: {reason}")
                     return
+                break  # stopping: no further attempt (it would prepare a resume that is not coming)
         if self.stopping.is_set() and attempt.nodes:  # it had started: recorded interrupted, as a local run does
             result = store.result()
             if result is None or result["status"] == "failed":
@@ -513,7 +525,7 @@ class RayExecutor:
             if self._remote is None:
                 self._remote = self.ray.remote(node_cell)
             gen = self._remote.options(**options).remote(cell.describe(), kind, resume, seed, launch, expect_result,
-                                                         self.data)
+                                                         self.data, self.build, self.hint)
             self.inflight.add(gen)
         return gen
 

@@ -31,12 +31,12 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.api import CellSpec, EpochRecord
+from harness.api import CellSpec, EpochRecord, Recipe
 
 SCHEMA_VERSION = 1
 #: What ``result.json`` may record. Readers derive one more, :data:`INCOMPLETE`.
@@ -53,6 +53,8 @@ ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 SPEC_KEYS = ("model", "loader", "backend", "precision", "model_plugin", "loader_plugin", "backend_plugin", "recipe",
              "epochs", "image_size", "subset", "seed", "data", "nproc", "model_params", "loader_params",
              "backend_params", "allow_emulated")
+#: Fields added to a spec key's table since results were first written, with the value they had before.
+SUB_KEY_DEFAULTS = {"recipe": {f.name: f.default for f in fields(Recipe)}}
 
 
 class ResultWarning(UserWarning):
@@ -481,6 +483,7 @@ def spec_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
         if before == after:
             continue
         if isinstance(before, dict) and isinstance(after, dict):
+            before = {**SUB_KEY_DEFAULTS.get(key, {}), **before}  # written before a field existed: its default
             for sub in sorted(set(before) | set(after), key=str):
                 if before.get(sub) != after.get(sub):
                     changes.append(f"{key}.{sub} {before.get(sub)!r} -> {after.get(sub)!r}")

@@ -72,7 +72,6 @@ class Suite:
     path: Path
     cells: list[CellSpec] = field(default_factory=list)
     description: str = ""
-    target_acc: float | None = None  # validation accuracy for time-to-accuracy, the report's headline
 
 
 def load(path: Path, manager: Manager) -> dict[str, Any]:
@@ -141,6 +140,10 @@ class Validator:
         for name, table in raw.get("recipes", {}).items():
             if not isinstance(table, dict):
                 self.fail(f"recipes.{name}", f"expected a table with 'base' and overrides, got {table!r}")
+            if name in recipes.RECIPES:
+                self.fail(f"recipes.{name}", "is a built-in recipe: give the variant a name of its own")
+            if not isinstance(axis, list) or name not in axis:
+                self.fail(f"recipes.{name}", "not used: name it in matrix.recipe")
             self.check_recipe(f"recipes.{name}", table)
 
     def check_recipe(self, key: str, recipe: str | dict[str, Any]) -> None:
@@ -337,10 +340,12 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 environment=environment.describe(),
             )
         )
+    if not cells:
+        raise SuiteError(f"{path}: key 'matrix.exclude': excludes every cell of the matrix")
     _check_ids(path, cells)
     repeats = _pick(overrides.get("repeat"), raw.get("repeat", 1))
     cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
-    return Suite(raw["name"], path, cells, raw.get("description", ""), raw.get("target_acc"))
+    return Suite(raw["name"], path, cells, raw.get("description", ""))
 
 
 def _pick(override: Any, value: Any) -> Any:

@@ -290,6 +290,18 @@ def test_resume_refuses_changed_settings_unless_rerun_changed(killed: Path, phot
     assert load_results([out]).cells.cell_id.tolist() == [CELL]  # readers leave the set-aside cell out
 
 
+def test_a_recipe_field_added_since_the_results_were_written_compares_as_its_default() -> None:
+    from dataclasses import asdict
+
+    from harness.api import Recipe
+    from harness.store import spec_changes
+
+    written_before = {"recipe": {k: v for k, v in asdict(Recipe()).items() if k != "min_crop_area"}, "epochs": 2}
+    assert spec_changes(written_before, {"recipe": asdict(Recipe()), "epochs": 2}) == []
+    assert spec_changes(written_before, {"recipe": asdict(Recipe(min_crop_area=0.5)), "epochs": 2}) == [
+        "recipe.min_crop_area 0.08 -> 0.5"]
+
+
 # ---------------------------------------------------------------- 6. data prepare deletes only what it wrote
 
 

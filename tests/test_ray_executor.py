@@ -242,3 +242,10 @@ def test_a_node_sweeps_the_folders_of_killed_tasks(tmp_path: Path) -> None:
     (tmp_path / f"{fleet.NODE_FOLDER}starting").mkdir()  # no pid yet: left alone
     fleet.sweep(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{fleet.NODE_FOLDER}running", f"{fleet.NODE_FOLDER}starting"]
+
+
+def test_fleet_options_without_the_ray_executor_exit_2(tmp_path: Path) -> None:
+    result = run_harness("run", "--suite", suite(tmp_path, 1, '["torch"]'), "--out", tmp_path / "out",
+                         "--retries", "1")
+    assert result.returncode == 2 and "--retries go with --executor ray" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

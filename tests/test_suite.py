@@ -167,7 +167,7 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
         "fast", 2e-3, "adamw", 0.5)  # the built-in tuned recipe with one override
     assert [c.id for c in select(suite.cells, ["recipe=fast", "backend=torch"])] == [
         "resnet10t-torchvision-torch-fp32-fast", "resnet10t-tv1-torch-fp32-fast"]
-    assert suite.target_acc == 0.6 and seed.options["target_acc"] == 0.6
+    assert {c.options["target_acc"] for c in suite.cells} == {0.6}
     assert expand(suite_file(tmp_path, RECIPES), get_manager(), target_acc=0.5).cells[0].options["target_acc"] == 0.5
 
 
@@ -178,6 +178,8 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
          "key 'matrix.recipe': unknown recipe 'slow'; allowed: default, fast, seed, tuned"),
         (('recipe = ["seed", "fast"]', 'recipe = ["seed", "fast"]\n'), None),
         (("lr = 2e-3", "lr = 'high'"), "key 'recipes.fast.lr': expected float, got str 'high'"),
+        (("[recipes.fast]", "[recipes.tuned]"), "key 'recipes.tuned': is a built-in recipe"),
+        (("[recipes.fast]", "[recipes.faster]"), "key 'recipes.faster': not used: name it in matrix.recipe"),
         (("lr = 2e-3", "min_crop_area = 1.5"),
          "key 'recipes.fast.min_crop_area': expected a fraction in (0, 1], got 1.5"),
         (('base = "tuned"', 'base = "best"'), "key 'recipes.fast.base': unknown recipe 'best'"),
@@ -186,6 +188,8 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
         (("{ recipe = \"seed\", loader = \"tv1\" }", "{ colour = \"red\" }"),
          "key 'matrix.exclude[0].colour': not an axis of this matrix; axes: model, loader, backend, precision, "
          "recipe"),
+        (("{ recipe = \"seed\", loader = \"tv1\" }", "{ recipe = [\"seed\", \"fast\"] }"),
+         "key 'matrix.exclude': excludes every cell of the matrix"),
         (("target_acc = 0.6", "target_acc = 60"), "key 'target_acc': expected a validation accuracy in (0, 1]"),
         (("target_acc = 0.6", 'target_acc = 0.6\nrecipe = "seed"'),
          "key 'recipe': the matrix has a recipe axis: name the recipes there"),
@@ -204,7 +208,7 @@ def test_bad_recipe_axes_name_the_key(tmp_path: Path, change: tuple[str, str], m
 
 def test_flowers_cpu_varies_one_factor_at_a_time_around_its_core_cells() -> None:
     suite = expand(suite_path("flowers-cpu"), get_manager())
-    assert suite.target_acc == 0.55 and {(c.epochs, c.image_size, c.subset) for c in suite.cells} == {(4, 64, None)}
+    assert {(c.epochs, c.image_size, c.subset, c.options["target_acc"]) for c in suite.cells} == {(4, 64, None, 0.55)}
     vit = "vit_tiny_patch16_224"
     assert sorted(c.id for c in suite.cells) == sorted([
         f"{vit}-torchvision-torch-fp32-tuned", f"{vit}-torchvision-torch-fp32-seed",

@@ -98,7 +98,7 @@ def write_report(
         report.runs[RUN_COLUMNS].to_csv(out / "runs.csv", index=False)
         report.comparison.flat(target=target_acc is not None).to_csv(out / "comparison.csv", index=False)
         keys = report.runs[["run", "cell_id", "device", "environment", "seed", "model", "loader", "backend",
-                            "precision"]]
+                            "precision", "recipe"]]
         results.epochs.merge(keys, on="run").to_csv(out / "epochs.csv", index=False)
     if "md" in formats or "html" in formats:
         _plots(report, results.epochs, out)

@@ -21,7 +21,7 @@ from harness.report.render import SEP
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999")  # Okabe-Ito
 LINESTYLES = {"fp32": "-", "bf16": "--", "fp16": ":"}
-RECIPE_LINESTYLES = ("-", "--", ":", "-.")  # instead of per precision where the recipes differ
+RECIPE_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))  # per (recipe, precision)
 MARKERS = ("o", "s", "^", "D", "v", "P")
 DPI = 100
 WIDTH = 5.0  # inches: ~500-650 px with labels, shown ~400 px wide on a phone: 11 pt text stays ~10 px
@@ -86,7 +86,8 @@ def accuracy_panels(summary: pd.DataFrame, epochs: pd.DataFrame, references: Seq
     devices = list(dict.fromkeys(summary["device_short"]))
     keys = ["model", "backend", *(["device_short"] if ok["device_short"].nunique() > 1 else [])]
     environments = ok["environment"].nunique() > 1
-    recipes = list(dict.fromkeys(ok["recipe"])) if ok["recipe"].nunique() > 1 else []
+    # Where recipes differ, each (recipe, precision) pair gets its own line style; else each precision does.
+    pairs = list(dict.fromkeys(zip(ok["recipe"], ok["precision"], strict=True))) if ok["recipe"].nunique() > 1 else []
     plots = []
     for key, rows in ok.groupby(keys, sort=False):
         title = f"{SEP.join(map(str, key))}: validation accuracy"
@@ -94,8 +95,9 @@ def accuracy_panels(summary: pd.DataFrame, epochs: pd.DataFrame, references: Seq
             fig, ax = plt.subplots(figsize=(WIDTH, 3.6))
             for row in rows.to_dict("records"):
                 curve = _mean_curve(epochs, row["run"].split("; "))
-                label = _label(row, ["recipe"] * bool(recipes) + ["loader", "precision"], environments)
-                dashes = RECIPE_LINESTYLES[recipes.index(row["recipe"]) % len(RECIPE_LINESTYLES)] if recipes else (
+                label = _label(row, ["recipe"] * bool(pairs) + ["loader", "precision"], environments)
+                pair = (row["recipe"], row["precision"])
+                dashes = RECIPE_LINESTYLES[pairs.index(pair) % len(RECIPE_LINESTYLES)] if pairs else (
                     LINESTYLES.get(row["precision"], "-."))
                 style = {"color": colours[row["loader"]], "linestyle": dashes,
                          "marker": MARKERS[devices.index(row["device_short"]) % len(MARKERS)]}
