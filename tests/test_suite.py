@@ -174,7 +174,7 @@ def test_recipe_axis_names_recipes_and_exclude_leaves_out_matching_cells(tmp_pat
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (('recipe = ["seed", "fast"]', 'recipe = ["seed", "slow"]'),
+        (('recipe = ["seed", "fast"]', 'recipe = ["seed", "fast", "slow"]'),
          "key 'matrix.recipe': unknown recipe 'slow'; allowed: default, fast, seed, tuned"),
         (('recipe = ["seed", "fast"]', 'recipe = ["seed", "fast"]\n'), None),
         (("lr = 2e-3", "lr = 'high'"), "key 'recipes.fast.lr': expected float, got str 'high'"),
