@@ -84,7 +84,8 @@ def node_of(epoch: dict[str, Any], cluster: Any) -> Any:
 def leftovers() -> list[str]:
     """Processes of this host running a Ray task of the harness, or a cell process it started (their command line
     names the task's node-local folder, ``harness-fleet-*``)."""
-    ps = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
+    # -ww: whole command lines (ps cut them at 80 columns under pytest, losing the folder under a long $TMPDIR)
+    ps = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True).stdout.splitlines()
     return [line for line in ps if "ray::node_cell" in line or ("harness.cell" in line and "harness-fleet-" in line)]
 
 
@@ -181,7 +182,8 @@ def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_runnin
         assert cluster.kinds[second.node_id][0] == "T4"
         # Ctrl-C while both cells have epochs to go.
         running = leftovers()
-        assert any("ray::node_cell" in line for line in running) and any("harness.cell" in line for line in running)
+        assert any("ray::node_cell" in line for line in running) and any("harness.cell" in line for line in running), (
+            running)
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the driver's group only
         output = proc.communicate(timeout=120)[0]
     finally:
