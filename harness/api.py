@@ -39,6 +39,10 @@ class CannotRun(Exception):
     """
 
 
+#: The random-resized training crop's smallest share of the photo in ImageNet training (and torchvision's default).
+IMAGENET_MIN_CROP_AREA = 0.08
+
+
 @dataclass(frozen=True)
 class DeviceInfo:
     """What the cell will run on, as far as capability checks need to know."""
@@ -74,7 +78,7 @@ class Recipe:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     randaugment: bool = False
-    min_crop_area: float = 0.08  # the random-resized crop's smallest share of the photo (0.08 as in ImageNet)
+    min_crop_area: float = IMAGENET_MIN_CROP_AREA  # the random-resized crop's smallest share of the photo
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class DataSpec:
     rank: int = 0
     world_size: int = 1
     params: Mapping[str, Any] = field(default_factory=dict)  # the suite's loader params
-    min_crop_area: float = 0.08  # training crops: the random-resized crop's smallest share of the photo
+    min_crop_area: float = IMAGENET_MIN_CROP_AREA  # training crops: the recipe's ``min_crop_area``
 
     @property
     def data_dir(self) -> Path:
