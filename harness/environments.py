@@ -5,9 +5,10 @@
 picked per cell by the matrix axis ``environment``). It is built once into ``~/.cache/harness/envs/NAME-HASH``,
 the hash covering its requirements, its constraints' content, the interpreter and the harness and plugin
 distributions installed into it; with uv when available (pip's index settings translated), else venv + pip;
-a lock keeps two builds of one environment apart. Its cells run under its interpreter, which also answers
-whether they can run (``python -m harness.cell --check``): ``harness env``, ``harness run`` and
-``harness run --no-build`` give one answer. See docs/environments.md.
+a lock keeps two builds of one environment apart. One that keeps the default environment's torch is a *layer*:
+only what it changes is installed, and the default environment's packages are seen beneath it. Its cells run
+under its interpreter, which also answers whether they can run (``python -m harness.cell --check``):
+``harness env``, ``harness run`` and ``harness run --no-build`` give one answer. See docs/environments.md.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import platform
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 import tempfile
@@ -38,6 +40,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
 from harness import capability, envinfo
 from harness.api import CellSpec, DeviceInfo
@@ -58,6 +61,12 @@ KEPT_LINES = 60  # of a build's output, for the message of a failure
 #: pip settings (``pip config list`` keys) and the uv options that mean the same
 UV_OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
               "constraint": "--constraint"}
+#: A layer never replaces the default environment's torch: a different torch (and its CUDA libraries, the bulk of
+#: an environment) gets a whole stack of its own.
+STACK = "torch"
+LINK = "harness-default-environment.pth"  # in a layer's site-packages: the default environment's, beneath its own
+#: uv's dry run, one line per change: `` + timm==1.0.9`` (or ``(from URL)`` after a direct reference)
+PLANNED = re.compile(r"^ (?P<sign>[+-]) (?P<name>[^=\s]+)==(?P<version>\S+)(?: \(from (?P<url>\S+)\))?$")
 Log = Callable[[str], None]
 
 
@@ -217,18 +226,20 @@ class Spec:
 
     environment: Environment
     installs: tuple[str, ...]
+    distributions: tuple[str, ...]  # the third-party plugin distributions among ``installs``
     key: str
 
     @classmethod
     def of(cls, environment: Environment, distributions: Iterable[str] = ()) -> Spec:
         """OSError if a constraints file cannot be read."""
+        distributions = tuple(distributions)
         installs = harness_install() + tuple(a for d in distributions for a in install_args(d))
         content = {"requires": environment.requires, "installs": installs,
                    "constraints": [Path(c).read_text() for c in environment.constraints],
                    "python": [platform.python_version(), base_python()],
                    "harness": [envinfo.version("harness"), harness_requirements()]}
         key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:12]
-        return cls(environment, installs, key)
+        return cls(environment, installs, distributions, key)
 
     @property
     def path(self) -> Path:
@@ -240,8 +251,50 @@ class Spec:
 
 
 def ready(path: Path) -> bool:
-    """Whether ``path`` holds a finished build (its marker is written last)."""
-    return (path / envinfo.ENV_MARKER).is_file()
+    """Whether ``path`` holds a finished build (its marker is written last) that still holds: a layer only over the
+    default environment it was built on, unchanged since."""
+    try:
+        marker = json.loads((path / envinfo.ENV_MARKER).read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("layer_over") in (None, beneath())
+
+
+def default_site_dirs() -> list[str]:
+    """The site-packages folders of the environment the harness runs in: a layer sees them beneath its own."""
+    return [d for d in dict.fromkeys(site.getsitepackages()) if os.path.isdir(d)]
+
+
+def visible(path: list[str]) -> dict[str, metadata.Distribution]:
+    """The distributions importable from the folders ``path``, by name (the first of a name wins, as for imports)."""
+    found: dict[str, metadata.Distribution] = {}
+    for dist in metadata.distributions(path=path):
+        found.setdefault(canonicalize_name(dist.metadata["Name"] or ""), dist)
+    return found
+
+
+def conflicts(path: list[str]) -> set[str]:
+    """What ``pip check`` says of the distributions importable from ``path`` (neither pip's nor uv's check reads a
+    layer's ``.pth``): each requirement not met, as a phrase."""
+    dists = visible(path)
+    found = set()
+    for name, dist in dists.items():
+        for text in dist.requires or []:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                continue
+            have = dists.get(canonicalize_name(requirement.name))
+            if have is None or not requirement.specifier.contains(have.version, prereleases=True):
+                found.add(f"{name} {dist.version} requires {requirement}, "
+                          + ("which is missing" if have is None else f"not {have.version}"))
+    return found
+
+
+@cache
+def beneath() -> dict[str, str]:
+    """The default environment as a layer records it: its folder and a hash of what is installed there."""
+    pins = sorted(f"{name}=={dist.version}" for name, dist in visible(default_site_dirs()).items())
+    return {"prefix": sys.prefix, "packages": hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]}
 
 
 def activated(path: Path, variables: Mapping[str, str]) -> dict[str, str]:
@@ -302,9 +355,10 @@ def uv_variables(settings: Mapping[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in translated.items() if v}, **os.environ}
 
 
-def steps(spec: Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
-    """The commands that build ``spec`` and the process environment they run in (uv compiles bytecode at build
-    time, as pip does: otherwise the first cells import an uncompiled torch, measured ~2x slower quick start)."""
+def steps(spec: Spec, uv: str | None, layer: list[str] | None = None) -> tuple[list[list[str]], dict[str, str]]:
+    """The commands that build ``spec`` (as a layer: install just ``layer``'s pins) and the process environment they
+    run in (uv compiles bytecode at build time, as pip does: otherwise the first cells import an uncompiled torch,
+    measured ~2x slower quick start)."""
     packages = [*spec.installs, *spec.environment.requires]
     constraints = [a for c in spec.environment.constraints for a in ("--constraint", c)]
     if uv is None:
@@ -312,10 +366,57 @@ def steps(spec: Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
                 [str(spec.python), "-m", "pip", "install", "--disable-pip-version-check", *constraints, *packages]
                 ], dict(os.environ)
     settings = pip_settings()
-    return [[uv, "venv", "--python", base_python(), str(spec.path)],
-            [uv, "pip", "install", "--compile-bytecode", "--python", str(spec.python), *uv_options(settings),
-             *constraints, *packages]
-            ], uv_variables(settings)
+    install = [uv, "pip", "install", "--compile-bytecode", "--python", str(spec.python), *uv_options(settings)]
+    commands = [[uv, "venv", "--python", base_python(), str(spec.path)]]
+    if layer is None:
+        commands.append([*install, *constraints, *packages])
+    elif layer:
+        commands.append([*install, "--no-deps", *layer])
+    return commands, uv_variables(settings)
+
+
+def layer_pins(spec: Spec, uv: str, log: Log) -> list[str] | None:
+    """What ``spec`` changes in the default environment (uv's dry run of installing it there: the harness's and
+    its plugins' requirements and the environment's own), as pins; None when it replaces torch, so it gets a
+    whole stack. BuildError with the resolver's message when there is no solution."""
+    settings = pip_settings()
+    wanted = [*harness_requirements(), *(r for d in spec.distributions for r in metadata.requires(d) or []),
+              *spec.environment.requires]
+    constraints = [a for c in spec.environment.constraints for a in ("--constraint", c)]
+    command = [uv, "pip", "install", "--dry-run", "--color", "never", "--python", sys.executable,
+               "--break-system-packages",  # nothing is installed: a system Python (PEP 668) can be asked too
+               *uv_options(settings), *constraints, *wanted]
+    done = subprocess.run(command, capture_output=True, text=True, env=uv_variables(settings))
+    lines = done.stderr.splitlines()
+    if done.returncode:
+        raise BuildError(failure(lines) or f"uv exited with code {done.returncode}")
+    changes = [m for line in lines if (m := PLANNED.match(line))]
+    added = [m for m in changes if m["sign"] == "+"]
+    counted = re.search(r"Would install (\d+) package", done.stderr)
+    if len(added) != (int(counted[1]) if counted else 0):
+        log("  uv's dry run did not read as expected: a whole stack")
+        return None
+    if any(canonicalize_name(m["name"]) == STACK for m in changes):
+        log(f"  it changes {STACK} ({' -> '.join(m['version'] for m in changes if m['name'] == STACK)}): a whole stack")
+        return None
+    return [f"{m['name']} @ {m['url']}" if m["url"] else f"{m['name']}=={m['version']}" for m in added]
+
+
+def link_default(spec: Spec) -> set[str]:
+    """Put the default environment's site-packages beneath the layer's own (a ``.pth`` file); what that breaks
+    (requirements not met that are met in the default environment)."""
+    purelib = evaluate(spec, "sysconfig.get_paths()['purelib']", "sysconfig")
+    Path(purelib, LINK).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in default_site_dirs()))
+    return conflicts(evaluate(spec, "sys.path", "sys")) - conflicts(default_site_dirs())
+
+
+def evaluate(spec: Spec, expression: str, module: str) -> Any:
+    """``expression`` (after ``import module``) as the environment's interpreter evaluates it; BuildError if not."""
+    done = subprocess.run([str(spec.python), "-c", f"import json, {module}; print(json.dumps({expression}))"],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise BuildError(f"{spec.python} failed: {' '.join(done.stderr.strip().splitlines()[-2:])}")
+    return json.loads(done.stdout)
 
 
 def failure(lines: list[str]) -> str:
@@ -358,21 +459,30 @@ def locked(path: Path, log: Log) -> Iterator[None]:
 
 
 def build(spec: Spec, log: Log = print) -> None:
-    """Build ``spec`` unless it is built; BuildError with the installer's message if that fails."""
+    """Build ``spec`` unless it is built: as a layer over the default environment when it keeps its torch and
+    breaks nothing there, else whole. BuildError with the installer's message if that fails."""
     name = spec.environment.name
     with locked(spec.path, log):
         if ready(spec.path):
             return
-        shutil.rmtree(spec.path, ignore_errors=True)  # what an interrupted build left
+        shutil.rmtree(spec.path, ignore_errors=True)  # what an interrupted build left, or a stale layer
         uv = uv_binary()
-        commands, variables = steps(spec, uv)
         tool = "uv" if uv else "venv + pip"
         log(f"building environment {name} ({', '.join(spec.environment.requires) or 'the harness only'}) "
             f"in {spec.path} with {tool}; once, then reused")
         started = time.monotonic()
         try:
-            for command in commands:
-                run_step(command, variables, log)
+            layer = layer_pins(spec, uv, log) if uv else None
+            if layer is not None:
+                log(f"  a layer over the default environment {sys.prefix}: {', '.join(layer) or 'nothing to add'}")
+                run_steps(*steps(spec, uv, layer), log)
+                broken = link_default(spec)
+                if broken:
+                    log(f"  the layer would break {'; '.join(sorted(broken))}: a whole stack")
+                    shutil.rmtree(spec.path)
+                    layer = None
+            if layer is None:
+                run_steps(*steps(spec, uv), log)
         except BuildError as exc:
             shutil.rmtree(spec.path, ignore_errors=True)
             raise BuildError(f"environment {name} could not be built ({tool}): {exc}") from None
@@ -382,8 +492,14 @@ def build(spec: Spec, log: Log = print) -> None:
         seconds = time.monotonic() - started
         write_json(spec.path / envinfo.ENV_MARKER, {
             **spec.environment.describe(), "hash": spec.key, "installs": list(spec.installs),
+            "layer": layer, "layer_over": None if layer is None else beneath(),
             "python": base_python(), "tool": tool, "built_at": now(), "build_s": round(seconds, 1)})
         log(f"built environment {name} in {seconds:.0f} s: {spec.path}")
+
+
+def run_steps(commands: list[list[str]], variables: Mapping[str, str], log: Log) -> None:
+    for command in commands:
+        run_step(command, variables, log)
 
 
 def ask(spec: Spec, cells: list[CellSpec]) -> dict[str, Any]:
@@ -499,7 +615,7 @@ def disk_usage(path: Path) -> int:
 
 
 def gigabytes(size: int | None) -> str:
-    return "?" if size is None else f"{size / 2**30:.1f} GiB"
+    return "?" if size is None else f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
 
 
 # ---------------------------------------------------------------- harness envs
@@ -532,15 +648,17 @@ def built() -> list[dict[str, Any]]:
         except (OSError, ValueError):
             marker = {"name": path.name.rpartition("-")[0]}
         rows.append({"folder": path.name, "path": str(path), "built": ready(path), "size_bytes": disk_usage(path),
-                     **marker})
+                     "layer": None, "layer_over": None, **marker})
     return rows
 
 
 def list_command(args: argparse.Namespace) -> int:
     rows = built()
     for row in rows:
-        state = (f"built {row['built_at']} in {row['build_s']:.0f} s with {row['tool']}" if row["built"] else
-                 "unfinished (a build running or interrupted; the next build starts it again)")
+        over = row["layer_over"] and f", a layer over {row['layer_over']['prefix']}"
+        state = (f"built {row['built_at']} in {row['build_s']:.0f} s with {row['tool']}{over or ''}" if row["built"]
+                 else f"stale: a layer over {row['layer_over']['prefix']} as it was (the next build redoes it)" if over
+                 else "unfinished (a build running or interrupted; the next build starts it again)")
         print(f"{row['folder']:32} {gigabytes(row['size_bytes']):>8}  {state}  {' '.join(row.get('requires', []))}")
     print(f"{len(rows)} environments in {root()}, {gigabytes(disk_usage(root()) if rows else 0)} on disk "
           "(files hard-linked from uv's cache are shared with it)")

@@ -4,6 +4,7 @@ same answer from ``harness env``, ``harness run`` and ``harness run --no-build``
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 from importlib import metadata
@@ -120,11 +121,13 @@ def test_concurrent_builds_of_one_environment_build_it_once(tmp_path: Path, monk
     spec = environments.Spec.of(Environment("locked", ("timm",)))
     made: list[int] = []
 
-    def steps(spec: environments.Spec, uv: str | None) -> tuple[list[list[str]], dict[str, str]]:
+    def steps(spec: environments.Spec, uv: str | None,
+              layer: list[str] | None = None) -> tuple[list[list[str]], dict[str, str]]:
         made.append(1)
         return [[sys.executable, "-c", f"import os, time; os.makedirs({str(spec.path)!r}); time.sleep(1)"]], {}
 
     monkeypatch.setattr(environments, "steps", steps)
+    monkeypatch.setattr(environments, "uv_binary", lambda: None)  # a whole build: no layer to link
     logs: list[str] = []
     threads = [threading.Thread(target=environments.build, args=(spec, logs.append)) for _ in range(2)]
     for thread in threads:
@@ -133,6 +136,20 @@ def test_concurrent_builds_of_one_environment_build_it_once(tmp_path: Path, monk
         thread.join()
     assert made == [1] and environments.ready(spec.path)
     assert any(line.startswith("waiting for another process building") for line in logs)
+
+
+def test_a_layer_that_would_break_the_default_environment_is_found(tmp_path: Path) -> None:
+    """A layer's pins are checked against every distribution it would be seen with: pytest (not among the harness's
+    requirements, so not in uv's resolution) needs a newer pluggy than one an environment could pin."""
+    uv = environments.uv_binary()
+    assert uv, "uv is a dependency of the harness"
+    layer = tmp_path / "site-packages"
+    settings = environments.pip_settings()
+    subprocess.run([uv, "pip", "install", "--target", str(layer), "--no-deps", "pluggy==1.3.0",
+                    *environments.uv_options(settings)], check=True, env=environments.uv_variables(settings))
+    base = environments.default_site_dirs()
+    broken = environments.conflicts([str(layer), *base]) - environments.conflicts(base)
+    assert any(b.startswith("pytest ") and "requires pluggy" in b and b.endswith("not 1.3.0") for b in broken), broken
 
 
 # -- for real ------------------------------------------------------------------------------------------------
@@ -162,7 +179,24 @@ def test_a_small_environment_is_built_once_then_listed_and_reused(envs_dir: Path
     assert again.returncode == 0 and "environment old-timm is built: " in again.stdout, again.stderr[-3000:]
     listed = harness("envs", "list", env=variables).stdout
     (folder,) = envs_dir.glob("old-timm-*/")
-    assert f"{folder.name} " in listed and f"timm=={OLD_TIMM}" in listed and " with uv " in listed
+    assert f"{folder.name} " in listed and f"timm=={OLD_TIMM}" in listed and " with uv, a layer over " in listed
+
+
+@pytest.mark.slow
+def test_an_environment_keeping_the_default_torch_is_a_small_layer_over_it(envs_dir: Path,
+                                                                            suite_with_envs: Path) -> None:
+    (folder,) = envs_dir.glob("old-timm-*/")
+    marker = json.loads((folder / "harness-env.json").read_text())
+    assert marker["layer"] == [f"timm=={OLD_TIMM}"] and marker["layer_over"]["prefix"] == sys.prefix
+    assert environments.disk_usage(folder) < 100 * 2**20  # the default's torch stack is seen, not copied
+    seen = subprocess.run([str(folder / "bin" / "python"), "-c", "import timm, torch; print(timm.__version__, "
+                           "torch.__version__, torch.__file__)"], capture_output=True, text=True, check=True).stdout
+    assert seen.split()[0] == OLD_TIMM and seen.split()[2].startswith(sys.prefix)  # its own timm, the default torch
+    stale = envs_dir / "stale"  # the same layer, as if the default environment had changed since
+    stale.mkdir()
+    (stale / "harness-env.json").write_text(json.dumps({**marker, "layer_over": {**marker["layer_over"],
+                                                                                 "packages": "changed"}}))
+    assert environments.ready(folder) and not environments.ready(stale)
 
 
 @pytest.mark.slow
