@@ -118,8 +118,9 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
         lines.append(f"Environments of suite {plan['suite']}")
         for env in plan["environments"]:
+            layer = " (a layer over default)" if env["layer"] else ""
             state = ("the harness's own" if env["hash"] is None else
-                     f"built, {environments.gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
+                     f"built{layer}, {environments.gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
             lines.append(f"  {env['name']:16} {len(env['cells']):4} cells ({', '.join(env['backends'])}): {state}, "
                          f"{env['path']}" + (f" [{' '.join(env['requires'])}]" if env["requires"] else ""))
     return "\n".join(lines)

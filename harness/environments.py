@@ -63,10 +63,12 @@ UV_OPTIONS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url"
               "constraint": "--constraint"}
 #: A layer never replaces the default environment's torch: a different torch (and its CUDA libraries, the bulk of
 #: an environment) gets a whole stack of its own.
-STACK = "torch"
+STACK_PACKAGE = "torch"
 LINK = "harness-default-environment.pth"  # in a layer's site-packages: the default environment's, beneath its own
-#: uv's dry run, one line per change: `` + timm==1.0.9`` (or ``(from URL)`` after a direct reference)
-PLANNED = re.compile(r"^ (?P<sign>[+-]) (?P<name>[^=\s]+)==(?P<version>\S+)(?: \(from (?P<url>\S+)\))?$")
+#: uv's dry run, one line per change: `` + timm==1.0.9``, `` + pkg==1.0 (from URL)`` (a direct reference uv has
+#: cached) or `` + pkg @ URL`` (one it has not)
+PLANNED = re.compile(r"^ (?P<sign>[+-]) (?P<name>[^=@\s]+)"
+                     r"(?:==(?P<version>\S+)(?: \(from (?P<from_url>\S+)\))?| @ (?P<url>\S+))$")
 Log = Callable[[str], None]
 
 
@@ -154,7 +156,7 @@ def satisfied(environment: Environment) -> bool:
     """Whether this interpreter already has every requirement of ``environment`` (its constraints aside)."""
     for text in environment.requires:
         requirement = Requirement(text)
-        if requirement.marker and not requirement.marker.evaluate():
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
             continue
         installed = envinfo.version(requirement.name)
         if installed is None or not requirement.specifier.contains(installed, prereleases=True):
@@ -234,7 +236,7 @@ class Spec:
         """OSError if a constraints file cannot be read."""
         distributions = tuple(distributions)
         installs = harness_install() + tuple(a for d in distributions for a in install_args(d))
-        content = {"requires": environment.requires, "installs": installs,
+        content = {"requires": environment.requires, "installs": installs, "default": sys.prefix,
                    "constraints": [Path(c).read_text() for c in environment.constraints],
                    "python": [platform.python_version(), base_python()],
                    "harness": [envinfo.version("harness"), harness_requirements()]}
@@ -250,14 +252,19 @@ class Spec:
         return self.path / "bin" / "python"
 
 
-def ready(path: Path) -> bool:
-    """Whether ``path`` holds a finished build (its marker is written last) that still holds: a layer only over the
-    default environment it was built on, unchanged since."""
+def marker(path: Path) -> dict[str, Any] | None:
+    """What the build at ``path`` recorded when it finished (its marker is written last); None before that."""
     try:
-        marker = json.loads((path / envinfo.ENV_MARKER).read_text())
+        return dict(json.loads((path / envinfo.ENV_MARKER).read_text()))
     except (OSError, ValueError):
-        return False
-    return marker.get("layer_over") in (None, beneath())
+        return None
+
+
+def ready(path: Path) -> bool:
+    """Whether ``path`` holds a finished build that still holds: a layer only over the default environment as it
+    was built on (a *stale* layer is rebuilt)."""
+    done = marker(path)
+    return done is not None and (done.get("layer_over") is None or done["layer_over"] == default_fingerprint())
 
 
 def default_site_dirs() -> list[str]:
@@ -275,31 +282,37 @@ def visible(path: list[str]) -> dict[str, metadata.Distribution]:
 
 def conflicts(path: list[str]) -> set[str]:
     """What ``pip check`` says of the distributions importable from ``path`` (neither pip's nor uv's check reads a
-    layer's ``.pth``): each requirement not met, as a phrase."""
+    layer's ``.pth``): each requirement not met, as a phrase; unreadable requirements are passed over, as pip does."""
     dists = visible(path)
     found = set()
     for name, dist in dists.items():
         for text in dist.requires or []:
-            requirement = Requirement(text)
-            if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            try:
+                requirement = Requirement(text)
+                if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+                    continue
+                have = dists.get(canonicalize_name(requirement.name))
+                if have is None or not requirement.specifier.contains(have.version, prereleases=True):
+                    found.add(f"{name} {dist.version} requires {requirement}, "
+                              + ("which is missing" if have is None else f"not {have.version}"))
+            except ValueError:  # InvalidRequirement, InvalidMarker, InvalidVersion
                 continue
-            have = dists.get(canonicalize_name(requirement.name))
-            if have is None or not requirement.specifier.contains(have.version, prereleases=True):
-                found.add(f"{name} {dist.version} requires {requirement}, "
-                          + ("which is missing" if have is None else f"not {have.version}"))
     return found
 
 
 @cache
-def beneath() -> dict[str, str]:
+def default_fingerprint() -> dict[str, str]:
     """The default environment as a layer records it: its folder and a hash of what is installed there."""
     pins = sorted(f"{name}=={dist.version}" for name, dist in visible(default_site_dirs()).items())
     return {"prefix": sys.prefix, "packages": hashlib.sha256("\n".join(pins).encode()).hexdigest()[:12]}
 
 
 def activated(path: Path, variables: Mapping[str, str]) -> dict[str, str]:
-    """``variables`` with the environment at ``path`` activated: ``VIRTUAL_ENV``, its ``bin`` first on PATH."""
-    search = os.pathsep.join([str(path / "bin"), variables.get("PATH", "")])
+    """``variables`` with the environment at ``path`` activated: ``VIRTUAL_ENV``, its ``bin`` first on PATH (a
+    layer's, then the default environment's, whose commands it also sees)."""
+    layered = (marker(path) or {}).get("layer_over") is not None
+    bins = [path / "bin", *([Path(sys.prefix) / "bin"] if layered else [])]
+    search = os.pathsep.join([*map(str, bins), variables.get("PATH", "")])
     return {**variables, "VIRTUAL_ENV": str(path), "PATH": search}
 
 
@@ -378,7 +391,7 @@ def steps(spec: Spec, uv: str | None, layer: list[str] | None = None) -> tuple[l
 def layer_pins(spec: Spec, uv: str, log: Log) -> list[str] | None:
     """What ``spec`` changes in the default environment (uv's dry run of installing it there: the harness's and
     its plugins' requirements and the environment's own), as pins; None when it replaces torch, so it gets a
-    whole stack. BuildError with the resolver's message when there is no solution."""
+    whole stack, or when the dry run fails or reads unexpectedly (the whole build then says why)."""
     settings = pip_settings()
     wanted = [*harness_requirements(), *(r for d in spec.distributions for r in metadata.requires(d) or []),
               *spec.environment.requires]
@@ -387,35 +400,38 @@ def layer_pins(spec: Spec, uv: str, log: Log) -> list[str] | None:
                "--break-system-packages",  # nothing is installed: a system Python (PEP 668) can be asked too
                *uv_options(settings), *constraints, *wanted]
     done = subprocess.run(command, capture_output=True, text=True, env=uv_variables(settings))
-    lines = done.stderr.splitlines()
     if done.returncode:
-        raise BuildError(failure(lines) or f"uv exited with code {done.returncode}")
-    changes = [m for line in lines if (m := PLANNED.match(line))]
+        log(f"  uv's dry run over the default environment failed (exit code {done.returncode}): a whole stack")
+        return None
+    changes = [m for line in done.stderr.splitlines() if (m := PLANNED.match(line))]
     added = [m for m in changes if m["sign"] == "+"]
     counted = re.search(r"Would install (\d+) package", done.stderr)
     if len(added) != (int(counted[1]) if counted else 0):
-        log("  uv's dry run did not read as expected: a whole stack")
+        log("  uv's dry run over the default environment did not read as expected: a whole stack")
         return None
-    if any(canonicalize_name(m["name"]) == STACK for m in changes):
-        log(f"  it changes {STACK} ({' -> '.join(m['version'] for m in changes if m['name'] == STACK)}): a whole stack")
+    stack = [m["version"] or m["url"] for m in changes if canonicalize_name(m["name"]) == STACK_PACKAGE]
+    if stack:
+        log(f"  it changes {STACK_PACKAGE} ({' -> '.join(stack)}): a whole stack")
         return None
-    return [f"{m['name']} @ {m['url']}" if m["url"] else f"{m['name']}=={m['version']}" for m in added]
+    return [f"{m['name']} @ {url}" if (url := m["url"] or m["from_url"]) else f"{m['name']}=={m['version']}"
+            for m in added]
 
 
-def link_default(spec: Spec) -> set[str]:
-    """Put the default environment's site-packages beneath the layer's own (a ``.pth`` file); what that breaks
-    (requirements not met that are met in the default environment)."""
-    purelib = evaluate(spec, "sysconfig.get_paths()['purelib']", "sysconfig")
+def link_and_check(spec: Spec) -> set[str]:
+    """Put the default environment's site-packages beneath the layer's own (a ``.pth`` file); the requirements
+    then unmet that are met in the default environment."""
+    purelib = evaluate(spec.python, "sysconfig.get_paths()['purelib']", "sysconfig")
     Path(purelib, LINK).write_text("".join(f"import site; site.addsitedir({d!r})\n" for d in default_site_dirs()))
-    return conflicts(evaluate(spec, "sys.path", "sys")) - conflicts(default_site_dirs())
+    return conflicts(evaluate(spec.python, "sys.path", "sys")) - conflicts(evaluate(sys.executable, "sys.path", "sys"))
 
 
-def evaluate(spec: Spec, expression: str, module: str) -> Any:
-    """``expression`` (after ``import module``) as the environment's interpreter evaluates it; BuildError if not."""
-    done = subprocess.run([str(spec.python), "-c", f"import json, {module}; print(json.dumps({expression}))"],
+def evaluate(python: Path | str, expression: str, module: str) -> Any:
+    """``expression`` (after ``import module``) as ``python`` evaluates it, isolated (no current folder, no
+    ``PYTHONPATH``); BuildError if it fails."""
+    done = subprocess.run([str(python), "-I", "-c", f"import json, {module}; print(json.dumps({expression}))"],
                           capture_output=True, text=True)
     if done.returncode:
-        raise BuildError(f"{spec.python} failed: {' '.join(done.stderr.strip().splitlines()[-2:])}")
+        raise BuildError(f"{python} failed: {' '.join(done.stderr.strip().splitlines()[-2:])}")
     return json.loads(done.stdout)
 
 
@@ -476,9 +492,9 @@ def build(spec: Spec, log: Log = print) -> None:
             if layer is not None:
                 log(f"  a layer over the default environment {sys.prefix}: {', '.join(layer) or 'nothing to add'}")
                 run_steps(*steps(spec, uv, layer), log)
-                broken = link_default(spec)
-                if broken:
-                    log(f"  the layer would break {'; '.join(sorted(broken))}: a whole stack")
+                unmet = link_and_check(spec)
+                if unmet:
+                    log(f"  as a layer it leaves requirements unmet ({'; '.join(sorted(unmet))}): a whole stack")
                     shutil.rmtree(spec.path)
                     layer = None
             if layer is None:
@@ -492,7 +508,7 @@ def build(spec: Spec, log: Log = print) -> None:
         seconds = time.monotonic() - started
         write_json(spec.path / envinfo.ENV_MARKER, {
             **spec.environment.describe(), "hash": spec.key, "installs": list(spec.installs),
-            "layer": layer, "layer_over": None if layer is None else beneath(),
+            "layer": layer, "layer_over": None if layer is None else default_fingerprint(),
             "python": base_python(), "tool": tool, "built_at": now(), "build_s": round(seconds, 1)})
         log(f"built environment {name} in {seconds:.0f} s: {spec.path}")
 
@@ -562,7 +578,8 @@ class Placer:
             spec = Spec.of(environment, plugin_distributions(cells, self.manager))
             if not ready(spec.path):
                 if not self.build:
-                    raise BuildError(f"environment {environment.name} is not built; build it with: "
+                    state = "a stale layer (the default environment changed)" if marker(spec.path) else "not built"
+                    raise BuildError(f"environment {environment.name} is {state}; build it with: "
                                      f"{self.hint} {environment.name}")
                 build(spec, self.log)
             answers = ask(spec, cells)
@@ -586,17 +603,18 @@ def groups(cells: Iterable[CellSpec]) -> dict[Environment, list[CellSpec]]:
 
 
 def overview(cells: Iterable[CellSpec], manager: Manager) -> list[dict[str, Any]]:
-    """Each environment ``cells`` need: its name, hash, requirements, folder, whether it is built, its size on
-    disk, and its cells."""
+    """Each environment ``cells`` need: its name, hash, requirements, folder, whether it is built (and a layer over
+    the default), its size on disk, and its cells."""
     rows = []
     for environment, members in groups(cells).items():
         if environment.is_default:
-            row: dict[str, Any] = {"hash": None, "path": sys.prefix, "built": True, "size_bytes": None}
+            row: dict[str, Any] = {"hash": None, "path": sys.prefix, "built": True, "size_bytes": None, "layer": False}
         else:
             spec = Spec.of(environment, plugin_distributions(members, manager))
             built = ready(spec.path)
             row = {"hash": spec.key, "path": str(spec.path), "built": built,
-                   "size_bytes": disk_usage(spec.path) if built else None}
+                   "size_bytes": disk_usage(spec.path) if built else None,
+                   "layer": built and (marker(spec.path) or {}).get("layer_over") is not None}
         rows.append({"name": environment.name, **row, "requires": list(environment.requires),
                      "backends": sorted({c.backend for c in members}), "cells": [c.id for c in members]})
     return rows
@@ -643,12 +661,9 @@ def built() -> list[dict[str, Any]]:
     """Every folder under :func:`root`: what its marker says (an unfinished build has none), and its size."""
     rows = []
     for path in sorted(p for p in root().glob("*") if p.is_dir()):
-        try:
-            marker = json.loads((path / envinfo.ENV_MARKER).read_text())
-        except (OSError, ValueError):
-            marker = {"name": path.name.rpartition("-")[0]}
+        recorded = marker(path) or {"name": path.name.rpartition("-")[0]}
         rows.append({"folder": path.name, "path": str(path), "built": ready(path), "size_bytes": disk_usage(path),
-                     "layer": None, "layer_over": None, **marker})
+                     "layer": None, "layer_over": None, **recorded})
     return rows
 
 

@@ -138,6 +138,19 @@ def test_concurrent_builds_of_one_environment_build_it_once(tmp_path: Path, monk
     assert any(line.startswith("waiting for another process building") for line in logs)
 
 
+def test_uv_dry_run_lines_read_as_pins() -> None:
+    """The lines of ``uv pip install --dry-run`` (uv 0.13) a layer is made of: a version, a cached direct reference,
+    an uncached one."""
+    lines = {" + timm==1.0.9": ("+", "timm", "1.0.9", None), " - timm==1.0.31": ("-", "timm", "1.0.31", None),
+             " + mylib==2.0 (from file:///src/mylib)": ("+", "mylib", "2.0", "file:///src/mylib"),
+             " + mylib @ file:///src/mylib": ("+", "mylib", None, "file:///src/mylib")}
+    for line, (sign, name, version, url) in lines.items():
+        m = environments.PLANNED.match(line)
+        assert m and (m["sign"], m["name"], m["version"], m["url"] or m["from_url"]) == (sign, name, version, url)
+    assert not environments.PLANNED.match("Would install 1 package")
+
+
+@pytest.mark.slow
 def test_a_layer_that_would_break_the_default_environment_is_found(tmp_path: Path) -> None:
     """A layer's pins are checked against every distribution it would be seen with: pytest (not among the harness's
     requirements, so not in uv's resolution) needs a newer pluggy than one an environment could pin."""
@@ -183,7 +196,7 @@ def test_a_small_environment_is_built_once_then_listed_and_reused(envs_dir: Path
 
 
 @pytest.mark.slow
-def test_an_environment_keeping_the_default_torch_is_a_small_layer_over_it(envs_dir: Path,
+def test_an_environment_keeping_the_default_torch_is_a_small_layer_over_it(tmp_path: Path, envs_dir: Path,
                                                                             suite_with_envs: Path) -> None:
     (folder,) = envs_dir.glob("old-timm-*/")
     marker = json.loads((folder / "harness-env.json").read_text())
@@ -192,7 +205,7 @@ def test_an_environment_keeping_the_default_torch_is_a_small_layer_over_it(envs_
     seen = subprocess.run([str(folder / "bin" / "python"), "-c", "import timm, torch; print(timm.__version__, "
                            "torch.__version__, torch.__file__)"], capture_output=True, text=True, check=True).stdout
     assert seen.split()[0] == OLD_TIMM and seen.split()[2].startswith(sys.prefix)  # its own timm, the default torch
-    stale = envs_dir / "stale"  # the same layer, as if the default environment had changed since
+    stale = tmp_path / "stale"  # the same layer, as if the default environment had changed since
     stale.mkdir()
     (stale / "harness-env.json").write_text(json.dumps({**marker, "layer_over": {**marker["layer_over"],
                                                                                  "packages": "changed"}}))
