@@ -556,6 +556,9 @@ def test_matrix_merges_to_one_row_per_cell_device_and_environment(matrix_report:
     assert not summary.duplicated(["model", "loader", "backend", "precision", "device", "environment"]).any()
     ok = summary[summary["status"] == "ok"]
     assert set(ok["runs"]) == {3} and len(ok) == 2 * (24 + 8)  # per device: 24 main + 8 Colossal-AI cells
+    console = console_table(summary[SUMMARY_COLUMNS]).splitlines()
+    header = console[0].split()
+    assert header[header.index("device") + 1] == "environment" and len(console) == 2 + len(summary)
     colossal = summary[(summary["backend"] == "colossalai-ddp") & (summary["loader"] == "torchvision")]
     assert set(colossal["status"]) <= {"ok", "skipped"} and "not installed" not in " ".join(colossal["reason"].dropna())
     reasons = skipped_table(matrix_report).frame

@@ -111,14 +111,14 @@ def write_report(
     return report.summary[SUMMARY_COLUMNS]
 
 
-CONSOLE_COLUMNS = ["model", "recipe", "loader", "backend", "precision", "device", "status", "runs", "epochs",
-                   "epoch_time_s", "throughput_img_s", "best_val_acc", "time_to_acc_s", "reason"]
+CONSOLE_COLUMNS = ["model", "recipe", "loader", "backend", "precision", "device", "environment", "status", "runs",
+                   "epochs", "epoch_time_s", "throughput_img_s", "best_val_acc", "time_to_acc_s", "reason"]
 
 
 def console_table(summary: pd.DataFrame, width: int = 60) -> str:
-    """The summary's key columns as a plain-text table for the terminal (recipe and time to the target accuracy
-    only when the suite has them)."""
-    shown = [c for c in CONSOLE_COLUMNS if not (c == "recipe" and summary[c].nunique() < 2)
+    """The summary's key columns as a plain-text table for the terminal (recipe and environment only when they
+    differ between rows, time to the target accuracy only when the suite has one)."""
+    shown = [c for c in CONSOLE_COLUMNS if not (c in ("recipe", "environment") and summary[c].nunique() < 2)
              and not (c == "time_to_acc_s" and summary[c].isna().all())]
     table = summary[shown].copy()
     table["precision"] = labelled_precision(summary)
