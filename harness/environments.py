@@ -111,6 +111,10 @@ class Environment:
     def is_default(self) -> bool:
         return self.name == DEFAULT
 
+    def constraint_args(self) -> list[str]:
+        """Its constraints files as installer arguments (pip's and uv's alike)."""
+        return [a for c in self.constraints for a in ("--constraint", c)]
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "requires": list(self.requires), "constraints": list(self.constraints)}
 
@@ -267,6 +271,11 @@ def ready(path: Path) -> bool:
     return done is not None and (done.get("layer_over") is None or done["layer_over"] == default_fingerprint())
 
 
+def layered(path: Path) -> bool:
+    """Whether the build at ``path`` is a layer over the default environment."""
+    return (marker(path) or {}).get("layer_over") is not None
+
+
 def default_site_dirs() -> list[str]:
     """The site-packages folders of the environment the harness runs in: a layer sees them beneath its own."""
     return [d for d in dict.fromkeys(site.getsitepackages()) if os.path.isdir(d)]
@@ -310,8 +319,7 @@ def default_fingerprint() -> dict[str, str]:
 def activated(path: Path, variables: Mapping[str, str]) -> dict[str, str]:
     """``variables`` with the environment at ``path`` activated: ``VIRTUAL_ENV``, its ``bin`` first on PATH (a
     layer's, then the default environment's, whose commands it also sees)."""
-    layered = (marker(path) or {}).get("layer_over") is not None
-    bins = [path / "bin", *([Path(sys.prefix) / "bin"] if layered else [])]
+    bins = [path / "bin", *([Path(sys.prefix) / "bin"] if layered(path) else [])]
     search = os.pathsep.join([*map(str, bins), variables.get("PATH", "")])
     return {**variables, "VIRTUAL_ENV": str(path), "PATH": search}
 
@@ -373,7 +381,7 @@ def steps(spec: Spec, uv: str | None, layer: list[str] | None = None) -> tuple[l
     run in (uv compiles bytecode at build time, as pip does: otherwise the first cells import an uncompiled torch,
     measured ~2x slower quick start)."""
     packages = [*spec.installs, *spec.environment.requires]
-    constraints = [a for c in spec.environment.constraints for a in ("--constraint", c)]
+    constraints = spec.environment.constraint_args()
     if uv is None:
         return [[base_python(), "-m", "venv", str(spec.path)],
                 [str(spec.python), "-m", "pip", "install", "--disable-pip-version-check", *constraints, *packages]
@@ -395,7 +403,7 @@ def layer_pins(spec: Spec, uv: str, log: Log) -> list[str] | None:
     settings = pip_settings()
     wanted = [*harness_requirements(), *(r for d in spec.distributions for r in metadata.requires(d) or []),
               *spec.environment.requires]
-    constraints = [a for c in spec.environment.constraints for a in ("--constraint", c)]
+    constraints = spec.environment.constraint_args()
     command = [uv, "pip", "install", "--dry-run", "--color", "never", "--python", sys.executable,
                "--break-system-packages",  # nothing is installed: a system Python (PEP 668) can be asked too
                *uv_options(settings), *constraints, *wanted]
@@ -614,7 +622,7 @@ def overview(cells: Iterable[CellSpec], manager: Manager) -> list[dict[str, Any]
             built = ready(spec.path)
             row = {"hash": spec.key, "path": str(spec.path), "built": built,
                    "size_bytes": disk_usage(spec.path) if built else None,
-                   "layer": built and (marker(spec.path) or {}).get("layer_over") is not None}
+                   "layer": built and layered(spec.path)}
         rows.append({"name": environment.name, **row, "requires": list(environment.requires),
                      "backends": sorted({c.backend for c in members}), "cells": [c.id for c in members]})
     return rows
@@ -663,7 +671,7 @@ def built() -> list[dict[str, Any]]:
     for path in sorted(p for p in root().glob("*") if p.is_dir()):
         recorded = marker(path) or {"name": path.name.rpartition("-")[0]}
         rows.append({"folder": path.name, "path": str(path), "built": ready(path), "size_bytes": disk_usage(path),
-                     "layer": None, "layer_over": None, **recorded})
+                     "layer_over": None, **recorded})
     return rows
 
 
