@@ -22,7 +22,7 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from harness import environments
+from harness import environments, warm
 from harness.api import CellSpec
 from harness.cell import PARENT_ENV
 from harness.plugins import Manager
@@ -103,7 +103,7 @@ def relay(stream: Iterable[str], tail: deque[str]) -> None:
         tqdm.write(line.rstrip())
 
 
-def stop(proc: subprocess.Popen, signum: int) -> None:
+def stop(proc: subprocess.Popen | warm.WarmProcess, signum: int) -> None:
     """Send ``signum`` to the cell's process group; SIGKILL what is left of the group after ``GRACE_S``."""
     with suppress(ProcessLookupError):
         os.killpg(proc.pid, signum)
@@ -114,7 +114,8 @@ def stop(proc: subprocess.Popen, signum: int) -> None:
     proc.wait()
 
 
-def watch(proc: subprocess.Popen, store: CellStore, cell: CellSpec, bar: tqdm) -> tuple[str, str] | None:
+def watch(proc: subprocess.Popen | warm.WarmProcess, store: CellStore, cell: CellSpec,
+          bar: tqdm) -> tuple[str, str] | None:
     """Wait for the cell's process, moving ``bar`` with its epoch records; stop it past ``cell.timeout_s``.
 
     Returns the status and reason to record when the runner stopped the cell, else None.
@@ -145,10 +146,11 @@ def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: 
 
 
 def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable,
-             launch: Sequence[str] = (), expect_result: bool = True) -> int | None:
+             launch: Sequence[str] = (), expect_result: bool = True,
+             launcher: warm.Launcher | None = None) -> int | None:
     """Run the cell in its own process group, relay its output, and record what its process could not; return
     the process's exit code. ``launch`` and ``expect_result``: one node's share of a multi-node cell
-    (:mod:`harness.fleet`).
+    (:mod:`harness.fleet`). ``launcher`` starts the process (default: cold, ``python -m harness.cell``).
 
     On :class:`Interrupted` the group gets the runner's signal, the cell is recorded interrupted and the
     exception goes on.
@@ -166,10 +168,9 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
     # Short: DataLoader workers put Unix sockets under it (pymp-*/listener-*), whose paths may not exceed 107
     # bytes; a long name under a deep TMPDIR made workers fail and the cell hang.
     scratch = tempfile.mkdtemp(prefix="harness-cell-")
-    proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python, launch),
-                            env={**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True)
+    argv = command(store.dir / "cell.json", out, cell.nproc, resume, python, launch)[3:]
+    proc = (launcher or warm.Launcher(warm=False)).start(
+        python, argv, {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch})
     reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
     reader.start()
     stopped = None
@@ -213,7 +214,11 @@ class LocalExecutor:
 
     def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
         placer = environments.Placer(cells, self.manager, self.build, self.hint, log=tqdm.write)
-        run_cells(cells, out, placer, resume, outcomes)
+        launcher = warm.Launcher(tag=str(out))
+        try:
+            run_cells(cells, out, placer, resume, outcomes, launcher)
+        finally:
+            launcher.close()
 
 
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False, build: bool = True,
@@ -247,7 +252,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
 
 
 def run_cells(cells: list[CellSpec], out: Path, placer: environments.Placer, resume: bool,
-              outcomes: list[Outcome]) -> None:
+              outcomes: list[Outcome], launcher: warm.Launcher | None = None) -> None:
     """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted one's too)."""
     for cell in cells:
         store = CellStore(out, cell.id)
@@ -266,7 +271,7 @@ def run_cells(cells: list[CellSpec], out: Path, placer: environments.Placer, res
                 store.write_result(cell, env, "skipped", reason)
                 tqdm.write(f"[{cell.id}] skipped: {reason}")
             else:
-                run_cell(cell, out, resume, env, place.python)
+                run_cell(cell, out, resume, env, place.python, launcher=launcher)
         except OSError as exc:  # e.g. the disk filled up: this cell fails, the suite goes on
             failure = f"{type(exc).__name__} while recording the cell: {exc}"
             tqdm.write(f"[{cell.id}] failed: {failure}")

@@ -1,0 +1,262 @@
+"""Warm cell processes: one interpreter per environment imports torch, torchvision, timm and the harness once,
+then forks each cell's process from that state, so a cell starts in milliseconds instead of seconds of imports.
+
+A forked cell is the process a cold ``python -m harness.cell`` would be, minus the imports: a session and process
+group of its own (the runner signals it with ``os.killpg``), the cell's environment variables and working
+directory, its output on the pipe the runner reads, fresh Python and NumPy random states, torch's thread count as
+a cold start sets it, and the cell's own exit path. The fork server (the *zygote*) is single-threaded and never
+runs a tensor operation or touches a GPU, so no thread pool or CUDA context is forked. It dies with the runner,
+and its cells die with it. Timings are unaffected: the engine times epochs inside the cell. A cell whose
+environment variables differ from the zygote's in more than the per-cell ones starts cold, and so does every
+cell with ``HARNESS_WARM=0``.
+
+Protocol over a Unix socket pair: the runner sends one JSON line (argv, env, cwd) with the write end of the
+cell's output pipe attached (SCM_RIGHTS); the zygote answers ``{"pid": N}``, later ``{"exit": N, "code": C}``
+(C negative for a signal, as :class:`subprocess.Popen` reports it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import queue
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import warnings
+from collections.abc import Mapping, Sequence
+from contextlib import suppress
+from typing import IO, Any
+
+from harness.cell import PARENT_ENV, die_with_parent
+
+#: Imported once by the zygote where the environment has them: what every cell imports anyway.
+PRELOAD = ("torch", "torchvision", "timm", "harness.cell", "harness.engine")
+#: Environment variables that may differ between the zygote and the cells it forks (set per cell by the runner;
+#: read by libraries only after the cell starts, never at import).
+PER_CELL = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TMPDIR",
+                      PARENT_ENV, "CUDA_VISIBLE_DEVICES"})
+READY = b"ready\n"
+REAP_S = 0.1  # how often the zygote looks for finished cells while no request comes
+
+
+class Zygote:
+    """The runner's side of one environment's fork server (``python -m harness.warm FD [TAG]``)."""
+
+    def __init__(self, python: str, env: Mapping[str, str], tag: str = "") -> None:
+        self.env = dict(env)
+        self.sock, theirs = socket.socketpair()
+        # ``tag`` (the run's output folder) only names the zygote in ps
+        self.proc = subprocess.Popen([python, "-m", "harness.warm", str(theirs.fileno()), tag], env=self.env,
+                                     pass_fds=[theirs.fileno()], start_new_session=True)
+        theirs.close()
+        self.lines = self.sock.makefile("rb")
+        self.lock = threading.Lock()  # one request at a time: an executor may start cells from several threads
+        self.started: queue.Queue[WarmProcess | None] = queue.Queue()
+        self.running: dict[int, WarmProcess] = {}
+        if self.lines.readline() != READY:
+            self.close()
+            raise OSError(f"the warm interpreter {python} did not start")
+        threading.Thread(target=self.read, daemon=True).start()
+
+    def serves(self, env: Mapping[str, str]) -> bool:
+        """Whether a cell with ``env`` may be forked from this zygote (same variables but the per-cell ones)."""
+        def common(e: Mapping[str, str]) -> dict[str, str]:
+            return {k: v for k, v in e.items() if k not in PER_CELL}
+        return self.proc.poll() is None and common(env) == common(self.env)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> WarmProcess:
+        """Fork a cell process that runs ``harness.cell``'s ``main(argv)``."""
+        read, write = os.pipe()
+        try:
+            with self.lock:
+                request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": os.getcwd()}).encode() + b"\n"
+                socket.send_fds(self.sock, [request], [write])
+                process = self.started.get()
+        finally:
+            os.close(write)
+        if process is None:
+            os.close(read)
+            raise OSError("the warm interpreter exited")
+        process.stdout = os.fdopen(read, "r", encoding="utf-8", errors="replace")
+        return process
+
+    def read(self) -> None:
+        """Dispatch the zygote's messages: a forked cell's pid, a finished cell's exit code."""
+        with suppress(OSError, ValueError):
+            for line in self.lines:
+                message = json.loads(line)
+                if "pid" in message:
+                    self.running[message["pid"]] = process = WarmProcess(message["pid"])
+                    self.started.put(process)
+                else:
+                    self.running.pop(message["exit"]).finish(message["code"])
+        for process in self.running.values():  # the zygote died, and its cells with it (PR_SET_PDEATHSIG)
+            process.finish(-signal.SIGKILL)
+        self.started.put(None)
+
+    def close(self) -> None:
+        """Stop the zygote (its cells die with it)."""
+        with suppress(OSError):
+            self.sock.close()
+        with suppress(ProcessLookupError):
+            self.proc.kill()
+        self.proc.wait()
+
+
+class WarmProcess:
+    """The part of :class:`subprocess.Popen` the runner uses, for a cell forked by a :class:`Zygote`."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self.stdout: IO[str] | None = None
+        self.done = threading.Event()
+
+    def finish(self, code: int) -> None:
+        self.returncode = code
+        self.done.set()
+
+    def poll(self) -> int | None:
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if not self.done.wait(timeout):
+            raise subprocess.TimeoutExpired(f"cell process {self.pid}", timeout or 0)
+        assert self.returncode is not None
+        return self.returncode
+
+
+class Launcher:
+    """Starts cell processes: forked from a warm zygote per interpreter where possible, else cold."""
+
+    def __init__(self, warm: bool = True, tag: str = "") -> None:
+        self.warm = warm and sys.platform.startswith("linux") and os.environ.get("HARNESS_WARM", "1") != "0"
+        self.tag = tag
+        self.zygotes: dict[str, Zygote] = {}
+        self.lock = threading.Lock()
+
+    def start(self, python: str, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen | WarmProcess:
+        """``python -m harness.cell ARGV`` in a session of its own, output (stdout and stderr) on ``.stdout``."""
+        zygote = self.zygote(python, env) if self.warm else None
+        if zygote is not None:
+            with suppress(OSError):
+                return zygote.spawn(argv, env)
+        return subprocess.Popen([python, "-m", "harness.cell", *argv], env=dict(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
+                                start_new_session=True)
+
+    def zygote(self, python: str, env: Mapping[str, str]) -> Zygote | None:
+        with self.lock:
+            zygote = self.zygotes.get(python)
+            if zygote is None or zygote.proc.poll() is not None:
+                try:
+                    zygote = self.zygotes[python] = Zygote(python, env, self.tag)
+                except OSError:
+                    return None
+            return zygote if zygote.serves(env) else None
+
+    def close(self) -> None:
+        with self.lock:
+            for zygote in self.zygotes.values():
+                zygote.close()
+            self.zygotes.clear()
+
+
+# -- the zygote's side ---------------------------------------------------------------------------------------------
+def serve(fd: int) -> None:
+    """Preload, then fork one cell per request until the runner closes the socket or dies."""
+    die_with_parent()
+    # Python 3.12+ warns on fork() in a process with threads: torch's import starts one idle native thread, and
+    # DataLoader workers fork from far busier processes every epoch.
+    warnings.filterwarnings("ignore", message=r".*use of fork\(\) may lead to deadlocks", category=DeprecationWarning)
+    for name in PRELOAD:
+        with suppress(ImportError):
+            importlib.import_module(name)
+    with suppress(ImportError):  # set up while argv and environ are as exec left them, so forks can retitle
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(sys.orig_argv))
+    sock = socket.socket(fileno=fd)
+    sock.sendall(READY)
+    children: set[int] = set()
+    buffer, outputs = b"", list[int]()
+    while True:
+        if select.select([sock], [], [], REAP_S)[0]:
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 20, 8)
+            if not data:
+                break
+            buffer, outputs = buffer + data, outputs + fds
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                output = outputs.pop(0)
+                pid = os.fork()
+                if pid == 0:
+                    sock.close()
+                    run_cell(json.loads(line), output)
+                os.close(output)
+                children.add(pid)
+                sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        for pid in list(children):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                children.discard(pid)
+                sock.sendall(json.dumps({"exit": pid, "code": os.waitstatus_to_exitcode(status)}).encode() + b"\n")
+    for pid in children:
+        with suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def run_cell(request: dict[str, Any], output: int) -> None:
+    """In the forked child: become the cell's process, as a cold ``python -m harness.cell`` would be, and run it."""
+    from harness import cell
+
+    code = 1
+    try:
+        os.setsid()
+        os.dup2(output, 1)
+        os.dup2(output, 2)
+        os.close(output)
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ[PARENT_ENV] = str(os.getppid())  # the zygote: it dies with the runner, and the cell with it
+        os.chdir(request["cwd"])
+        fresh_process_state()
+        sys.argv = [sys.executable, "-m", "harness.cell", *request["argv"]]
+        if "setproctitle" in sys.modules:  # ps and /proc show the command line a cold start would have
+            sys.modules["setproctitle"].setproctitle(" ".join(sys.argv))
+        code = cell.main(request["argv"])
+    except SystemExit as exc:  # argparse errors, sys.exit in a plugin
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        cell.exit_now(code)
+
+
+def fresh_process_state() -> None:
+    """What a cold interpreter starts with: unseeded random states, no cached temporary folder, and torch's
+    intra-op thread count for this process's CPUs (``OMP_NUM_THREADS`` or the CPUs it may run on)."""
+    import random
+    import tempfile
+
+    tempfile.tempdir = None
+    random.seed()
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        wanted = os.environ.get("OMP_NUM_THREADS")
+        threads = int(wanted) if wanted and wanted.isdigit() else len(os.sched_getaffinity(0))
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]))
