@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fnmatch
 import hashlib
 import json
 import os
@@ -36,15 +35,27 @@ from types import FrameType
 from typing import Any
 
 from harness import compare
-from harness.compare import BENCH_METRIC, EXIT_OK, EXIT_REGRESSED, EXIT_USAGE, CompareError, Options, Series, Side
+from harness.compare import (
+    BENCH_METRIC,
+    EXIT_OK,
+    EXIT_REGRESSED,
+    EXIT_USAGE,
+    CompareError,
+    Options,
+    Series,
+    Side,
+    calibrate,
+    drop_reference,
+    find_reference,
+    shift,
+)
+from harness.paths import AB_SIDE
 
 #: Where each run writes its pytest-benchmark JSON, in COMMAND.
 PLACEHOLDER = "{json}"
 SIDES = ("base", "candidate")
 #: The reference ``harness ab`` measures itself around each run (``--reference harness:fixed-work``).
 FIXED_WORK_KEY = "harness:fixed-work"
-#: The metric of a calibrated time series: seconds per round / the reference's median seconds per round.
-CALIBRATED = "time_vs_reference"
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_S = 5.0  # a signalled benchmark command's process group gets this long before SIGKILL
 _BUFFER = bytes(range(256)) * 256  # 64 KiB
@@ -92,66 +103,6 @@ def time_fixed_work(repeats: int = 5) -> list[float]:
         fixed_work()
         times.append(time.perf_counter() - start)
     return times
-
-
-# ---------------------------------------------------------------- calibration
-
-
-def find_reference(side: Side, name: str) -> Series:
-    """The one per-round time series named ``name``: a fullname, a test name (``test_x[param]``) or a glob."""
-    found = [s for s in side.series.values() if s.metric == BENCH_METRIC and is_named(s.key, name)]
-    if len(found) != 1:
-        names = ", ".join(s.key for s in (found or side.series.values()) if s.metric == BENCH_METRIC)
-        what = "matches several benchmarks" if found else "names no benchmark"
-        raise CompareError(f"{side.path}: --reference {name!r} {what} (benchmarks: {names or 'none'})")
-    if statistics.median(found[0].samples) <= 0:
-        raise CompareError(f"{side.path}: --reference {name!r}: its median time is not positive")
-    return found[0]
-
-
-def is_named(key: str, name: str) -> bool:
-    """Whether ``name`` is the benchmark ``key`` (a fullname), its test name, or a glob matching it."""
-    return key == name or key.endswith(f"::{name}") or fnmatch.fnmatchcase(key, name)
-
-
-def calibrate(side: Side, name: str) -> Side:
-    """``side`` (one run) with each per-round time divided by the reference's median time in that run.
-
-    The series are renamed ``FULLNAME/time_vs_reference``; a benchmark that has its own ``time_vs_reference``
-    series keeps that one instead. The reference and other series (``extra_info["samples"]``) are kept as they
-    are, the reference under its own key, so that :func:`drop_reference` can take it out of the verdicts.
-    """
-    reference = find_reference(side, name)
-    scale = statistics.median(reference.samples)
-    series: dict[str, Series] = {}
-    for key, s in side.series.items():
-        if s is reference or s.metric != BENCH_METRIC:
-            series[key] = s
-        elif f"{key}/{CALIBRATED}" not in side.series:
-            new_key = f"{key}/{CALIBRATED}"
-            series[new_key] = replace(s, key=new_key, metric=CALIBRATED, samples=[v / scale for v in s.samples])
-    return replace(side, series=series)
-
-
-def drop_reference(side: Side, name: str) -> tuple[Side, Series]:
-    """``side`` without the reference series, and that series."""
-    reference = find_reference(side, name)
-    return replace(side, series={k: s for k, s in side.series.items() if s is not reference}), reference
-
-
-def calibrate_pair(baseline: Side, candidate: Side, name: str) -> tuple[Side, Side]:
-    """``harness compare --reference NAME``: both sides calibrated; how far the reference moved is printed (stderr)."""
-    if baseline.kind != "pytest-benchmark":
-        raise CompareError(f"--reference: calibration is for pytest-benchmark files, not {baseline.path}")
-    (baseline, b_ref), (candidate, c_ref) = (drop_reference(calibrate(s, name), name) for s in (baseline, candidate))
-    print(f"{shift(b_ref, c_ref)}; calibrated: per-round times / its median in the same file", file=sys.stderr)
-    return baseline, candidate
-
-
-def shift(base: Series, cand: Series) -> str:
-    """``reference KEY: median 2.1 ms -> 2.9 ms (+38.1 %)``: the machine speed difference between two sides."""
-    b, c = statistics.median(base.samples), statistics.median(cand.samples)
-    return f"reference {base.key}: median {b * 1e3:.4g} ms -> {c * 1e3:.4g} ms ({c / b - 1:+.1%})"
 
 
 # ---------------------------------------------------------------- the interleaved runs
@@ -218,7 +169,7 @@ def interruptible() -> Iterator[None]:
 def side_env(worktree: Path, side: str) -> dict[str, str]:
     """This environment with the worktree first on the import path, and ``HARNESS_AB_SIDE``."""
     pythonpath = os.pathsep.join(filter(None, [str(worktree), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": pythonpath, "HARNESS_AB_SIDE": side}
+    return {**os.environ, "PYTHONPATH": pythonpath, AB_SIDE: side}
 
 
 def execute(argv: Sequence[str] | str, worktree: Path, env: dict[str, str], log: Path) -> None:

@@ -1,7 +1,7 @@
 """The cell process: ``python -m harness.cell CELL_JSON --out OUT [--nproc N] [--resume]``.
 
 Started by the runner, once per cell, under the interpreter of the cell's environment
-(:mod:`harness.environments`), so CUDA, DALI and Colossal-AI global state, crashes and
+(:mod:`harness.envs`), so CUDA, DALI and Colossal-AI global state, crashes and
 out-of-memory stay contained. With ``--nproc N > 1`` it runs torchrun in-process, which starts
 the N ranks (each again ``python -m harness.cell``). Every one of these processes dies with its
 parent, even when the parent is SIGKILLed.
@@ -31,10 +31,10 @@ import torch
 from harness import capability, contract, envinfo
 from harness.api import CannotRun, CellSpec, DataSpec, DeviceInfo
 from harness.engine import Trainer
+from harness.paths import PARENT_ENV, setting  # the pid this process must die with: the runner, or torchrun
 from harness.plugins import Manager, get_manager
 from harness.store import CellStore, now
 
-PARENT_ENV = "HARNESS_PARENT_PID"  # the pid this process must die with: the runner, or the ranks' torchrun
 PR_SET_PDEATHSIG = 1
 FULL_DISK_BYTES = 1 << 20  # less free space than this where results go: the disk is called full
 
@@ -44,7 +44,7 @@ def die_with_parent() -> None:
     if not sys.platform.startswith("linux"):
         return
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if str(os.getppid()) != os.environ.get(PARENT_ENV, str(os.getppid())):  # died before prctl took effect
+    if str(os.getppid()) != setting(PARENT_ENV, str(os.getppid())):  # died before prctl took effect
         os._exit(1)
 
 

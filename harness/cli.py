@@ -22,7 +22,7 @@ COMMANDS = {
     "compare": ("harness.compare", "compare a baseline and a candidate; exit 1 on a regression"),
     "ab": ("harness.ab", "benchmark two git revisions interleaved (ABBA) and compare; exit 1 on a regression"),
     "env": ("harness.envcheck", "this machine's fingerprint and which cells can run here"),
-    "envs": ("harness.environments", "list, build or remove the environments cells run in"),
+    "envs": ("harness.envs.cli", "list, build or remove the environments cells run in"),
 }
 
 

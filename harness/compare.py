@@ -17,7 +17,7 @@ import math
 import statistics
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -528,7 +528,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--fail-on-missing", action="store_true", help="exit 1 also when a baseline benchmark is missing"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the comparison as JSON to PATH")
-    parser.add_argument(  # calibration: harness/ab.py
+    parser.add_argument(  # calibration: the last section of this module
         "--reference",
         metavar="NAME",
         help="pytest-benchmark files: gate on each time divided by this benchmark's median time in the same file",
@@ -574,9 +574,7 @@ def _command(args: argparse.Namespace) -> int:
                 f"cannot compare a {baseline.kind} input ({baseline.path}) with a "
                 f"{candidate.kind} input ({candidate.path})"
             )
-        if getattr(args, "reference", None):  # calibration: harness/ab.py
-            from harness.ab import calibrate_pair
-
+        if getattr(args, "reference", None):  # calibration (harness ab measures the reference)
             baseline, candidate = calibrate_pair(baseline, candidate, args.reference)
     except (CompareError, store.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
@@ -617,3 +615,66 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- calibration (--reference; harness ab)
+
+#: The metric of a calibrated time series: seconds per round / the reference's median seconds per round.
+CALIBRATED = "time_vs_reference"
+
+
+def find_reference(side: Side, name: str) -> Series:
+    """The one per-round time series named ``name``: a fullname, a test name (``test_x[param]``) or a glob."""
+    found = [s for s in side.series.values() if s.metric == BENCH_METRIC and is_named(s.key, name)]
+    if len(found) != 1:
+        names = ", ".join(s.key for s in (found or side.series.values()) if s.metric == BENCH_METRIC)
+        what = "matches several benchmarks" if found else "names no benchmark"
+        raise CompareError(f"{side.path}: --reference {name!r} {what} (benchmarks: {names or 'none'})")
+    if statistics.median(found[0].samples) <= 0:
+        raise CompareError(f"{side.path}: --reference {name!r}: its median time is not positive")
+    return found[0]
+
+
+def is_named(key: str, name: str) -> bool:
+    """Whether ``name`` is the benchmark ``key`` (a fullname), its test name, or a glob matching it."""
+    return key == name or key.endswith(f"::{name}") or fnmatch.fnmatchcase(key, name)
+
+
+def calibrate(side: Side, name: str) -> Side:
+    """``side`` (one run) with each per-round time divided by the reference's median time in that run.
+
+    The series are renamed ``FULLNAME/time_vs_reference``; a benchmark that has its own ``time_vs_reference``
+    series keeps that one instead. The reference and other series (``extra_info["samples"]``) are kept as they
+    are, the reference under its own key, so that :func:`drop_reference` can take it out of the verdicts.
+    """
+    reference = find_reference(side, name)
+    scale = statistics.median(reference.samples)
+    series: dict[str, Series] = {}
+    for key, s in side.series.items():
+        if s is reference or s.metric != BENCH_METRIC:
+            series[key] = s
+        elif f"{key}/{CALIBRATED}" not in side.series:
+            new_key = f"{key}/{CALIBRATED}"
+            series[new_key] = replace(s, key=new_key, metric=CALIBRATED, samples=[v / scale for v in s.samples])
+    return replace(side, series=series)
+
+
+def drop_reference(side: Side, name: str) -> tuple[Side, Series]:
+    """``side`` without the reference series, and that series."""
+    reference = find_reference(side, name)
+    return replace(side, series={k: s for k, s in side.series.items() if s is not reference}), reference
+
+
+def calibrate_pair(baseline: Side, candidate: Side, name: str) -> tuple[Side, Side]:
+    """``harness compare --reference NAME``: both sides calibrated; how far the reference moved is printed (stderr)."""
+    if baseline.kind != "pytest-benchmark":
+        raise CompareError(f"--reference: calibration is for pytest-benchmark files, not {baseline.path}")
+    (baseline, b_ref), (candidate, c_ref) = (drop_reference(calibrate(s, name), name) for s in (baseline, candidate))
+    print(f"{shift(b_ref, c_ref)}; calibrated: per-round times / its median in the same file", file=sys.stderr)
+    return baseline, candidate
+
+
+def shift(base: Series, cand: Series) -> str:
+    """``reference KEY: median 2.1 ms -> 2.9 ms (+38.1 %)``: the machine speed difference between two sides."""
+    b, c = statistics.median(base.samples), statistics.median(cand.samples)
+    return f"reference {base.key}: median {b * 1e3:.4g} ms -> {c * 1e3:.4g} ms ({c / b - 1:+.1%})"

@@ -11,7 +11,6 @@ variant of one such as ``bf16-autocast``.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass
 from functools import cache
@@ -19,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from harness.api import DeviceInfo
+from harness.paths import FORCE_CPU_BF16, setting
 
 NATIVE, EMULATED, UNSUPPORTED = "native", "emulated", "unsupported"
 DTYPES = ("fp32", "fp16", "bf16")
 
 #: Overrides the CPU probe (``native`` or ``emulated``), to test both policies on one machine.
-FORCE_CPU_BF16 = "HARNESS_CPU_BF16"
 
 CPU_BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX512-BF16, AMX-BF16; Arm BF16
 CPU_FP16_FEATURES = ("amx_fp16",)  # torch's CPU fp16 autocast is fast only on AMX-FP16
@@ -71,8 +70,8 @@ def support(device: DeviceInfo, precision: str) -> Support:
 
 def _cpu(device: DeviceInfo, kind: str) -> Support:
     isa = f"torch CPU capability {device.isa}" if device.isa else "torch CPU capability unknown"
-    if os.environ.get(FORCE_CPU_BF16):
-        isa += f"; {FORCE_CPU_BF16}={os.environ[FORCE_CPU_BF16]}"
+    if setting(FORCE_CPU_BF16):
+        isa += f"; {FORCE_CPU_BF16}={setting(FORCE_CPU_BF16)}"
     if kind == "bf16":
         if device.bf16_native:
             return Support(NATIVE)
@@ -106,7 +105,7 @@ def cpu_device(name: str, count: int) -> DeviceInfo:
     import torch
 
     flags = cpu_flags()
-    forced = os.environ.get(FORCE_CPU_BF16)
+    forced = setting(FORCE_CPU_BF16)
     if forced and forced not in (NATIVE, EMULATED):
         raise ValueError(f"{FORCE_CPU_BF16}={forced!r}: expected {NATIVE!r} or {EMULATED!r}")
     if forced:

@@ -11,9 +11,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import capability, devices, envinfo, environments
+from harness import capability, devices, envinfo
 from harness.api import DeviceInfo
 from harness.datasets import DataError
+from harness.envs.placement import Placer, gigabytes, overview
 from harness.plugins import Manager, get_manager, suite_path
 
 
@@ -48,9 +49,10 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
     as ``harness run --no-build`` would (``requested``: the device to override the suite's with)."""
     from harness.suite import expand
 
-    cells = expand(suite_path(name), manager, device=requested).cells
+    suite = expand(suite_path(name), manager, device=requested)
+    cells = suite.cells
     hint = shlex.join(["harness", "envs", "build", "--suite", name])
-    placer = environments.Placer(cells, manager, build=False, hint=hint)
+    placer = Placer(cells, manager, build=False, hint=hint)
     statuses = {c.id: placer.place(c).blocker for c in cells}
     reasons = Counter(r for r in statuses.values() if r)
     slots = device.count if device.type == "cuda" else os.cpu_count() or 1
@@ -58,7 +60,8 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
             "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
-            "estimate_s": estimate(cells, statuses, results), "environments": environments.overview(cells, manager)}
+            "estimate_s": estimate(cells, statuses, results),
+            "environments": overview(cells, manager, suite.environments)}
 
 
 def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Path]) -> float | None:
@@ -119,9 +122,10 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"Environments of suite {plan['suite']}")
         for env in plan["environments"]:
             layer = " (a layer over default)" if env["layer"] else ""
+            declared = f" (declared by {', '.join(env['declared_by'])})" if env["declared_by"] else ""
             state = ("the harness's own" if env["hash"] is None else
-                     f"built{layer}, {environments.gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
-            lines.append(f"  {env['name']:16} {len(env['cells']):4} cells ({', '.join(env['backends'])}): {state}, "
+                     f"built{layer}, {gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
+            lines.append(f"  {env['name']:16} {len(env['cells']):4} cells{declared}: {state}, "
                          f"{env['path']}" + (f" [{' '.join(env['requires'])}]" if env["requires"] else ""))
     return "\n".join(lines)
 

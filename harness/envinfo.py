@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from harness import devices
+from harness import devices, paths
 from harness.api import DeviceInfo
 
 PACKAGES: dict[str, str | tuple[str, ...]] = {
@@ -27,7 +27,7 @@ PACKAGES: dict[str, str | tuple[str, ...]] = {
     "pandas": "pandas",
     "harness": "harness",
 }
-#: Written last into an environment the harness built (harness/environments.py): what it is.
+#: Written last into an environment the harness built (harness/envs/build.py): what it is.
 ENV_MARKER = "harness-env.json"
 
 
@@ -88,13 +88,12 @@ def current_environment() -> dict[str, str | None]:
 
 
 #: Set by :mod:`harness.fleet` on the Ray node running the cell: the device kind it was scheduled for, the node.
-FLEET_KIND, FLEET_NODE = "HARNESS_FLEET_KIND", "HARNESS_FLEET_NODE"
 
 
 def fleet() -> dict[str, str]:
     """``fleet_kind`` (the device kind the cell was placed on, e.g. ``T4``) and ``fleet_node`` (the Ray node),
     for cells run by ``harness run --executor ray``; nothing otherwise."""
-    fields = {"fleet_kind": os.environ.get(FLEET_KIND), "fleet_node": os.environ.get(FLEET_NODE)}
+    fields = {"fleet_kind": paths.setting(paths.FLEET_KIND), "fleet_node": paths.setting(paths.FLEET_NODE)}
     return {key: value for key, value in fields.items() if value}
 
 

@@ -4,7 +4,7 @@ Each cell becomes one task (one per node for a multi-node cell) that asks for wh
 CPUs, ``nproc`` GPUs when it trains on CUDA, and a sliver of the device kind's resource
 (``accelerator_type:T4``, which Ray detects on GPU nodes, or a custom node resource such as ``T4``). On the
 node the task does what the local executor does, with the same code: it places the cell in its environment
-(:class:`harness.environments.Placer`, so capability is judged on the node) and runs the same cell process
+(:class:`harness.envs.placement.Placer`, so capability is judged on the node) and runs the same cell process
 (:func:`harness.runner.run_cell`) into a node-local folder. It is a streaming generator: it yields the cell's
 files as they change, and the driver writes them into ``OUT/cells/<id>/``, the layout of a local run, so
 ``harness report``, ``compare`` and ``--resume`` work unchanged. The cell process records the node in its
@@ -47,7 +47,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness import envinfo
+from harness import envinfo, paths
 from harness.api import CellSpec
 from harness.plugins import Manager
 from harness.runner import POLL_S, Interrupted, Outcome, nodes, recorded_epochs
@@ -55,7 +55,6 @@ from harness.store import CellStore, write_bytes
 
 INSTALL_HINT = "the Ray executor needs Ray: pip install 'harness[ray]' (or pip install 'ray>=2.9')"
 KIND_SLIVER = 0.001  # of a kind's resource per task: the kind selects nodes, CPUs and GPUs limit how many run
-CACHE = Path(os.environ.get("HARNESS_FLEET_CACHE", Path.home() / ".cache" / "harness" / "fleet-data"))
 MIRRORED_SKIP = ("cell.json",)  # the driver writes its own (a node may see another data path)
 CHECKPOINT = "checkpoint.pt"
 NODE_FOLDER = "harness-fleet-"  # the node-local folder a task runs its cell into, in the node's temp dir
@@ -125,7 +124,7 @@ def pack(root: Path) -> tuple[dict[str, str], bytes]:
 
 def unpack(copy: DataCopy, ray: Any) -> Path:
     """The node's verified copy of ``copy``: made once per node (a file lock serialises the node's cells)."""
-    target = CACHE / copy.digest[:32] / copy.name
+    target = paths.fleet_cache() / copy.digest[:32] / copy.name
     marker = target.parent / "verified"
     target.parent.mkdir(parents=True, exist_ok=True)
     with (target.parent.with_suffix(".lock")).open("w") as lock:
@@ -224,14 +223,14 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
     """
     import ray
 
-    from harness import environments
+    from harness.envs.placement import Placer
     from harness.plugins import get_manager
     from harness.runner import run_cell
 
     identity = node_identity(ray)
     yield "node", identity
     cell = CellSpec.from_dict(cell_data)
-    fleet = {envinfo.FLEET_KIND: kind or "", envinfo.FLEET_NODE: f"{identity['ip']} {identity['node_id'][:12]}"}
+    fleet = {paths.FLEET_KIND: kind or "", paths.FLEET_NODE: f"{identity['ip']} {identity['node_id'][:12]}"}
     # Ray gives a task OMP_NUM_THREADS = its CPUs; the cell's ranks share them (torchrun alone would give each 1).
     threads = max(1, int(os.environ.get("OMP_NUM_THREADS") or cell.nproc) // cell.nproc)
     saved = {key: os.environ.get(key) for key in (*fleet, "OMP_NUM_THREADS")}
@@ -242,7 +241,7 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
     try:
         if data is not None:
             cell = replace(cell, data=str(unpack(data, ray)))
-        place = environments.Placer([cell], get_manager(), build, hint, log=print).place(cell)
+        place = Placer([cell], get_manager(), build, hint, log=print).place(cell)
         env = dict(place.env)
         yield "env", env
         store = CellStore(root, cell.id)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,10 +29,9 @@ import pluggy
 
 from harness import contract, hookspecs
 from harness.api import API_VERSION, BackendPlugin, CellSpec, LoaderPlugin, ModelPlugin
+from harness.paths import ALLOW_LIST_ENV, MODULES_ENV, setting
 
 ENTRY_POINT_GROUP = "harness"
-ALLOW_LIST_ENV = "HARNESS_PLUGINS"
-MODULES_ENV = "HARNESS_PLUGIN_MODULES"  # extra importable modules to register, comma-separated
 KINDS = ("loaders", "models", "backends", "suites")
 LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite"}
 PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin}
@@ -205,7 +203,7 @@ def _check_api(plugin: object) -> None:
 
 
 def _entry_points() -> Iterator[metadata.EntryPoint]:
-    allowed = os.environ.get(ALLOW_LIST_ENV)
+    allowed = setting(ALLOW_LIST_ENV)
     names = {n.strip() for n in allowed.split(",")} if allowed else None
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         if names is None or ep.name in names:
@@ -218,7 +216,7 @@ def _sources() -> Iterator[Source]:
         dist, version = (ep.dist.name, ep.dist.version) if ep.dist is not None else ("?", "?")
         precedence = (0,) if dist == BUILTIN else (1, _installed_at(ep.dist), dist)
         yield Source(ep.name, dist, version, precedence, ep.load)
-    for index, module in enumerate(filter(None, os.environ.get(MODULES_ENV, "").split(","))):
+    for index, module in enumerate(filter(None, setting(MODULES_ENV).split(","))):
         yield Source(module, f"(module {module})", "", (2, index), partial(importlib.import_module, module))
 
 

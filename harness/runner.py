@@ -22,9 +22,11 @@ from typing import Protocol
 
 from tqdm import tqdm
 
-from harness import environments, warm
+from harness import warm
 from harness.api import CellSpec
-from harness.cell import PARENT_ENV
+from harness.envs.layers import activated
+from harness.envs.placement import Placer
+from harness.paths import PARENT_ENV
 from harness.plugins import Manager
 from harness.store import CellStore, write_json
 
@@ -73,7 +75,7 @@ def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
     single-process cells the rendezvous variables torchrun would set, so backends need no special case."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
     if python != sys.executable:
-        env = environments.activated(Path(python).parent.parent, env)
+        env = activated(Path(python).parent.parent, env)
     # Loader threads and workers share the CPU with torch's OpenMP threads; spinning OpenMP threads
     # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -213,7 +215,7 @@ class LocalExecutor:
     hint: str = "harness envs build --suite SUITE"
 
     def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
-        placer = environments.Placer(cells, self.manager, self.build, self.hint, log=tqdm.write)
+        placer = Placer(cells, self.manager, self.build, self.hint, log=tqdm.write)
         launcher = warm.Launcher(tag=str(out))
         try:
             run_cells(cells, out, placer, resume, outcomes, launcher)
@@ -251,7 +253,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
     return outcomes
 
 
-def run_cells(cells: list[CellSpec], out: Path, placer: environments.Placer, resume: bool,
+def run_cells(cells: list[CellSpec], out: Path, placer: Placer, resume: bool,
               outcomes: list[Outcome], launcher: warm.Launcher | None = None) -> None:
     """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted one's too)."""
     for cell in cells:

@@ -10,8 +10,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from harness import capability, environments, recipes
+from harness import capability, recipes
 from harness.api import CellSpec, Recipe
+from harness.envs.spec import DEFAULT, Environment, declared_by, for_cell, of_cell
 from harness.plugins import Manager
 
 if sys.version_info >= (3, 11):
@@ -72,6 +73,7 @@ class Suite:
     path: Path
     cells: list[CellSpec] = field(default_factory=list)
     description: str = ""
+    environments: dict[str, list[str]] = field(default_factory=dict)  # who declared each environment its cells use
 
 
 def load(path: Path, manager: Manager) -> dict[str, Any]:
@@ -179,8 +181,15 @@ class Validator:
             for key in ("nproc", "workers"):
                 if key in table:
                     self.check_count(f"{section}.{name}.{key}", table[key], COUNTS[key])
+            if "environment" in table:
+                try:
+                    environment = variant_environment(table, name, self.path.parent)
+                except ValueError as exc:
+                    self.fail(f"{section}.{name}.environment", str(exc))
+                if environment is not None:
+                    self.check_constraints(f"{section}.{name}.environment", environment)
             check = getattr(registered[plugin].impl, "check_params", None)  # optional plugin method
-            params = {k: v for k, v in table.items() if k not in ("use", "nproc")}
+            params = {k: v for k, v in table.items() if k not in ("use", "nproc", "environment")}
             problem = check and capability.ask(registered[plugin], partial(check, params), "check_params")
             if problem:
                 self.fail(f"{section}.{name}", problem)
@@ -199,18 +208,21 @@ class Validator:
             key = f"environments.{name}"
             if not isinstance(table, dict):
                 self.fail(key, f"expected a table with requires (and constraints), got {table!r}")
-            if name == environments.DEFAULT or "name" in table:
+            if name == DEFAULT or "name" in table:
                 self.fail(key, "'default' is the harness's own environment" if "name" not in table else
                                "unknown key 'name' (the table's name is the environment's)")
             if not table.get("requires"):
                 self.fail(key, "missing 'requires', a list of pip requirements such as 'torch==2.5.1'")
             try:
-                environment = environments.Environment.parse({"name": name, **table}, self.path.parent)
+                environment = Environment.parse({"name": name, **table}, self.path.parent)
             except ValueError as exc:
                 self.fail(key, str(exc))
-            for path in environment.constraints:
-                if not Path(path).is_file():
-                    self.fail(f"{key}.constraints", f"file {path} not found (relative paths start at the suite file)")
+            self.check_constraints(key, environment)
+
+    def check_constraints(self, key: str, environment: Environment) -> None:
+        for path in environment.constraints:
+            if not Path(path).is_file():
+                self.fail(f"{key}.constraints", f"file {path} not found (relative paths start at the suite file)")
 
     def check_matrix(self, raw: dict[str, Any]) -> None:
         matrix = raw["matrix"]
@@ -222,7 +234,7 @@ class Validator:
             "backend": set(self.manager.backends()) | set(raw.get("backends", {})),
             "precision": {p for r in self.manager.backends().values() for p in r.impl.precisions},
             RECIPE: {*recipes.RECIPES, *raw.get("recipes", {})},
-            ENVIRONMENT: {environments.DEFAULT, *raw.get("environments", {})},
+            ENVIRONMENT: {DEFAULT, *raw.get("environments", {})},
         }
         axes = axes_of(matrix)
         for axis in axes:
@@ -266,6 +278,17 @@ def axes_of(matrix: dict[str, Any]) -> list[str]:
     return [*AXES, *(a for a in OPTIONAL_AXES if a in matrix)]
 
 
+def variant_environment(table: dict[str, Any], name: str, base: Path) -> Environment | None:
+    """The environment a loader or backend variant declares (``environment = {requires = [...]}``; named after the
+    variant unless it says otherwise); ValueError says what is wrong."""
+    value = table.get("environment")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value.get("requires"):
+        raise ValueError(f"expected a table with requires (and constraints, name), got {value!r}")
+    return Environment.parse({"name": name, **value}, base)
+
+
 def _names(registered: dict[str, Any]) -> str:
     return ", ".join(sorted(registered)) or "none registered"
 
@@ -292,8 +315,9 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     options["target_acc"] = _pick(overrides.get("target_acc"), raw.get("target_acc"))  # read back by the report
     if overrides.get("tensorboard") is not None:
         options["tensorboard"] = overrides["tensorboard"]
-    chosen = {name: environments.Environment.parse({"name": name, **table}, path.parent)
+    chosen = {name: Environment.parse({"name": name, **table}, path.parent)
               for name, table in raw.get("environments", {}).items()}
+    declarers: dict[str, list[str]] = {}
     matrix = raw["matrix"]
     axes = axes_of(matrix)
     cells = []
@@ -310,7 +334,19 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
         nproc = backend_table.pop("nproc", raw.get("nproc", 1))
         loader_plugin, backend_plugin = loader_table.pop("use", loader), backend_table.pop("use", backend)
         plugins = (manager.loaders()[loader_plugin], manager.model_family(model), manager.backends()[backend_plugin])
-        environment = environments.for_cell(chosen.get(env_name or "", environments.Environment()), plugins, manager)
+        suite_env = chosen.get(env_name or "", Environment())
+        declared = [(f"suite [environments.{suite_env.name}]", suite_env),
+                    (f"loader variant [loaders.{loader}]", variant_environment(loader_table, loader, path.parent)),
+                    (f"backend variant [backends.{backend}]", variant_environment(backend_table, backend, path.parent)),
+                    *((f"{kind} {reg.name}", declared_by(reg, manager))
+                      for kind, reg in zip(("loader", "model family", "backend"), plugins, strict=True) if reg)]
+        loader_table.pop("environment", None)
+        backend_table.pop("environment", None)
+        environment = for_cell(suite_env, [e for _, e in declared[1:]])
+        for who, declaration in declared:
+            if declaration and not declaration.is_default and declaration.name in environment.parts:
+                declarers.setdefault(declaration.name, [])
+                declarers[declaration.name] += [who] if who not in declarers[declaration.name] else []
         cells.append(
             CellSpec(
                 id=cell_id(model, loader, backend, precision, recipe_name, env_name),
@@ -345,7 +381,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     _check_ids(path, cells)
     repeats = _pick(overrides.get("repeat"), raw.get("repeat", 1))
     cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
-    return Suite(raw["name"], path, cells, raw.get("description", ""))
+    return Suite(raw["name"], path, cells, raw.get("description", ""), declarers)
 
 
 def _pick(override: Any, value: Any) -> Any:
@@ -402,7 +438,7 @@ def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
 
 def _values(cell: CellSpec, key: str) -> set[str]:
     if key == ENVIRONMENT:
-        name = environments.of_cell(cell).name
+        name = of_cell(cell).name
         return {name, *name.split("+")}
     if key == RECIPE:
         return {cell.recipe_name}

@@ -8,7 +8,7 @@ a cold start sets it, and the cell's own exit path. The fork server (the *zygote
 runs a tensor operation or touches a GPU, so no thread pool or CUDA context is forked. It dies with the runner,
 and its cells die with it. Timings are unaffected: the engine times epochs inside the cell. A cell whose
 environment variables differ from the zygote's in more than the per-cell ones starts cold, and so does every
-cell with ``HARNESS_WARM=0``.
+cell when the setting :data:`harness.paths.WARM` is 0.
 
 Protocol over a Unix socket pair: the runner sends one JSON line (argv, env, cwd) with the write end of the
 cell's output pipe attached (SCM_RIGHTS); the zygote answers ``{"pid": N}``, later ``{"exit": N, "code": C}``
@@ -32,7 +32,8 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from typing import IO, Any
 
-from harness.cell import PARENT_ENV, die_with_parent
+from harness.cell import die_with_parent
+from harness.paths import PARENT_ENV, WARM, setting
 
 #: Imported once by the zygote where the environment has them: what every cell imports anyway.
 PRELOAD = ("torch", "torchvision", "timm", "harness.cell", "harness.engine")
@@ -135,7 +136,7 @@ class Launcher:
     """Starts cell processes: forked from a warm zygote per interpreter where possible, else cold."""
 
     def __init__(self, warm: bool = True, tag: str = "") -> None:
-        self.warm = warm and sys.platform.startswith("linux") and os.environ.get("HARNESS_WARM", "1") != "0"
+        self.warm = warm and sys.platform.startswith("linux") and setting(WARM, "1") != "0"
         self.tag = tag
         self.zygotes: dict[str, Zygote] = {}
         self.lock = threading.Lock()

@@ -130,6 +130,8 @@ def dali_installed() -> bool:
 class DaliLoader:
     """The ``dali`` loader plugin (:class:`harness.api.LoaderPlugin`)."""
 
+    harness_extra = "dali"  # an environment its cells run in gets the harness with its dali extra (DALI, tfrecord)
+
     def check_params(self, params: Mapping[str, Any]) -> str | None:
         try:
             DaliParams.parse(params)
@@ -179,7 +181,7 @@ def cached_tfrecords(classes: list[str], chosen: dict[str, list[Sample]]) -> Pat
     The cache key covers every photo's path, size, mtime and label; concurrent ranks race safely
     (each writes a temporary directory, the first rename wins).
     """
-    from harness.prepare.sources import cache_dir
+    from harness.paths import cache_dir
     from harness.prepare.tfrecord import write_tfrecords
 
     key = hashlib.sha256()

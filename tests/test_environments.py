@@ -13,9 +13,20 @@ from pathlib import Path
 import pytest
 from helpers import harness, write_suite
 
-from harness import environments
-from harness.environments import Environment
+from harness import paths
+from harness.envs import build, installer, layers, placement
+from harness.envs.spec import (
+    BuildError,
+    Environment,
+    Spec,
+    declared_by,
+    for_cell,
+    harness_requirements,
+    of_cell,
+    satisfied,
+)
 from harness.plugins import get_manager
+from harness.redact import redact
 from harness.suite import SuiteError, expand, select
 
 OLD_TIMM = "1.0.9"  # an older timm than the main environment's: the small environment built for real
@@ -56,7 +67,7 @@ def envs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def suite_with_envs(tmp_path_factory: pytest.TempPathFactory, envs_dir: Path) -> Path:
     """The suite, with ``old-timm`` built for real once per session by ``harness envs build``."""
     suite = write_suite(tmp_path_factory.mktemp("suite") / "envs.toml", SUITE)
-    done = harness("envs", "build", "--suite", suite, "old-timm", env={environments.ROOT_ENV: str(envs_dir)})
+    done = harness("envs", "build", "--suite", suite, "old-timm", env={paths.ENVS: str(envs_dir)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "built environment old-timm in" in done.stdout
     return suite
@@ -68,13 +79,13 @@ def test_a_plugin_environment_is_used_only_where_this_interpreter_lacks_it() -> 
     colossalai = manager.backends()["colossalai-ddp"]
     have = Environment("mine", ("pluggy>=1",))
     torch25 = Environment("torch-2.5", ("torch==2.5.1",))
-    needed = environments.for_cell(Environment(), [colossalai], manager)
-    assert needed.name == ("default" if environments.satisfied(needed) else "colossalai")
+    needed = for_cell(Environment(), [declared_by(colossalai, manager)])
+    assert needed.name == ("default" if satisfied(needed) else "colossalai")
     if needed.name == "colossalai":
         assert needed.requires == ("colossalai==0.5.0",) and needed.constraints[0].endswith("colossalai.txt")
         assert Path(needed.constraints[0]).is_file()  # shipped as package data
-    assert environments.satisfied(have) and not environments.satisfied(torch25)
-    combined = environments.for_cell(torch25, [colossalai, manager.backends()["torch"]], manager)
+    assert satisfied(have) and not satisfied(torch25)
+    combined = for_cell(torch25, [declared_by(r, manager) for r in (colossalai, manager.backends()["torch"])])
     assert combined.name == "torch-2.5+colossalai"
     assert combined.requires == ("torch==2.5.1", "colossalai==0.5.0")
 
@@ -109,7 +120,7 @@ def test_pip_index_settings_become_uv_options(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setenv("PIP_FIND_LINKS", "/wheels")
     monkeypatch.setenv("PIP_CONSTRAINT", str(tmp_path / "c.txt"))
     monkeypatch.delenv("UV_INDEX_STRATEGY", raising=False)
-    options = " ".join(environments.uv_options(environments.pip_settings()))
+    options = " ".join(installer.uv_options(installer.pip_settings()))
     assert "--index-url https://mirror.example/simple" in options
     assert "--extra-index-url file:///a --extra-index-url file:///b" in options
     assert "--find-links /wheels" in options and f"--constraint {tmp_path / 'c.txt'}" in options
@@ -117,24 +128,26 @@ def test_pip_index_settings_become_uv_options(tmp_path: Path, monkeypatch: pytes
 
 
 def test_concurrent_builds_of_one_environment_build_it_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(environments.ROOT_ENV, str(tmp_path))
-    spec = environments.Spec.of(Environment("locked", ("timm",)))
+    monkeypatch.setenv(paths.ENVS, str(tmp_path))
+    spec = Spec.of(Environment("locked", ("timm",)))
     made: list[int] = []
 
-    def steps(spec: environments.Spec, uv: str | None,
+    def steps(spec: Spec, uv: str | None,
               layer: list[str] | None = None) -> tuple[list[list[str]], dict[str, str]]:
         made.append(1)
-        return [[sys.executable, "-c", f"import os, time; os.makedirs({str(spec.path)!r}); time.sleep(1)"]], {}
+        python = str(spec.python)  # a build whose interpreter is missing is not finished: link this one
+        return [[sys.executable, "-c", f"import os, sys, time; os.makedirs(os.path.dirname({python!r})); "
+                                       f"os.symlink(sys.executable, {python!r}); time.sleep(1)"]], {}
 
-    monkeypatch.setattr(environments, "steps", steps)
-    monkeypatch.setattr(environments, "uv_binary", lambda: None)  # a whole build: no layer to link
+    monkeypatch.setattr(build, "steps", steps)
+    monkeypatch.setattr(build, "uv_binary", lambda: None)  # a whole build: no layer to link
     logs: list[str] = []
-    threads = [threading.Thread(target=environments.build, args=(spec, logs.append)) for _ in range(2)]
+    threads = [threading.Thread(target=build.build, args=(spec, logs.append)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert made == [1] and environments.ready(spec.path)
+    assert made == [1] and layers.ready(spec.path)
     assert any(line.startswith("waiting for another process building") for line in logs)
 
 
@@ -145,30 +158,131 @@ def test_uv_dry_run_lines_read_as_pins() -> None:
              " + mylib==2.0 (from file:///src/mylib)": ("+", "mylib", "2.0", "file:///src/mylib"),
              " + mylib @ file:///src/mylib": ("+", "mylib", None, "file:///src/mylib")}
     for line, (sign, name, version, url) in lines.items():
-        m = environments.PLANNED.match(line)
+        m = layers.PLANNED.match(line)
         assert m and (m["sign"], m["name"], m["version"], m["url"] or m["from_url"]) == (sign, name, version, url)
-    assert not environments.PLANNED.match("Would install 1 package")
+    assert not layers.PLANNED.match("Would install 1 package")
 
 
 @pytest.mark.slow
 def test_a_layer_that_would_break_the_default_environment_is_found(tmp_path: Path) -> None:
     """A layer's pins are checked against every distribution it would be seen with: pytest (not among the harness's
     requirements, so not in uv's resolution) needs a newer pluggy than one an environment could pin."""
-    uv = environments.uv_binary()
+    uv = installer.uv_binary()
     assert uv, "uv is a dependency of the harness"
     layer = tmp_path / "site-packages"
-    settings = environments.pip_settings()
+    settings = installer.pip_settings()
     subprocess.run([uv, "pip", "install", "--target", str(layer), "--no-deps", "pluggy==1.3.0",
-                    *environments.uv_options(settings)], check=True, env=environments.uv_variables(settings))
-    base = environments.default_site_dirs()
-    broken = environments.conflicts([str(layer), *base]) - environments.conflicts(base)
+                    *installer.uv_options(settings)], check=True, env=installer.uv_variables(settings))
+    base = layers.default_site_dirs()
+    broken = layers.conflicts([str(layer), *base]) - layers.conflicts(base)
     assert any(b.startswith("pytest ") and "requires pluggy" in b and b.endswith("not 1.3.0") for b in broken), broken
+
+
+#: A loader variant declaring its own environment, beside a backend whose plugin declares one.
+VARIANTS = """
+name = "variants"
+epochs = 1
+image_size = 32
+recipe = "default"
+[matrix]
+model = ["resnet10t"]
+loader = ["torchvision", "fastjpeg"]
+backend = ["torch", "colossalai-ddp"]
+precision = ["fp32"]
+[loaders.fastjpeg]
+use = "torchvision"
+environment = { requires = ["harness-test-no-such-distribution==0.0.1"] }
+"""
+
+
+def test_a_suite_variant_declares_an_environment_and_each_is_attributed_to_its_declarer(tmp_path: Path) -> None:
+    manager = get_manager()
+    suite = expand(write_suite(tmp_path / "v.toml", VARIANTS), manager)
+    colossalai = "" if satisfied(Environment("c", ("colossalai==0.5.0",))) else "colossalai"
+    names = {c.id: of_cell(c).name for c in suite.cells}
+    assert names == {"resnet10t-torchvision-torch-fp32": "default", "resnet10t-fastjpeg-torch-fp32": "fastjpeg",
+                     "resnet10t-torchvision-colossalai-ddp-fp32": colossalai or "default",
+                     "resnet10t-fastjpeg-colossalai-ddp-fp32": "+".join(filter(None, ("fastjpeg", colossalai)))}
+    assert all(c.loader_params == {} for c in suite.cells)  # the declaration is not a loader parameter
+    rows = {r["name"]: r["declared_by"] for r in placement.overview(suite.cells, manager, suite.environments)}
+    assert rows["fastjpeg"] == ["loader variant [loaders.fastjpeg]"]
+    if colossalai:
+        assert rows["colossalai"] == ["backend colossalai-ddp"]  # the backend's, not a loader's
+        assert rows["fastjpeg+colossalai"] == ["loader variant [loaders.fastjpeg]", "backend colossalai-ddp"]
+    bad = VARIANTS.replace('requires = ["harness-test', 'requires = ["x>>1", "harness-test')
+    with pytest.raises(SuiteError, match=r"loaders\.fastjpeg\.environment.*not a requirement"):
+        expand(write_suite(tmp_path / "bad.toml", bad), manager)
+
+
+def test_the_harness_goes_in_with_dali_only_where_the_cells_load_with_dali(tmp_path: Path) -> None:
+    manager = get_manager()
+    text = SUITE.replace('loader = ["torchvision"]', 'loader = ["torchvision", "dali"]')
+    cells = [c for c in expand(write_suite(tmp_path / "s.toml", text), manager).cells if c.id.endswith("-old-timm")]
+    specs = {c.loader: Spec.for_cells(of_cell(c), [c], manager) for c in cells}
+    assert specs["dali"].extras == ("dali",) and specs["dali"].installs[-1].endswith("[dali]")
+    assert specs["torchvision"].extras == () and not any("dali" in a for a in specs["torchvision"].installs)
+    assert specs["dali"].key != specs["torchvision"].key
+    assert not any("dali" in r for r in harness_requirements())
+    assert any(r.startswith("nvidia-dali") for r in harness_requirements(["dali"]))
+
+
+def test_a_layer_holds_every_default_version_but_those_it_names() -> None:
+    """The dry run of a layer is constrained to the default environment's versions: only what it names moves."""
+    pins = layers.held(Spec.of(Environment("old-timm", (f"timm=={OLD_TIMM}",))))
+    assert f"torch=={TORCH['torch']}" in pins and not any(p.startswith("timm==") for p in pins)
+    dali = [p for p in pins if p.startswith("nvidia-dali")]  # the installed DALI stays, never re-resolved
+    assert dali == [f"{name}=={metadata.version(name)}" for name in ("nvidia-dali-cuda120",)
+                    if name in {p.split("==")[0] for p in pins}]
+
+
+def test_an_environment_whose_interpreter_is_gone_is_not_taken_as_built(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(paths.ENVS, str(tmp_path))
+    manager = get_manager()
+    (cell,) = select(expand(write_suite(tmp_path / "s.toml", SUITE), manager).cells, ["environment=old-timm"])
+    spec = Spec.for_cells(of_cell(cell), [cell], manager)
+    spec.path.mkdir()
+    (spec.path / "harness-env.json").write_text(json.dumps({"name": "old-timm", "layer_over": None}))
+    assert layers.problem(spec.path) == f"broken (its interpreter {spec.python} is missing)"
+    blocker = placement.Placer([cell], manager, build=False, hint="harness envs build").place(cell).blocker
+    assert blocker == (f"environment old-timm is broken (its interpreter {spec.python} is missing); build it with: "
+                       "harness envs build old-timm")
+
+
+# -- secrets ------------------------------------------------------------------------------------------------
+def test_redact_hides_url_credentials_and_secret_variables() -> None:
+    text = "uv pip install --extra-index-url https://me:pa55word@pkgs.example/simple x; token=abcd1234efgh"
+    said = redact(text, {"MY_INDEX_TOKEN": "abcd1234efgh", "HOME": "/home/me"})
+    assert said == "uv pip install --extra-index-url https://****@pkgs.example/simple x; token=****"
+    assert redact("see https://pkgs.example/simple and /home/me", {"HOME": "/home/me"}) == (
+        "see https://pkgs.example/simple and /home/me")
+
+
+def test_a_credentialed_index_never_appears_in_a_builds_output_or_files(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                        capfd: pytest.CaptureFixture[str]) -> None:
+    """A real uv build (offline, so it fails fast) with an index URL carrying a password and a token variable."""
+    secret, token = "s3cr3t-pa55", "tok-9f8e7d6c5b4a"
+    monkeypatch.setenv("PIP_EXTRA_INDEX_URL", f"https://user:{secret}@127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_INDEX_URL", f"https://__token__:{token}@127.0.0.1:9/simple")
+    monkeypatch.setenv("MY_INDEX_TOKEN", token)
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    monkeypatch.setenv(paths.ENVS, str(tmp_path / "envs"))
+    spec = Spec.of(Environment("broken", ("harness-test-no-such-distribution==0.0.1",)))
+    logs: list[str] = []
+    with pytest.raises(BuildError) as failed:
+        build.build(spec, logs.append)
+    said = "\n".join([*logs, str(failed.value), *capfd.readouterr()])
+    assert "https://user:****@127.0.0.1:9/simple" not in said and "https://****@127.0.0.1:9/simple" in said
+    assert secret not in said and token not in said, said
+    stored = [p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(secret.encode() in b or token.encode() in b for b in stored)
 
 
 # -- for real ------------------------------------------------------------------------------------------------
 def test_no_build_skips_cells_of_missing_environments_as_harness_env_says(photos: Path, tmp_path: Path) -> None:
     suite = write_suite(tmp_path / "envs.toml", SUITE)
-    variables = {environments.ROOT_ENV: str(tmp_path / "no-envs")}
+    variables = {paths.ENVS: str(tmp_path / "no-envs")}
     done = harness("run", "--suite", suite, "--data", photos, "--out", tmp_path / "out", "--no-build",
                    "--only", "environment=old-timm", env=variables)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -187,7 +301,7 @@ def test_no_build_skips_cells_of_missing_environments_as_harness_env_says(photos
 
 @pytest.mark.slow
 def test_a_small_environment_is_built_once_then_listed_and_reused(envs_dir: Path, suite_with_envs: Path) -> None:
-    variables = {environments.ROOT_ENV: str(envs_dir)}
+    variables = {paths.ENVS: str(envs_dir)}
     again = harness("envs", "build", "--suite", suite_with_envs, "old-timm", env=variables)
     assert again.returncode == 0 and "environment old-timm is built: " in again.stdout, again.stderr[-3000:]
     listed = harness("envs", "list", env=variables).stdout
@@ -201,21 +315,24 @@ def test_an_environment_keeping_the_default_torch_is_a_small_layer_over_it(tmp_p
     (folder,) = envs_dir.glob("old-timm-*/")
     marker = json.loads((folder / "harness-env.json").read_text())
     assert marker["layer"] == [f"timm=={OLD_TIMM}"] and marker["layer_over"]["prefix"] == sys.prefix
-    assert environments.disk_usage(folder) < 100 * 2**20  # the default's torch stack is seen, not copied
+    assert not any("[dali]" in a for a in marker["installs"])  # its cells load with torchvision: no DALI extra
+    assert placement.disk_usage(folder) < 100 * 2**20  # the default's torch stack is seen, not copied
     seen = subprocess.run([str(folder / "bin" / "python"), "-c", "import timm, torch; print(timm.__version__, "
                            "torch.__version__, torch.__file__)"], capture_output=True, text=True, check=True).stdout
     assert seen.split()[0] == OLD_TIMM and seen.split()[2].startswith(sys.prefix)  # its own timm, the default torch
     stale = tmp_path / "stale"  # the same layer, as if the default environment had changed since
-    stale.mkdir()
+    (stale / "bin").mkdir(parents=True)
+    (stale / "bin" / "python").symlink_to(folder / "bin" / "python")
     (stale / "harness-env.json").write_text(json.dumps({**marker, "layer_over": {**marker["layer_over"],
                                                                                  "packages": "changed"}}))
-    assert environments.ready(folder) and not environments.ready(stale)
+    assert layers.ready(folder) and not layers.ready(stale)
+    assert layers.problem(stale) == "a stale layer (the default environment changed)"
 
 
 @pytest.mark.slow
 def test_a_two_environment_matrix_records_both_and_skips_a_failed_build(photos: Path, tmp_path: Path,
                                                                         envs_dir: Path, suite_with_envs: Path) -> None:
-    variables = {environments.ROOT_ENV: str(envs_dir)}
+    variables = {paths.ENVS: str(envs_dir)}
     done = harness("run", "--suite", suite_with_envs, "--data", photos, "--out", tmp_path / "out", env=variables)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = {cell_id.rsplit("-fp32-", 1)[1]: r for cell_id, r in results(tmp_path / "out").items()}
@@ -232,3 +349,14 @@ def test_a_two_environment_matrix_records_both_and_skips_a_failed_build(photos: 
     planned = json.loads(harness("env", "--suite", suite_with_envs, "--json", env=variables).stdout)["suite"]
     assert planned["statuses"] == {f"resnet10t-torchvision-torch-fp32-{k}": ("ok" if k != "broken" else "skipped")
                                    for k in found}
+
+
+@pytest.mark.slow
+def test_an_environment_whose_interpreter_was_deleted_is_rebuilt(envs_dir: Path, suite_with_envs: Path) -> None:
+    variables = {paths.ENVS: str(envs_dir)}
+    (folder,) = envs_dir.glob("old-timm-*/")
+    (folder / "bin" / "python").unlink()  # the marker stays
+    assert "broken (its interpreter" in harness("envs", "list", env=variables).stdout
+    done = harness("envs", "build", "--suite", suite_with_envs, "old-timm", env=variables)
+    assert done.returncode == 0 and "built environment old-timm in" in done.stdout, done.stderr[-3000:]
+    assert "[Errno 2]" not in done.stdout + done.stderr and layers.ready(folder)

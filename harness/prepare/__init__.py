@@ -13,7 +13,6 @@ from harness.prepare.sources import (
     ArchiveError,
     DownloadError,
     Limits,
-    cache_dir,
     download,
     extract_archive,
 )
@@ -31,7 +30,6 @@ __all__ = [
     "Limits",
     "Options",
     "Result",
-    "cache_dir",
     "command",
     "configure",
     "download",

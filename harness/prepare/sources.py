@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from harness.datasets import DataError, is_image
+from harness.paths import cache_dir
 
 FLOWERS_URL = "http://download.tensorflow.org/example_images/flower_photos.tgz"
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"  # package data of harness
@@ -61,11 +62,6 @@ class Source:
     kind: str
     location: str  # the URL, or the absolute path as given
     path: Path | None = None  # the local archive or folder (None for a URL not yet downloaded)
-
-
-def cache_dir() -> Path:
-    """``$HARNESS_CACHE``, else ``~/.cache/harness``."""
-    return Path(os.environ.get("HARNESS_CACHE") or Path.home() / ".cache" / "harness")
 
 
 def known_checksums(dataset: str) -> dict[str, str]:

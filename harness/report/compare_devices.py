@@ -59,13 +59,17 @@ def ordered_groups(summary: pd.DataFrame, column: str) -> list[str]:
     return list(dict.fromkeys(ordered))
 
 
-def differences(label: str, values: Iterable[tuple[str, Mapping[str, Any]]], keys: tuple[str, ...]) -> list[str]:
-    """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups."""
+def differences(label: str, values: Iterable[tuple[str, Mapping[str, Any]]], keys: tuple[str, ...],
+                missing: bool = True) -> list[str]:
+    """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups (``missing=False``: a
+    group without the key, such as a package its cells do not use, differs from none)."""
     out = []
     values = list(values)
     for key in keys:
         seen: dict[str, list[str]] = {}
         for group, mapping in values:
+            if not missing and mapping.get(key) is None:
+                continue
             groups = seen.setdefault(describe(mapping.get(key)), [])
             groups += [group] if group not in groups else []
         if len(seen) > 1:

@@ -241,15 +241,17 @@ def _span(values: pd.Series) -> str:
 
 
 def _software(ok: pd.DataFrame) -> str | None:
-    """Library versions that differ, named by device or by environment, whichever tells them apart."""
+    """Library versions that differ, named by device or by environment, whichever tells them apart. A library
+    missing where a cell ran is one that cell does not use: no difference (``dali None vs 2.4.0``)."""
     for labels in (ok["device_short"], ok["environment"]):
         pairs = list(zip(labels, ok["env"], strict=True))
-        values = {(label, key): {describe(env.get(key)) for other, env in pairs if other == label}
+        values = {(label, key): {describe(env.get(key)) for other, env in pairs if other == label} - {"None"}
                   for label in set(labels) for key in ENV_KEYS}
-        if all(len(v) == 1 for v in values.values()):
-            found = differences("", pairs, ENV_KEYS)
+        if all(len(v) <= 1 for v in values.values()):
+            found = differences("", pairs, ENV_KEYS, missing=False)
             return f"software differs between the results compared: {'; '.join(found)}" if found else None
-    seen = {key: list(dict.fromkeys(describe(env.get(key)) for env in ok["env"])) for key in ENV_KEYS}
+    seen = {key: list(dict.fromkeys(describe(v) for env in ok["env"] if (v := env.get(key)) is not None))
+            for key in ENV_KEYS}
     found = [f"{key} {' vs '.join(v)}" for key, v in seen.items() if len(v) > 1]
     return f"software differs within one device and environment name: {'; '.join(found)}"
 
