@@ -357,7 +357,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("candidate", help="candidate revision")
     parser.add_argument("benchmark", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help=f"-- then the benchmark command, run in each worktree; {PLACEHOLDER} is its JSON path")
-    parser.set_defaults(metric=None, keep_warmup=False)
+    parser.set_defaults(metric=None, keep_warmup=False, allow_different=[])  # harness result options: not used here
 
 
 def benchmark_command(args: argparse.Namespace) -> list[str]:

@@ -13,7 +13,8 @@ from pathlib import Path
 from harness.api import CellSpec
 from harness.datasets import DataError, discover
 from harness.plugins import LABELS, Manager, PluginError, get_manager, suite_path
-from harness.store import CellStore, OutputLock, StoreError, show_warnings_briefly
+from harness.results import show_warnings_briefly
+from harness.store import CellStore, OutputLock, StoreError
 from harness.suite import SuiteError, check_count
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.

@@ -5,7 +5,9 @@ version 1) or a pytest-benchmark JSON file (``--benchmark-json``, or ``--benchma
 with ``--benchmark-save-data``). Measurements are paired by id; a pair's verdict uses its
 raw samples (per-epoch values, per-round times) and needs BOTH a significant difference
 (two-sided Mann-Whitney U, ``p < alpha``) AND an effect of at least the threshold on the
-ratio of medians. Exit status: 0 nothing regressed, 1 a regression, 2 a usage error.
+ratio of medians. Paired harness cells must have equal settings (:data:`SETTINGS`), else the
+comparison is refused naming the fields (``--allow-different FIELD`` to compare them on purpose).
+Exit status: 0 nothing regressed, 1 a regression, 2 a usage error (settings that differ included).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from harness import store
+from harness import results
+from harness.store import spec_changes
 
 #: Harness per-epoch metrics compared by default, with their good direction.
 HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": False}
@@ -29,25 +32,14 @@ HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": Fa
 BENCH_METRIC = "time_s"
 #: Environment keys that are expected to differ between a baseline and a candidate.
 ENV_IGNORED = frozenset({"git_commit", "harness", "cpu.hz_actual", "cpu.hz_actual_friendly"})
+#: pytest-benchmark's ``machine_info`` keys (flattened) read under the fingerprint's names.
+BENCH_MACHINE_NAMES = {"node": "hostname", "cpu.brand_raw": results.CPU_MODEL, "cpu.count": "cpu_count",
+                       "cpu.arch": "machine"}
 #: Keys that say which machine ran (a difference there means "different machines").
-MACHINE_KEYS = frozenset(
-    {
-        "hostname",
-        "node",
-        "cpu_model",
-        "cpu_count",
-        "memory_gb",
-        "device_name",
-        "device_type",
-        "device_count",
-        "device_capability",
-        "processor",
-        "machine",
-        "cpu.brand_raw",
-        "cpu.count",
-        "cpu.arch",
-    }
-)
+MACHINE_KEYS = frozenset({"hostname", results.CPU_MODEL, "cpu_count", "memory_gb", "device_name", "device_type",
+                          "device_count", "device_capability", "processor", "machine"})
+#: Cell settings that make two cells different experiments; paired cells must agree on them (``--allow-different``).
+SETTINGS = ("suite", "image_size", "recipe", "epochs", "subset", "data", "data_fingerprint")
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
 EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 Value = TypeVar("Value")
@@ -78,6 +70,7 @@ class Side:
     series: dict[str, Series]
     env: dict[str, set[str]] = field(default_factory=dict)  # flattened fingerprint key -> values seen
     absent: dict[str, str] = field(default_factory=dict)  # id -> why it has no samples (skipped/failed)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # cell id -> its cell.json (harness inputs)
 
 
 @dataclass(frozen=True)
@@ -91,6 +84,7 @@ class Options:
     metrics: tuple[str, ...] = tuple(HARNESS_METRICS)
     keep_warmup: bool = False
     select: tuple[str, ...] = ()  # glob patterns; empty: compare everything
+    allow_different: tuple[str, ...] = ()  # SETTINGS (or ``recipe.FIELD``) paired cells may differ in
 
 
 # ---------------------------------------------------------------- reading inputs
@@ -107,65 +101,81 @@ def load_side(path: Path | str, options: Options = Options()) -> Side:
 
 
 def _load_harness(path: Path, options: Options) -> Side:
-    cells_dir = path / "cells" if (path / "cells").is_dir() else None
-    if cells_dir is None and (path / "epochs.jsonl").is_file():
-        cell_dirs = [path]  # a single cell directory
-    elif cells_dir is not None:
-        cell_dirs = sorted(p for p in cells_dir.iterdir() if p.is_dir() and not store.is_set_aside(p.name))
-    else:
-        raise CompareError(
-            f"{path}: not a harness output directory (no cells/ folder) nor a pytest-benchmark JSON file"
-        )
+    """Every cell under ``path`` (the directory trees ``harness report`` reads); cells of one id are pooled."""
+    try:
+        cell_dirs = results.find_cells(path)
+    except results.StoreError as exc:
+        raise CompareError(f"{exc}; not a harness result directory nor a pytest-benchmark JSON file") from None
     side = Side(path, "harness", {})
     for cell_dir in cell_dirs:
-        _load_cell(cell_dir, side, options)
-    if not side.series and not side.absent:
-        raise CompareError(f"{path}: no cells with epochs.jsonl or result.json under {cells_dir or path}")
+        _load_cell(results.read_cell(cell_dir), side, options)
     return side
 
 
-def _load_cell(cell_dir: Path, side: Side, options: Options) -> None:
-    status, reason = _cell_status(cell_dir)
-    epochs = _read_epochs(cell_dir / "epochs.jsonl")
-    cell_id = epochs[-1].get("cell_id", cell_dir.name) if epochs else cell_dir.name
-    if status in ("skipped", "failed") or not epochs:
-        side.absent[cell_id] = f"{status or 'no epochs'}{': ' + reason if reason else ''}"
+def _load_cell(cell: results.Cell, side: Side, options: Options) -> None:
+    """Stream one cell's epochs (linear time, the last record of each epoch kept) into ``side``'s series."""
+    side.settings.setdefault(cell.cell_id, cell.spec)
+    by_epoch: dict[int, list[float]] = {}
+    last_env: dict[str, Any] | None = None
+    for record in cell.epochs():
+        by_epoch[record.epoch] = [record.metrics.get(m, record.extra.get(m, math.nan)) for m in options.metrics]
+        if record.env is not None and record.env != last_env:
+            _add_env(side.env, record.env)
+            last_env = record.env
+    if cell.status in ("skipped", "failed") or not by_epoch:
+        side.absent[cell.cell_id] = f"{cell.status}{': ' + cell.reason if cell.reason else ''}"
         return
-    for record in epochs:
-        env = record.get("env")
-        _add_env(side.env, env if isinstance(env, Mapping) else {})
-    if len(epochs) > 1 and not options.keep_warmup:
-        epochs = [r for r in epochs if r["epoch"] != min(e["epoch"] for e in epochs)]
-    path = cell_dir / "epochs.jsonl"
-    for metric in options.metrics:
-        values = []
-        for record in epochs:
-            value = record.get(metric)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                values.append(float(value))
-            else:
-                store.warn(f"{path}: epoch {record['epoch']}: field {metric!r} missing or not a number; sample skipped")
+    rows = [by_epoch[e] for e in sorted(by_epoch)]
+    timed = rows if options.keep_warmup else results.timed_epochs(rows)
+    for i, metric in enumerate(options.metrics):
+        values = [row[i] for row in timed if math.isfinite(row[i])]
+        if len(values) < len(timed):
+            results.warn(f"{cell.epochs_path}: field {metric!r} missing or not a finite number in "
+                         f"{len(timed) - len(values)} of {len(timed)} epoch(s); those samples skipped")
         if not values:
             continue
-        key = f"{cell_id}/{metric}"
+        key = f"{cell.cell_id}/{metric}"
+        if key in side.series:  # the same cell again (another directory of the tree): pooled as repeats
+            side.series[key].samples.extend(values)
+            continue
         default = HARNESS_METRICS.get(metric, _guess_higher_is_better(metric))
-        side.series[key] = Series(key, cell_id, metric, values, default)
+        side.series[key] = Series(key, cell.cell_id, metric, values, default)
 
 
-def _cell_status(cell_dir: Path) -> tuple[str | None, str | None]:
-    """The recorded status and reason; (None, None) without a usable result.json (warned about when unreadable)."""
-    result, problem = store.read_result(cell_dir / "result.json")
-    if result is None or problem:
-        return None, None
-    return result.get("status"), result.get("reason")
+def setting_differences(baseline: Side, candidate: Side) -> dict[str, list[str]]:
+    """Cell id -> ``"field old -> new"`` for each of :data:`SETTINGS` that differs between its two sides' cells
+    (a field one side does not record, written by an older harness, is not compared)."""
+    out = {}
+    for cell_id in baseline.settings.keys() & candidate.settings.keys():
+        base, cand = baseline.settings[cell_id], candidate.settings[cell_id]
+        keys = tuple(k for k in SETTINGS if k in base and k in cand)
+        changes = spec_changes(base, cand, keys)
+        if changes:
+            out[cell_id] = changes
+    return out
 
 
-def _read_epochs(path: Path) -> list[dict[str, Any]]:
-    """Epoch records of one cell, the last record of each epoch number (a resumed run may repeat one).
-
-    Unreadable lines are warned about and skipped (:func:`harness.store.read_epochs`).
-    """
-    return store.latest_per_epoch(record for _, record in store.read_epochs(path))
+def check_settings(baseline: Side, candidate: Side, options: Options) -> dict[str, str]:
+    """Refuse (:class:`CompareError`) paired cells whose settings differ outside ``--allow-different``; return the
+    allowed differences per cell id (for the rows' notes)."""
+    refused: dict[str, list[str]] = {}
+    allowed = {}
+    for cell_id, changes in sorted(setting_differences(baseline, candidate).items()):
+        names = [change.split(" ", 1)[0] for change in changes]
+        bad = [c for c, n in zip(changes, names, strict=True)
+               if not any(n == a or n.startswith(a + ".") for a in options.allow_different)]
+        if bad:
+            refused[cell_id] = bad
+        else:
+            allowed[cell_id] = "settings differ (allowed): " + ", ".join(changes)
+    if refused:
+        listed = [f"{cell_id}: {', '.join(bad)}" for cell_id, bad in refused.items()]
+        more = f"; and {len(listed) - 5} more cell(s)" if len(listed) > 5 else ""
+        fields = sorted({c.split(" ", 1)[0] for bad in refused.values() for c in bad})
+        raise CompareError(f"paired cells differ in settings, so their timings are not comparable: "
+                           f"{'; '.join(listed[:5])}{more} (to compare them anyway: "
+                           f"{' '.join(f'--allow-different {f}' for f in fields)})")
+    return allowed
 
 
 def _load_benchmark_json(path: Path) -> Side:
@@ -176,7 +186,7 @@ def _load_benchmark_json(path: Path) -> Side:
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
         raise CompareError(f"{path}: not a pytest-benchmark JSON file (no 'benchmarks' list)")
     side = Side(path, "pytest-benchmark", {})
-    _add_env(side.env, data.get("machine_info") or {})
+    _add_env(side.env, data.get("machine_info") or {}, names=BENCH_MACHINE_NAMES)
     for i, bench in enumerate(data["benchmarks"]):
         for series in _benchmark_series(path, i, bench):
             side.series[series.key] = series
@@ -218,19 +228,27 @@ def _benchmark_series(path: Path, index: int, bench: Any) -> list[Series]:
 
 
 def _numbers(values: Any, where: str) -> list[float]:
+    """The finite numbers of a non-empty list; NaN and inf are dropped with a warning (read as missing)."""
     if not isinstance(values, list) or not values:
         raise CompareError(f"{where}: expected a non-empty list of numbers")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
-        raise CompareError(f"{where}: holds something other than finite numbers")
-    return [float(v) for v in values]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise CompareError(f"{where}: holds something other than numbers")
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if len(finite) < len(values):
+        results.warn(f"{where}: {len(values) - len(finite)} of {len(values)} values not finite; those samples skipped")
+    if not finite:
+        raise CompareError(f"{where}: no finite numbers")
+    return finite
 
 
-def _add_env(env: dict[str, set[str]], fingerprint: Mapping[str, Any], prefix: str = "") -> None:
+def _add_env(env: dict[str, set[str]], fingerprint: Mapping[str, Any], prefix: str = "",
+             names: Mapping[str, str] | None = None) -> None:
     for key, value in fingerprint.items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
-            _add_env(env, value, f"{name}.")
+            _add_env(env, value, f"{name}.", names)
         elif name not in ENV_IGNORED:
+            name = (names or {}).get(name, name)
             env.setdefault(name, set()).add(json.dumps(value, sort_keys=True, default=str))
 
 
@@ -318,7 +336,7 @@ def judge(base: Series | None, cand: Series | None, options: Options) -> Row:
     from scipy.stats import mannwhitneyu
 
     b_med, c_med = statistics.median(base.samples), statistics.median(cand.samples)
-    ratio = c_med / b_med if b_med else math.nan
+    ratio = c_med / b_med if b_med and math.isfinite(b_med) and math.isfinite(c_med) else math.nan
     n1, n2 = len(base.samples), len(cand.samples)
     p = float(mannwhitneyu(base.samples, cand.samples, alternative="two-sided").pvalue)
     if math.isnan(p):  # all samples identical
@@ -328,8 +346,8 @@ def judge(base: Series | None, cand: Series | None, options: Options) -> Row:
 
 
 def _verdict(ratio: float, p: float, higher: bool, threshold: float, alpha: float, best_p: float) -> tuple[str, str]:
-    if math.isnan(ratio):
-        return "unchanged", "baseline median is 0"
+    if not math.isfinite(ratio):
+        return "unchanged", "no ratio: a median is 0 or out of range"
     if best_p >= alpha:
         return "unchanged", f"too few samples (p can never be < {alpha:g})"
     big, significant = abs(ratio - 1) >= threshold, p < alpha
@@ -354,6 +372,7 @@ def compare_sides(baseline: Side, candidate: Side, options: Options) -> list[Row
     keys = [
         k for k in dict.fromkeys([*baseline.series, *candidate.series]) if _selected(k, baseline, candidate, options)
     ]
+    allowed = check_settings(baseline, candidate, options)
     rows = [judge(baseline.series.get(k), candidate.series.get(k), options) for k in keys]
     for row in rows:
         cell = row.key.rsplit("/", 1)[0] if baseline.kind == "harness" else row.key
@@ -361,6 +380,8 @@ def compare_sides(baseline: Side, candidate: Side, options: Options) -> list[Row
             row.note = f"candidate: {candidate.absent[cell]}"
         elif row.verdict == "new" and cell in baseline.absent:
             row.note = f"baseline: {baseline.absent[cell]}"
+        elif cell in allowed:
+            row.note = "; ".join(filter(None, [row.note, allowed[cell]]))
     order = {v: i for i, v in enumerate(VERDICTS)}
     return sorted(rows, key=lambda r: (r.verdict in ("new", "missing"), -r.badness, order[r.verdict], r.key))
 
@@ -400,7 +421,8 @@ def table(rows: Sequence[Row]) -> str:
             "n": [f"{r.n_base}/{r.n_cand}" for r in rows],
             "baseline": [_num(r.base_median) for r in rows],
             "candidate": [_num(r.cand_median) for r in rows],
-            "ratio": ["" if math.isnan(r.ratio) else f"{r.ratio:.3f}" for r in rows],
+            "ratio": ["" if math.isnan(r.ratio) else f"{r.ratio:.3f}" if r.ratio < 1000 else f"{r.ratio:.3g}"
+                      for r in rows],
             "change": [_change(r) for r in rows],
             "p": ["" if math.isnan(r.p_value) else f"{r.p_value:.3g}" for r in rows],
             "threshold": [f"{r.threshold:.0%}" for r in rows],
@@ -418,13 +440,13 @@ def _left(column: Any) -> Any:
 
 
 def _num(value: float) -> str:
-    return "" if math.isnan(value) else f"{value:.4g}"
+    return "" if math.isnan(value) else f"{value:.4g}" if math.isfinite(value) else "overflow"
 
 
 def _change(row: Row) -> str:
     if math.isnan(row.ratio):
         return ""
-    return f"{row.ratio - 1:+.1%}"
+    return f"{row.ratio - 1:+.1%}" if row.ratio < 100 else f"x{row.ratio:.3g}"
 
 
 def summary(rows: Iterable[Row]) -> dict[str, int]:
@@ -525,6 +547,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--keep-warmup", action="store_true", help="keep epoch 1 (dropped by default when there are more)"
     )
     parser.add_argument(
+        "--allow-different",
+        action="append",
+        default=[],
+        metavar="FIELD",
+        help=f"compare paired cells that differ in this setting (repeatable; one of {', '.join(SETTINGS)}, or "
+        "recipe.NAME such as recipe.batch_size); without it such a comparison is refused (exit 2)",
+    )
+    parser.add_argument(
         "--fail-on-missing", action="store_true", help="exit 1 also when a baseline benchmark is missing"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the comparison as JSON to PATH")
@@ -545,6 +575,10 @@ def options_from(args: argparse.Namespace) -> Options:
         thresholds.append((pattern, parse_fraction(value, "--threshold-for")))
     if not 0 < args.alpha < 1:
         raise CompareError(f"--alpha {args.alpha}: must be between 0 and 1")
+    for name in args.allow_different:
+        if name.split(".", 1)[0] not in SETTINGS or (name.count(".") and not name.startswith("recipe.")):
+            raise CompareError(f"--allow-different {name!r}: not a compared setting (one of {', '.join(SETTINGS)}, "
+                               "or recipe.NAME)")
     return Options(
         threshold=parse_fraction(args.threshold),
         alpha=args.alpha,
@@ -553,6 +587,7 @@ def options_from(args: argparse.Namespace) -> Options:
         metrics=tuple(args.metric or HARNESS_METRICS),
         keep_warmup=args.keep_warmup,
         select=tuple(args.select),
+        allow_different=tuple(args.allow_different),
     )
 
 
@@ -576,10 +611,10 @@ def _command(args: argparse.Namespace) -> int:
             )
         if getattr(args, "reference", None):  # calibration (harness ab measures the reference)
             baseline, candidate = calibrate_pair(baseline, candidate, args.reference)
-    except (CompareError, store.StoreError, OSError, UnicodeError) as exc:
+        rows = compare_sides(baseline, candidate, options)
+    except (CompareError, results.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    rows = compare_sides(baseline, candidate, options)
     _warn_env(baseline, candidate)
     print(table(rows))
     counts = summary(rows)
@@ -609,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.compare``: the same as ``harness compare``."""
     parser = argparse.ArgumentParser(prog="harness compare")
     configure(parser)
-    store.show_warnings_briefly()
+    results.show_warnings_briefly()
     return command(parser.parse_args(argv))
 
 

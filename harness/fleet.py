@@ -29,7 +29,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
-import json
 import os
 import queue
 import re
@@ -47,7 +46,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness import envinfo, paths
+from harness import envinfo, paths, results
 from harness.api import CellSpec
 from harness.plugins import Manager
 from harness.runner import POLL_S, Interrupted, Outcome, nodes, recorded_epochs
@@ -575,9 +574,8 @@ class RayExecutor:
             if rel == "result.json":
                 if attempt.ok_from not in (None, node):
                     continue
-                with suppress(ValueError):
-                    if json.loads(blob).get("status") == "ok":
-                        attempt.ok_from = node
+                if results.status_of(blob) == "ok":
+                    attempt.ok_from = node
             write_bytes(store.dir / safe(rel), blob)
 
     def gang(self, options: dict[str, Any], cell: CellSpec, kind: str | None, request: dict[str, Any], store: CellStore,

@@ -10,45 +10,43 @@ Layout (schema version 1, documented in docs/results.md)::
     OUT/cells/<cell_id>/checkpoint.pt  the last epoch's training state (for --resume)
     OUT/cells/<cell_id>/epochs.corrupt.jsonl   lines of epochs.jsonl that could not be read, set aside
 
-Writers (runner, cell process, engine) and readers (``harness report``, ``harness compare``,
-``--resume``) all go through this module. Reading is tolerant and loud: a line or file that
-cannot be read is reported with a :class:`ResultWarning` naming the file (and line) and
-skipped, everything readable is kept; only a newer ``schema_version`` is refused
-(:class:`SchemaError`), because its fields may not mean what this version thinks.
+Writers (runner, cell process, engine) and ``--resume`` go through this module; every file is read
+through the results model, :mod:`harness.results` (tolerant and loud; a newer ``schema_version`` refused).
 Nothing here imports torch at module level (the report and compare read results without it).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
-import re
 import shutil
 import socket
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.api import CellSpec, EpochRecord, Recipe
+from filelock import FileLock, Timeout
 
-SCHEMA_VERSION = 1
-#: What ``result.json`` may record. Readers derive one more, :data:`INCOMPLETE`.
-STATUSES = ("ok", "skipped", "failed", "interrupted")
-#: A cell without a usable ``result.json`` (still running, killed, or its result unreadable).
-INCOMPLETE = "incomplete"
-REPORT_STATUSES = (*STATUSES, INCOMPLETE)
-CELL_FILES = ("result.json", "epochs.jsonl", "cell.json")
-CORRUPT_EPOCHS = "epochs.corrupt.jsonl"
+from harness.api import CellSpec, EpochRecord, Recipe
+from harness.results import (
+    CORRUPT_EPOCHS,
+    SCHEMA_VERSION,
+    STATUSES,
+    Line,
+    SchemaError,
+    StoreError,
+    read_json,
+    read_lines,
+    read_result,
+    warn,
+)
+
 LOCK_FILE = ".lock"
-#: Suffix of a cell directory moved aside by ``--rerun-changed`` (``cells/<id>.old-<timestamp>``).
-ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 #: CellSpec fields whose change makes stored results a different experiment (``--resume`` compares them).
 SPEC_KEYS = ("model", "loader", "backend", "precision", "model_plugin", "loader_plugin", "backend_plugin", "recipe",
              "epochs", "image_size", "subset", "seed", "data", "nproc", "model_params", "loader_params",
@@ -57,43 +55,8 @@ SPEC_KEYS = ("model", "loader", "backend", "precision", "model_plugin", "loader_
 SUB_KEY_DEFAULTS = {"recipe": {f.name: f.default for f in fields(Recipe)}}
 
 
-class ResultWarning(UserWarning):
-    """Something in a result directory could not be read and was skipped; the message names it."""
-
-
-class StoreError(ValueError):
-    """The result store cannot be used as asked; the message names the file or cell (exit code 2)."""
-
-
-class SchemaError(StoreError):
-    """A result file has a newer ``schema_version`` than this harness reads."""
-
-
 class OutputLocked(StoreError):
     """Another ``harness run`` holds the output directory."""
-
-
-def warn(message: str) -> None:
-    warnings.warn(ResultWarning(message), stacklevel=3)
-
-
-def show_warnings_briefly() -> None:
-    """Format every :class:`ResultWarning` as one ``harness: warning: ...`` line (for the command line).
-
-    Only the formatting changes (``warnings.formatwarning``): filters and ``catch_warnings`` work as usual.
-    """
-    original = warnings.formatwarning
-    if getattr(original, "_harness_brief", False):
-        return
-
-    def brief(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-              line: str | None = None) -> str:
-        if issubclass(category, ResultWarning):
-            return f"harness: warning: {message}\n"
-        return original(message, category, filename, lineno, line)
-
-    brief._harness_brief = True  # type: ignore[attr-defined]
-    warnings.formatwarning = brief
 
 
 # ---------------------------------------------------------------- writing
@@ -161,80 +124,6 @@ def _rewrite(path: Path, lines: Iterable[str]) -> None:
 # ---------------------------------------------------------------- reading
 
 
-@dataclass(frozen=True)
-class Line:
-    """One non-blank line of a JSON Lines file: its record, or why it has none."""
-
-    number: int  # 1-based
-    text: str  # as read (undecodable bytes backslash-escaped)
-    record: dict[str, Any] | None
-    problem: str | None = None
-
-
-def version_problem(data: Mapping[str, Any], where: str) -> str | None:
-    """Why ``data``'s ``schema_version`` is unusable (None if fine); raise :class:`SchemaError` when newer."""
-    version = data.get("schema_version")
-    if version is None:
-        return "missing field 'schema_version'"
-    if not isinstance(version, int) or isinstance(version, bool):
-        return f"field 'schema_version' must be an integer, got {version!r}"
-    if version > SCHEMA_VERSION:
-        raise SchemaError(f"{where}: schema_version {version} is newer than this harness reads ({SCHEMA_VERSION}); "
-                          "upgrade harness to read it")
-    if version < 1:
-        return f"unknown schema_version {version}"
-    return None
-
-
-def epoch_problem(data: Any, where: str) -> str | None:
-    """Why a parsed ``epochs.jsonl`` line is not an epoch record (None if it is)."""
-    if not isinstance(data, dict):
-        return f"expected a JSON object, got {type(data).__name__}"
-    problem = version_problem(data, where)
-    if problem:
-        return problem
-    epoch = data.get("epoch")
-    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
-        return f"field 'epoch' must be a positive integer, got {epoch!r}"
-    return None
-
-
-def read_lines(path: Path, refuse_newer: bool = True) -> list[Line]:
-    """Every non-blank line of an ``epochs.jsonl``, parsed and checked; [] when the file is absent.
-
-    With ``refuse_newer`` a record of a newer schema raises :class:`SchemaError`; otherwise it is
-    a line with a problem like any other.
-    """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return []
-    chunks = raw.split(b"\n")
-    lines = []
-    for number, chunk in enumerate(chunks, 1):
-        if not chunk.strip():
-            continue
-        text = chunk.decode("utf-8", "backslashreplace")
-        where = f"{path}:{number}"
-        try:
-            data = json.loads(chunk.decode("utf-8"))
-        except UnicodeDecodeError:
-            lines.append(Line(number, text, None, "not UTF-8"))
-            continue
-        except json.JSONDecodeError as exc:
-            torn = number == len(chunks)  # no newline after it: the writer was killed mid-line
-            lines.append(Line(number, text, None, f"{'torn last line, ' if torn else ''}not valid JSON ({exc})"))
-            continue
-        try:
-            problem = epoch_problem(data, where)
-        except SchemaError:
-            if refuse_newer:
-                raise
-            problem = f"schema_version {data.get('schema_version')} is newer than this harness reads"
-        lines.append(Line(number, text, None if problem else data, problem))
-    return lines
-
-
 def read_epochs(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """``(line number, record)`` of every readable epoch record, in file order; each bad line is warned about."""
     records = []
@@ -245,60 +134,6 @@ def read_epochs(path: Path) -> list[tuple[int, dict[str, Any]]]:
             assert line.record is not None
             records.append((line.number, line.record))
     return records
-
-
-def latest_per_epoch(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The last record of each epoch number (a resumed run may repeat one), by epoch."""
-    by_epoch = {r["epoch"]: r for r in records}
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object file; None when absent; None with a warning when unreadable or not an object."""
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        warn(f"{path}: unreadable ({exc}); ignored")
-        return None
-    if not isinstance(data, dict):
-        warn(f"{path}: expected a JSON object, got {type(data).__name__}; ignored")
-        return None
-    return data
-
-
-def read_result(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """``(result, problem)`` of a ``result.json``: ``(None, None)`` when absent.
-
-    Unreadable files give ``(None, problem)``; an unknown status gives the data with a problem
-    (the cell then counts as :data:`INCOMPLETE`). Problems are warned about; a newer schema raises.
-    """
-    if not path.exists():
-        return None, None
-    data = read_json(path)
-    if data is None:
-        return None, f"{path.name} unreadable"
-    problem = version_problem(data, str(path))
-    if problem:
-        warn(f"{path}: {problem}; ignored")
-        return None, f"{path.name}: {problem}"
-    if data.get("status") not in STATUSES:
-        problem = f"field 'status' must be one of {', '.join(STATUSES)}, got {data.get('status')!r}"
-        warn(f"{path}: {problem}")
-        return data, f"{path.name}: {problem}"
-    return data, None
-
-
-def is_set_aside(name: str) -> bool:
-    """A cell directory name that ``--rerun-changed`` moved aside (readers skip it unless pointed at it)."""
-    return bool(ASIDE.search(name))
-
-
-def find_cell_dirs(root: Path) -> list[Path]:
-    """Every directory under ``root`` (or ``root`` itself) holding a cell's files, set-aside ones left out."""
-    found = {p.parent for name in CELL_FILES for p in root.rglob(name)}
-    return sorted(d for d in found if not any(is_set_aside(part) for part in d.relative_to(root).parts))
 
 
 # ---------------------------------------------------------------- one cell
@@ -472,11 +307,11 @@ def _checkpoint_agrees(path: Path, rows: Mapping[int, Mapping[str, Any]]) -> boo
             and math.isclose(wall, recorded, rel_tol=1e-9, abs_tol=1e-9))
 
 
-def spec_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """``"key old -> new"`` for every :data:`SPEC_KEYS` field that differs between two ``cell.json`` objects."""
+def spec_changes(stored: Mapping[str, Any], new: Mapping[str, Any], keys: Iterable[str] = SPEC_KEYS) -> list[str]:
+    """``"key old -> new"`` for every field of ``keys`` that differs between two ``cell.json`` objects."""
     new = json.loads(json.dumps(dict(new), default=str))  # as it would read back from cell.json
     changes = []
-    for key in SPEC_KEYS:
+    for key in keys:
         if key not in stored:  # written before the key existed: nothing to compare against
             continue
         before, after = stored.get(key), new.get(key)
@@ -496,38 +331,43 @@ def spec_changes(stored: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]
 
 
 class OutputLock:
-    """An exclusive ``flock`` on ``OUT/.lock``, held while a ``harness run`` writes OUT.
+    """An exclusive lock (:mod:`filelock`: ``flock`` on Unix, ``msvcrt`` on Windows) on ``OUT/.lock``, held while a
+    ``harness run`` writes OUT.
 
     The file holds the holder's pid, host and command line, for the message a second run gets.
     The file itself is left in place (removing it would let two runs lock two different files).
     """
 
     def __init__(self, out: Path, command: str) -> None:
-        self.path, self.fd = Path(out) / LOCK_FILE, None
+        self.path = Path(out) / LOCK_FILE
+        holder = f"pid {os.getpid()} on {socket.gethostname()} since {now()}: {command}"
+
+        def write_holder(fd: int) -> None:
+            os.ftruncate(fd, 0)
+            os.write(fd, holder.encode("utf-8", "backslashreplace") + b"\n")
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"{out}: cannot use as the output directory ({exc.strerror or exc})") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(self.fd, 4096, 0).decode("utf-8", "backslashreplace").strip() or "unknown process"
-            os.close(self.fd)
-            self.fd = None
-            raise OutputLocked(f"{out} is in use by another harness run ({holder}); wait for it to finish "
+            self.lock: FileLock | None = FileLock(self.path, timeout=0, preserve_lock_file=True,
+                                                  on_acquired=write_holder)
+            self.lock.acquire()
+        except Timeout:
+            held = self.path.read_bytes().decode("utf-8", "backslashreplace").strip() or "unknown process"
+            self.lock = None
+            raise OutputLocked(f"{out} is in use by another harness run ({held}); wait for it to finish "
                                "or choose another --out") from None
-        holder = f"pid {os.getpid()} on {socket.gethostname()} since {now()}: {command}"
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, holder.encode("utf-8", "backslashreplace") + b"\n", 0)
+        except OSError as exc:
+            self.lock = None
+            raise StoreError(f"{out}: cannot use as the output directory ({exc.strerror or exc})") from None
 
     def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing the only descriptor releases the lock
-            self.fd = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def __del__(self) -> None:  # a lock bound to a local variable lasts as long as the function holding it
-        self.release()
+        if hasattr(self, "lock"):
+            self.release()
 
     def __enter__(self) -> OutputLock:
         return self

@@ -7,19 +7,23 @@ from a real pytest-benchmark run in a subprocess.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import re
 import subprocess
 import sys
 import textwrap
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from harness import compare
 from harness.api import CellSpec, EpochRecord, Recipe
-from harness.store import CellStore, ResultWarning
+from harness.results import ResultWarning
+from harness.store import CellStore
 
 ENV = {"hostname": "ci-1", "cpu_model": "Test CPU", "torch": "2.4.0", "git_commit": "abc"}
 
@@ -164,8 +168,10 @@ def test_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
         ((tmp_path / "a", tmp_path / "a", "--threshold", "15"), "write 15% or 0.15"),
         ((tmp_path / "a", tmp_path / "a", "--threshold-for", "x"), "expected PATTERN=PERCENT"),
         ((tmp_path / "a", bench), "no raw timings in stats.data"),
-        ((tmp_path, tmp_path / "a"), "not a harness output directory"),
+        ((tmp_path / "empty", tmp_path / "a"), "empty: no results found"),
+        ((tmp_path / "a", tmp_path / "a", "--allow-different", "seed"), "--allow-different 'seed': not a compared"),
     ]
+    (tmp_path / "empty").mkdir()
     for argv, message in cases:
         code, _, err = run(*argv, capsys=capsys)
         assert code == 2 and message in err, (argv, err)
@@ -308,3 +314,104 @@ def test_gate_ignores_a_a_and_5_percent_and_catches_20_percent(tmp_path: Path,
     assert code == 1 and verdicts(out) == {key: "regressed"}, out
     code, out, _ = run(runs["a"], runs["slow5"], *gate, capsys=capsys)
     assert code == 0 and verdicts(out) == {key: "unchanged"}, out
+
+
+# ---------------------------------------------------------------- like with like, big files, non-finite values
+
+
+def write_many_epochs(out: Path, spec: CellSpec, count: int, env: dict | None = None) -> Path:
+    """A cell whose ``epochs.jsonl`` has ``count`` records, each a line as the store writes it (cell and
+    environment included, ~1.5 kB), throughput varying by a few percent; returns the file."""
+    store = CellStore(out, spec.id)
+    record = EpochRecord(epoch=1, train_loss=1.0, train_acc=0.5, val_loss=1.0, val_acc=0.5, lr=0.1, epoch_time_s=10.0,
+                         train_time_s=9.0, throughput_img_s=100.0, data_wait_s=0.0, peak_mem_gb=1.0,
+                         optimizer_steps=10, train_images=1000, wall_time_s=10.0)
+    store.append_epoch(spec, env or ENV, record)
+    head, tail = store.epochs_path.read_text().split('"epoch": 1, ', 1)
+    before, after = tail.split('"throughput_img_s": 100.0', 1)
+    with store.epochs_path.open("w") as fh:
+        fh.writelines(f'{head}"epoch": {e}, {before}"throughput_img_s": {100 + e % 7}{after}'
+                      for e in range(1, count + 1))
+    store.write_result(spec, env or ENV, "ok", None, {"epochs": count})
+    return store.epochs_path
+
+
+def test_paired_cells_with_other_settings_are_refused_naming_the_fields(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    write_cell(base, cell(), 100.0)
+    other = replace(cell(), image_size=224, recipe=Recipe(batch_size=16), data="/elsewhere")
+    write_cell(cand, other, 50.0, seed=1)
+    code, out, err = run(base, cand, capsys=capsys)
+    assert code == 2 and out == ""
+    assert (f"{cell().id}: image_size 32 -> 224, recipe.batch_size 128 -> 16, data '/d' -> '/elsewhere'" in err
+            and "--allow-different data --allow-different image_size --allow-different recipe.batch_size" in err)
+    code, out, _ = run(base, cand, "--allow-different", "image_size", "--allow-different", "recipe",
+                       "--allow-different", "data", capsys=capsys)
+    assert code == 1 and verdicts(out)[f"{cell().id}/throughput_img_s"] == "regressed"
+    assert "settings differ (allowed): image_size 32 -> 224, recipe.batch_size 128 -> 16" in out
+    write_cell(tmp_path / "suite", replace(cell(), suite="other"), 100.0)  # another suite, same cell id
+    code, _, err = run(base, tmp_path / "suite", "--allow-different", "image_size", capsys=capsys)
+    assert code == 2 and "suite 't' -> 'other'" in err and "image_size" not in err
+
+
+def test_a_folder_of_result_directories_is_read_as_the_report_reads_it(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    write_cell(tmp_path / "runs" / "a", cell(), 100.0)
+    write_cell(tmp_path / "runs" / "b", cell("other"), 100.0)
+    write_cell(tmp_path / "cand", cell(), 100.0, seed=2)
+    side = compare.load_side(tmp_path / "runs")
+    assert {s.id for s in side.series.values()} == {cell().id, cell("other").id}
+    code, out, _ = run(tmp_path / "runs", tmp_path / "cand", capsys=capsys)
+    assert code == 0 and verdicts(out)[f"{cell('other').id}/throughput_img_s"] == "missing"
+
+
+def test_epoch_files_are_read_in_linear_time(tmp_path: Path) -> None:
+    """10,000 epochs (15 MB): a min() per row made this 5 * 10**7 steps (minutes on a loaded machine); streamed,
+    it is well under a second. The figure for 200 MB is in docs/results.md."""
+    write_many_epochs(tmp_path, cell(), 10_000)
+    start = time.perf_counter()
+    side = compare.load_side(tmp_path)
+    assert time.perf_counter() - start < 10
+    samples = side.series[f"{cell().id}/throughput_img_s"].samples
+    assert len(samples) == 9_999 and samples[:3] == [102, 103, 104]  # epoch 1 left out as warm-up
+
+
+def test_non_finite_values_are_missing_samples_with_a_warning(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    base, cand = tmp_path / "base", tmp_path / "cand"
+    write_cell(base, cell(), 100.0, epochs=8)
+    write_cell(cand, cell(), 100.0, epochs=8, seed=1)
+    epochs = cand / "cells" / cell().id / "epochs.jsonl"
+    lines = [json.loads(line) for line in epochs.read_text().splitlines()]
+    lines[2]["throughput_img_s"], lines[3]["throughput_img_s"] = math.nan, math.inf  # json writes NaN, Infinity
+    epochs.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with pytest.warns(ResultWarning) as caught:
+        code, out, _ = run(base, cand, capsys=capsys)
+    assert [str(w.message) for w in caught] == [
+        f"{epochs}:3: field 'throughput_img_s' is not finite (NaN or inf) (and 1 more line(s)); read as empty",
+        f"{epochs}: field 'throughput_img_s' missing or not a finite number in 2 of 7 epoch(s); those samples skipped"]
+    assert code == 0 and "7/5" in out and "inf" not in out and "nan" not in out  # 7 timed epochs, 2 not finite
+    for line in lines:  # finite values whose median overflows (the mean of the middle two is inf)
+        line["throughput_img_s"] = 1.7e308
+    epochs.write_text("".join(json.dumps(line) + "\n" for line in lines[:-1]))
+    code, out, _ = run(base, cand, capsys=capsys)
+    assert code == 0 and "inf" not in out and max(len(line) for line in out.splitlines()) < 250
+    assert verdicts(out)[f"{cell().id}/throughput_img_s"] == "unchanged" and "out of range" in out
+
+
+def test_the_cpu_model_has_one_name_on_both_kinds_of_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """pytest-benchmark's ``machine_info.cpu.brand_raw`` (and ``node``) read as the fingerprint's ``cpu_model``
+    (and ``hostname``), so a CPU change is named alike whichever kind of input shows it."""
+    def bench(path: Path, cpu: str, node: str) -> Path:
+        path.write_text(json.dumps({"machine_info": {"node": node, "cpu": {"brand_raw": cpu, "count": 2}},
+                                    "benchmarks": [{"fullname": "t.py::x", "stats": {"data": [1.0, 1.1, 0.9]}}]}))
+        return path
+
+    code, _, err = run(bench(tmp_path / "a.json", "AMD EPYC", "ci-1"), bench(tmp_path / "b.json", "Intel Xeon", "ci-2"),
+                       capsys=capsys)
+    assert code == 0 and "different machines" in err
+    assert "cpu_model: AMD EPYC -> Intel Xeon" in err and "hostname: ci-1 -> ci-2" in err and "brand_raw" not in err
+    write_cell(tmp_path / "h1", cell(), 100.0)
+    write_cell(tmp_path / "h2", cell(), 100.0, env={**ENV, "cpu_model": "Intel Xeon"})
+    assert "cpu_model: Test CPU -> Intel Xeon" in run(tmp_path / "h1", tmp_path / "h2", capsys=capsys)[2]

@@ -29,7 +29,8 @@ from harness.datasets import DataError
 from harness.prepare import MARKER, Limits, Options, configure, prepare
 from harness.prepare import command as prepare_command
 from harness.report.load import load_results
-from harness.store import CellStore, OutputLock, OutputLocked, ResultWarning
+from harness.results import ResultWarning
+from harness.store import CellStore, OutputLock, OutputLocked
 from harness.testing import make_photos, run_harness
 
 CELL = "resnet10t-tv-torch-fp32"

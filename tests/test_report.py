@@ -36,7 +36,7 @@ from harness.report.load import load_results
 from harness.report.mfu import mfu, peak_flops
 from harness.report.render import Report, results_table, skipped_table
 from harness.report.summary import RUN_COLUMNS, derived_warnings, device_short, summarize
-from harness.store import ResultWarning
+from harness.results import ResultWarning
 
 REPO = Path(__file__).resolve().parents[1]
 FP16 = ("flowers", "vit_tiny_patch16_224", "", "torchvision", "torch", "fp16", "default")  # "": no recipe axis
@@ -723,3 +723,18 @@ def test_recipe_axis_rows_and_the_suites_target_give_time_to_accuracy(tmp_path: 
     assert "reaches 55.0 % validation accuracy soonest" in text
     console = console_table(summary)
     assert "recipe" in console and "time_to_acc_s" in console
+
+
+def test_a_diverged_fp32_run_is_not_called_emulated(tmp_path: Path) -> None:
+    """An fp32 cell whose timings are NaN (json's NaN, as a diverged run writes them) has no throughput: the pick
+    says so, and never blames an emulated precision."""
+    epochs = [replace(r, train_loss=math.nan, train_time_s=math.nan, throughput_img_s=math.nan)
+              for r in make_epochs([30, 20, 22], [20, 14, 15], [0.1, 0.1, 0.1])]
+    write_cell(tmp_path, make_cell("fp32"), make_env("Tesla T4"), epochs)
+    with pytest.warns(ResultWarning) as caught:
+        report = build_report(load_results([tmp_path]), [str(tmp_path)])
+    named = {re.search(r"field '(\w+)' is not finite", str(w.message))[1] for w in caught}
+    assert named == {"train_loss", "train_time_s", "throughput_img_s"}
+    (pick,) = report.picks
+    assert pick.best is None and "emulated" not in pick.rule
+    assert pick.rule == "none: every cell that ran had no measured throughput (timings missing or not finite)"

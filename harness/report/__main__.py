@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from harness.report import command, configure
-from harness.store import show_warnings_briefly
+from harness.results import show_warnings_briefly
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,12 +122,20 @@ def decide(summary: pd.DataFrame, devices: list[str], target: float | None, step
         for model in sorted(ran["model"].dropna().unique()):
             rows = allowed[(allowed["device_short"] == device) & (allowed["model"] == model)]
             if rows.empty:
-                picks.append(Pick(device, model, "none: every cell that ran used an emulated precision", "", None,
-                                  None))
+                picks.append(Pick(device, model, f"none: {_why_none(ran[ran['model'] == model])}", "", None, None))
                 continue
             step = steps.get(str(rows["suite"].iloc[0]))
             picks.append(_pick(device, model, rows, target, step))
     return picks
+
+
+def _why_none(ran: pd.DataFrame) -> str:
+    """Why none of the cells that ran can be picked (:func:`candidates`), in the cells' own terms."""
+    emulated = ran["precision_support"].eq("emulated")
+    reasons = {"used an emulated precision": emulated,
+               "had no measured throughput (timings missing or not finite)": ran["throughput_img_s"].isna() & ~emulated}
+    why = [text for text, rows in reasons.items() if rows.any()]
+    return f"every cell that ran {' or '.join(why)}" if why else "no cell that ran can be picked"
 
 
 @dataclass

@@ -14,6 +14,7 @@ from harness import devices
 from harness.devices import match_device
 from harness.report.load import Results
 from harness.report.mfu import mfu
+from harness.results import timed_epochs
 
 #: Columns of ``runs.csv``: one row per cell run (every repeat, every directory), in order.
 RUN_COLUMNS = [
@@ -56,11 +57,11 @@ def device_short(name: str) -> str:
 
 
 def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, float]:
-    """Statistics of one run's epochs (sorted by epoch). Timings use the epochs after the first (warm-up)."""
+    """Statistics of one run's epochs (sorted by epoch). Timings leave out the warm-up (:func:`timed_epochs`)."""
     nan = math.nan
     if epochs.empty:
         return {"epochs": 0, "timed_epochs": 0}
-    steady = epochs.iloc[1:] if len(epochs) > 1 else epochs
+    steady = timed_epochs(epochs)
     train_time = steady["train_time_s"].sum()
     best = epochs["val_acc"].idxmax() if epochs["val_acc"].notna().any() else None
     reached = epochs[epochs["val_acc"] >= target_acc] if target_acc is not None else epochs.iloc[0:0]
