@@ -100,10 +100,17 @@ def read_epochs(path: Path, problems: list[str] | None = None) -> list[dict[str,
         if missing:
             _problem(problems, f"{where}: missing field(s) {', '.join(map(repr, missing))}; read as empty")
         record: dict[str, Any] = {f: _number(data.get(f), where, f, problems) for f in EPOCH_FIELDS}
+        extra = data.get("extra")
+        record["extra"] = _numbers(extra) if isinstance(extra, dict) else {}
         record["_cell"] = data.get("cell")
         record["_env"] = data.get("env")
         records.append(record)
     return records
+
+
+def _numbers(values: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric fields of an observer's ``extra`` dict (``{"<plugin>.<field>": number}``)."""
+    return {str(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _mapping(data: Mapping[str, Any] | None, key: str, where: str, problems: list[str]) -> dict[str, Any]:
@@ -175,6 +182,8 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
         "recorded_warnings": [*(str(w.get("message")) if isinstance(w, dict) else str(w) for w in warnings),
                               *problems],
         "warning_codes": [str(w.get("code")) for w in warnings if isinstance(w, dict)],
+        "disqualified": [str(w.get("message")) for w in warnings if isinstance(w, dict) and w.get("disqualifies")],
+        "extra": _numbers(summary["extra"]) if isinstance(summary.get("extra"), dict) else {},
         "cell": cell,
         "env": env,
     }
@@ -188,7 +197,7 @@ CELL_COLUMNS = [
     "run", "source", "source_index", "cell_id", "suite", "model", "recipe", "loader", "backend", "precision", "nproc",
     "seed", "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
-    "recorded_warnings", "warning_codes", "cell", "env",
+    "recorded_warnings", "warning_codes", "disqualified", "extra", "cell", "env",
 ]  # fmt: skip
 
 
@@ -211,6 +220,6 @@ def load_results(dirs: Iterable[Path | str]) -> Results:
             rows.append(row)
             epochs.extend(records)
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS).drop_duplicates("run", ignore_index=True)
-    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS])
+    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS, "extra"])
     epoch_frame = epoch_frame.drop_duplicates(["run", "epoch"], keep="last", ignore_index=True)
     return Results(cells=cells, epochs=epoch_frame.sort_values(["run", "epoch"], ignore_index=True))
