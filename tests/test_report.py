@@ -940,10 +940,12 @@ def test_observer_extra_fields_are_columns_behind_the_toggle(tmp_path: Path) -> 
 def test_plot_lines_differ_in_every_factor_that_differs() -> None:
     rows = pd.DataFrame([
         {"loader": "torchvision", "recipe": "", "precision": "fp32", "precision_support": "native",
-         "device_short": "CPU", "environment": env, "backend": "torch", "settings": "{}"}
+         "device_short": "CPU", "environment": env, "backend": "torch", "cell": {"image_size": 64, "epochs": 3}}
         for env in ("default", "timm-1.0.9")])
     looks, labels = styles(rows)
     assert looks[0] != looks[1] and labels == ["default", "timm-1.0.9"]
     many = pd.concat([rows.assign(loader=loader, precision=p) for loader in ("a", "b") for p in ("fp32", "bf16")])
     looks, labels = styles(many)
     assert len({json.dumps(look, sort_keys=True) for look in looks}) == len(many) == len(set(labels))
+    sizes = pd.concat([rows.iloc[:1].assign(cell=[{"image_size": size, "epochs": 3}]) for size in (64, 224)])
+    assert styles(sizes)[1] == ["image_size 64", "image_size 224"]  # settings: only what differs, short

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from harness.report.render import SEP
+from harness.report.summary import describe
 
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#999999")  # Okabe-Ito
 LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
@@ -30,6 +31,7 @@ FONT = 11
 STYLE = {"font.size": FONT, "axes.titlesize": FONT, "axes.labelsize": FONT, "xtick.labelsize": FONT,
          "ytick.labelsize": FONT, "legend.fontsize": FONT, "axes.grid": True, "grid.alpha": 0.3,
          "axes.spines.top": False, "axes.spines.right": False, "svg.fonttype": "none", "svg.hashsalt": "harness"}
+SETTINGS = ("epochs", "image_size", "subset", "nproc")
 LOG_SPAN = 10.0
 HEADROOM = 1.08
 
@@ -66,10 +68,20 @@ def _value(row: Mapping[str, Any], factor: str) -> str:
     return str(row[factor])
 
 
+def _settings(records: list[dict[str, Any]]) -> None:
+    """Each record's ``settings``: the work settings (epochs, image size, subset, processes) in which the records
+    differ, short (``image_size 64``); a recipe counts by its name, plugin parameters by the plugin's."""
+    cells = [r.get("cell") or {} for r in records]
+    keys = [k for k in SETTINGS if len({describe(c.get(k)) for c in cells}) > 1]
+    for record, cell in zip(records, cells, strict=True):
+        record["settings"] = ", ".join(f"{k} {describe(cell.get(k))}" for k in keys)
+
+
 def styles(rows: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
     """Per row a matplotlib style and a legend label such that rows differing in any factor look different:
     the differing factors take colour, line style, marker and marker fill in turn (colour takes any left over)."""
     records = rows.to_dict("records")
+    _settings(records)
     differing = [f for f in FACTORS if len({_value(r, f) for r in records}) > 1]
     channels = [differing[:1] + differing[4:], differing[1:2], differing[2:3], differing[3:4]]
     out, labels = [], []
@@ -81,7 +93,7 @@ def styles(rows: pd.DataFrame) -> tuple[list[dict[str, Any]], list[str]]:
             index.append(levels.index(tuple(_value(row, f) for f in factors)))
         out.append({"color": PALETTE[index[0] % len(PALETTE)], "linestyle": LINESTYLES[index[1] % len(LINESTYLES)],
                     "marker": MARKERS[index[2] % len(MARKERS)], "fillstyle": FILLS[index[3] % len(FILLS)]})
-        labels.append(SEP.join(_value(row, f) for f in differing) or _value(row, "loader"))
+        labels.append(SEP.join(v for v in (_value(row, f) for f in differing) if v) or _value(row, "loader"))
     return out, labels
 
 

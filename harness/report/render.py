@@ -370,14 +370,12 @@ def effects_table(report: Report) -> Table:
         {
             "factor": e.factor.replace("device_short", "device"),
             "comparison": e.comparison,
-            "throughput ratio": ratio(e.ratio),
-            "95 % interval": f"{ratio(e.low)}–{ratio(e.high)}" if math.isfinite(e.low) else
-            f"{e.matched} matched cell, no interval",
-            "matched cells": str(e.matched),
+            "throughput ratio": ratio(e.ratio, e.low, e.high),
+            "matched cells": str(e.matched) + ("" if math.isfinite(e.low) else " (no interval)"),
         }
         for e in report.effects
     ]
-    frame = pd.DataFrame(rows, columns=["factor", "comparison", "throughput ratio", "95 % interval", "matched cells"])
+    frame = pd.DataFrame(rows, columns=["factor", "comparison", "throughput ratio", "matched cells"])
     keys = {"throughput ratio": pd.Series([e.ratio for e in report.effects], dtype=float),
             "matched cells": pd.Series([e.matched for e in report.effects], dtype=float)}
     return Table(frame, keys)
