@@ -44,7 +44,9 @@ def ratio_interval(top: Sequence[float], bottom: Sequence[float]) -> tuple[float
         logs = np.log(a), np.log(b)
         if np.ptp(logs[0]) == 0 and np.ptp(logs[1]) == 0:  # no spread at all: the ratio is exact
             return point, point, point
-        ci = stats.ttest_ind(*logs, equal_var=False).confidence_interval(CONFIDENCE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # nearly equal values: scipy warns of precision loss, the interval holds
+            ci = stats.ttest_ind(*logs, equal_var=False).confidence_interval(CONFIDENCE)
         return point, float(np.exp(ci.low)), float(np.exp(ci.high))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # identical values: a degenerate but valid (zero-width) interval
