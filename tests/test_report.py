@@ -869,6 +869,11 @@ def test_a_device_comparison_of_different_settings_names_the_setting(tmp_path: P
     assert comparison_note(report) == ("Nothing to compare by device: no configuration ran on two of them with the "
                                        "same settings: image size 224 (T4) vs 64 (P40).")
     assert "image size 224 (T4) vs 64 (P40)" in to_markdown(report)
+    refused = tmp_path / "p40-refused"
+    write_cell(refused, make_cell("bf16"), make_env("Tesla P40"), [], status="skipped", reason="needs sm_80",
+               flops_per_image=None)
+    report = build_report(load_results([tmp_path / "t4", refused]), ["t4", "p40"])
+    assert comparison_note(report) == "Nothing to compare by device: only T4 has cells that ran."
     same = tmp_path / "p40-224"
     _runs(same, [100, 104, 97], [0.7] * 3, device="Tesla P40")
     report = build_report(load_results([tmp_path / "t4", same]), ["t4", "p40"])

@@ -95,6 +95,9 @@ def _flags(rows: pd.DataFrame, column: str) -> dict[tuple, str]:
 def incomparable(summary: pd.DataFrame, column: str) -> str:
     """Why no configuration ran on two groups alike: the settings whose values differ between the groups."""
     ok = summary[summary["status"].eq("ok")]
+    ran = list(dict.fromkeys(ok[column].astype(str)))
+    if len(ran) < 2:
+        return f"only {', '.join(ran) or 'none'} has cells that ran"
     values: dict[str, dict[str, set[str]]] = {}
     for group, rows in ok.groupby(column, sort=False):
         for key in ROW_KEYS:

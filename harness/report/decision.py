@@ -167,7 +167,8 @@ def _board(suite: str, device: str, model: str, rows: pd.DataFrame, target: floa
         rule = f"reaches {_pct(target or 0)} validation accuracy soonest, in every run"
         admissible = reached
     else:
-        top = candidates.loc[candidates["best_val_acc"].idxmax()] if len(candidates) else None
+        accurate = candidates["best_val_acc"].dropna()
+        top = candidates.loc[accurate.idxmax()] if len(accurate) else None
         less_accurate = {i for i, row in candidates.iterrows()
                          if top is not None and row["best_val_acc_ci95_high"] < top["best_val_acc_ci95_low"]}
         admissible = candidates.drop(index=list(less_accurate))
