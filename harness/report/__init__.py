@@ -2,7 +2,7 @@
 
 ``harness report DIR [DIR ...] --out DIR`` writes ``summary.csv`` (one row per configuration, device and
 environment, means over repeats), ``runs.csv`` (every run), ``comparison.csv``, ``epochs.csv``, ``summary.md``,
-``report.html`` (self-contained) and ``plots/*.png``.
+``report.html`` (self-contained) and ``plots/*.svg``.
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="group the ratios are taken against, e.g. P40 (default: the group of the "
                                            "first DIR given)")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    parser.add_argument("--target-acc", type=float, help="validation accuracy for time-to-accuracy, e.g. 0.6")
+    parser.add_argument("--target-acc", type=float, help="validation accuracy for time-to-accuracy, e.g. 0.6, for "
+                                                          "every suite (default: each suite's own target_acc)")
 
 
 def command(args: argparse.Namespace) -> int:
