@@ -212,7 +212,8 @@ class CellStore:
                 for line in bad]
 
     def write_result(self, cell: CellSpec, env: dict[str, Any], status: str, reason: str | None = None,
-                     summary: dict[str, Any] | None = None, started_at: str | None = None) -> None:
+                     summary: dict[str, Any] | None = None, started_at: str | None = None,
+                     finished_at: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
         write_json(self.result_path, {
@@ -224,7 +225,7 @@ class CellStore:
             "reason": reason,
             "summary": summary or {},
             "started_at": started_at,
-            "finished_at": now(),
+            "finished_at": finished_at or now(),
         })
 
     def result(self) -> dict[str, Any] | None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import itertools
 import json
 import random
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from harness.api import CellSpec, EpochRecord, Recipe
+from harness.store import CellStore
 
 TRAIN_IMAGES = 2936  # the flowers training split
 
@@ -117,42 +118,34 @@ def write_cell(
     status: str = "ok",
     reason: str | None = None,
     flops_per_image: float | None = 3.8e9,
-    warnings: list[str] | None = None,
+    warnings: list[str | dict[str, Any]] | None = None,
     finished_at: str = "2024-05-01T12:00:00+00:00",
     extra: dict[str, Any] | None = None,
+    summary: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``out/cells/<id>/{cell.json,epochs.jsonl,result.json}``; ``extra`` adds unknown fields."""
-    cell_dir = out / "cells" / cell.id
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    described = cell.describe()
-    (cell_dir / "cell.json").write_text(json.dumps(described))
-    extra = extra or {}
-    with (cell_dir / "epochs.jsonl").open("w") as fh:
-        for record in epochs:
-            line = {"schema_version": 1, "cell_id": cell.id, "cell": described, "env": env, **asdict(record), **extra}
-            fh.write(json.dumps(line) + "\n")
+    """Write ``out/cells/<id>/{cell.json,epochs.jsonl,result.json}`` with the result store's own writer
+    (:class:`harness.store.CellStore`); ``summary`` adds to the result's summary (e.g. observers' ``extra``);
+    ``extra`` adds fields this harness does not write to every line and the result (a newer writer's, or
+    per-epoch observer fields: ``{"extra": {"plugin.field": 1.0}}``)."""
+    store = CellStore(out, cell.id)
+    store.write_cell(cell)
+    for record in epochs:
+        store.append_epoch(cell, env, record)
     best = max(epochs, key=lambda r: r.val_acc) if epochs else None
-    result = {
-        "schema_version": 1,
-        "cell_id": cell.id,
-        "cell": described,
-        "env": env,
-        "status": status,
-        "reason": reason,
-        "summary": {
-            "epochs": len(epochs),
-            "best_val_acc": best.val_acc if best else None,
-            "best_epoch": best.epoch if best else None,
-            "optimizer_steps_per_epoch": float(epochs[0].optimizer_steps) if epochs else None,
-            "train_flops_per_image": flops_per_image,
-            "warnings": warnings or [],
-        },
-        "started_at": "2024-05-01T11:00:00+00:00",
-        "finished_at": finished_at,
-        **extra,
-    }
-    (cell_dir / "result.json").write_text(json.dumps(result))
-    return cell_dir
+    store.write_result(cell, env, status, reason, summary={
+        "epochs": len(epochs),
+        "best_val_acc": best.val_acc if best else None,
+        "best_epoch": best.epoch if best else None,
+        "optimizer_steps_per_epoch": float(epochs[0].optimizer_steps) if epochs else None,
+        "train_flops_per_image": flops_per_image,
+        "warnings": warnings or [],
+        **(summary or {}),
+    }, started_at="2024-05-01T11:00:00+00:00", finished_at=finished_at)
+    if extra:  # fields the store's writer does not know, added as a newer writer would
+        lines = store.epochs_path.read_text().splitlines() if epochs else []
+        store.epochs_path.write_text("".join(json.dumps({**json.loads(line), **extra}) + "\n" for line in lines))
+        store.result_path.write_text(json.dumps({**json.loads(store.result_path.read_text()), **extra}))
+    return store.dir
 
 
 def t4_p40_results(root: Path, p40_env: dict[str, Any] | None = None, p40_epochs: int = 4) -> tuple[Path, Path]:

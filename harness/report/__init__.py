@@ -2,7 +2,7 @@
 
 ``harness report DIR [DIR ...] --out DIR`` writes ``summary.csv`` (one row per configuration, device and
 environment, means over repeats), ``runs.csv`` (every run), ``comparison.csv``, ``epochs.csv``, ``summary.md``,
-``report.html`` (self-contained) and ``plots/*.png``.
+``report.html`` (self-contained) and ``plots/*.svg``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pandas as pd
 
 from harness.report.aggregate import SUMMARY_COLUMNS, aggregate
 from harness.report.compare_devices import compare, group_column, ordered_groups
-from harness.report.decision import accuracy_step, caveats, decide, effects
+from harness.report.decision import accuracy_step, caveats, decide, effects, with_accuracy_intervals
 from harness.report.load import ReportError, Results, load_results
 from harness.report.render import Report, labelled_precision, published_references, to_markdown
 from harness.report.summary import RUN_COLUMNS, summarize
@@ -38,37 +38,46 @@ def _check(formats: Iterable[str], target_acc: float | None) -> tuple[str, ...]:
 
 def build_report(results: Results, sources: Sequence[str], target_acc: float | None = None, by: str = "device",
                  baseline: str | None = None) -> Report:
-    """Everything the report shows, computed from the results."""
-    runs = summarize(results, target_acc)
-    summary = aggregate(runs)
+    """Everything the report shows, computed from the results. ``target_acc`` applies to every suite; without it,
+    each suite's own (recorded in its cells), so one suite's target never changes another's pick."""
+    targets = suite_targets(results, target_acc)
+    runs = summarize(results, targets)
+    ok = runs[runs["status"] == "ok"]
+    steps = {str(suite): accuracy_step(results.epochs.loc[results.epochs["run"].isin(rows["run"]), "val_acc"])
+             for suite, rows in ok.groupby("suite")}
+    summary = with_accuracy_intervals(aggregate(runs), steps)
     column = group_column(summary, by)
     grouped = summary if column == "device_short" else aggregate(runs, [column])
     comparison = compare(grouped, by, baseline)
     devices = ordered_groups(summary, "device_short")
     base_device = comparison.baseline if column == "device_short" else (devices[0] if devices else None)
-    ok = runs[runs["status"] == "ok"]
-    steps = {str(suite): accuracy_step(results.epochs.loc[results.epochs["run"].isin(rows["run"]), "val_acc"])
-             for suite, rows in ok.groupby("suite")}
     return Report(
         runs=runs,
         summary=summary,
         comparison=comparison,
-        picks=decide(summary, devices, target_acc, steps),
+        boards=decide(summary, devices, targets),
         effects=effects(summary, base_device),
         caveats=caveats(summary, steps),
         steps=steps,
         references=published_references(summary["suite"]),
         sources=[str(s) for s in sources],
-        target_acc=target_acc,
+        targets=targets,
         by=by,
     )
 
 
-def suite_target(results: Results) -> float | None:
-    """The target accuracy the results' suites declare, if they declare exactly one."""
-    options = (cell.get("options") for cell in results.cells["cell"] if isinstance(cell, dict))
-    targets = {float(o["target_acc"]) for o in options if isinstance(o, dict) and o.get("target_acc") is not None}
-    return targets.pop() if len(targets) == 1 else None
+def suite_targets(results: Results, target_acc: float | None = None) -> dict[str, float]:
+    """Per suite, its target accuracy: ``target_acc`` for all when given, else the ``target_acc`` the suite's
+    cells record (suites without one are left out)."""
+    suites = [str(s) for s in results.cells["suite"]]
+    if target_acc is not None:
+        return dict.fromkeys(suites, target_acc)
+    targets: dict[str, float] = {}
+    for suite, cell in zip(suites, results.cells["cell"], strict=True):
+        options = cell.get("options") if isinstance(cell, dict) else None
+        if isinstance(options, dict) and options.get("target_acc") is not None:
+            targets.setdefault(suite, float(options["target_acc"]))
+    return targets
 
 
 def _plots(report: Report, epochs: pd.DataFrame, out: Path) -> None:
@@ -86,17 +95,16 @@ def write_report(
     baseline: str | None = None,
 ) -> pd.DataFrame:
     """Read result directories, write the report into ``out``, return the summary table. Without ``target_acc``,
-    the suites' own target (``target_acc`` in the suite file) when the results agree on one."""
+    each suite's own target (``target_acc`` in the suite file)."""
     formats = _check(formats, target_acc)
     out = Path(out)
     results = load_results(dirs)
-    target_acc = target_acc if target_acc is not None else suite_target(results)
     report = build_report(results, [str(d) for d in dirs], target_acc, by, baseline)
     out.mkdir(parents=True, exist_ok=True)
     if "csv" in formats:
         report.summary[SUMMARY_COLUMNS].to_csv(out / "summary.csv", index=False)
         report.runs[RUN_COLUMNS].to_csv(out / "runs.csv", index=False)
-        report.comparison.flat(target=target_acc is not None).to_csv(out / "comparison.csv", index=False)
+        report.comparison.flat(target=bool(report.targets)).to_csv(out / "comparison.csv", index=False)
         keys = report.runs[["run", "cell_id", "device", "environment", "seed", "model", "loader", "backend",
                             "precision", "recipe"]]
         results.epochs.merge(keys, on="run").to_csv(out / "epochs.csv", index=False)
@@ -137,7 +145,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", help="group the ratios are taken against, e.g. P40 (default: the group of the "
                                            "first DIR given)")
     parser.add_argument("--format", default=",".join(FORMATS), help=f"comma-separated subset of {','.join(FORMATS)}")
-    parser.add_argument("--target-acc", type=float, help="validation accuracy for time-to-accuracy, e.g. 0.6")
+    parser.add_argument("--target-acc", type=float, help="validation accuracy for time-to-accuracy, e.g. 0.6, for "
+                                                          "every suite (default: each suite's own target_acc)")
 
 
 def command(args: argparse.Namespace) -> int:

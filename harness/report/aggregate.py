@@ -109,6 +109,12 @@ def _aggregate_group(group: pd.DataFrame) -> dict:
         best_epoch=used["best_epoch"].median(),
         finished_at=used["finished_at"].max(),
         notes=list(dict.fromkeys(notes)),
+        # what the decision's intervals resample: per run, or one run's timed epochs (timing noise only)
+        throughput_samples=list(used["throughput_img_s"]) if len(used) > 1 else
+        [v for each in used["epoch_throughputs"] for v in each],
+        time_to_acc_samples=list(used["time_to_acc_s"].dropna()),
+        extra=pd.DataFrame(list(used["extra"])).mean().to_dict(),
+        disqualified=list(dict.fromkeys(m for messages in used["disqualified"] for m in messages)),
     )
     for metric in MEAN_METRICS:
         prefix = metric.removesuffix("_s").removesuffix("_img")
@@ -123,7 +129,8 @@ def aggregate(runs: pd.DataFrame, extra_keys: Sequence[str] = ()) -> pd.DataFram
     rows = [_aggregate_group(group) for _, group in picked.groupby(keys, dropna=False, sort=False)]
     extra = [k for k in extra_keys if k not in SUMMARY_COLUMNS]
     summary = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *extra, "device_short", "source_index",
-                                          "device_type", "settings", "finished_at", "notes", "env", "cell"])
+                                          "device_type", "settings", "finished_at", "notes", "env", "cell",
+                                          "throughput_samples", "time_to_acc_samples", "extra", "disqualified"])
     summary = _drop_superseded_skips(summary)
     summary["best_epoch"] = pd.to_numeric(summary["best_epoch"]).round().astype("Int64")  # median over repeats
     return summary.sort_values([*CONFIG, "source_index", "device", "environment"], ignore_index=True)

@@ -16,11 +16,14 @@ import pandas as pd
 
 from harness.report.aggregate import CONFIG
 from harness.report.load import ReportError
-from harness.report.summary import SPEC_KEYS, describe
+from harness.report.stats import ratio_interval
+from harness.report.summary import SPEC_KEYS, describe, installed
 
 ROW_KEYS = [*CONFIG, "environment"]
 METRICS = ["status", "runs", "throughput_img_s", "epoch_time_s", "best_val_acc", "time_to_acc_s", "mfu"]
 RATIO_METRICS = ["throughput_img_s"]
+#: Columns of a ratio's group holding its 95 % interval (:func:`harness.report.stats.ratio_interval`).
+RATIO_BOUNDS = ("throughput_ci95_low", "throughput_ci95_high")
 #: Environment fields whose difference makes a comparison across devices unfair.
 ENV_KEYS = ("torch", "torchvision", "timm", "cuda_version", "cudnn_version", "dali", "colossalai", "harness")
 GROUP_COLUMNS = {"device": "device_short", "host": "host"}
@@ -61,8 +64,10 @@ def ordered_groups(summary: pd.DataFrame, column: str) -> list[str]:
 
 def differences(label: str, values: Iterable[tuple[str, Mapping[str, Any]]], keys: tuple[str, ...],
                 missing: bool = True) -> list[str]:
-    """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups (``missing=False``: a
-    group without the key, such as a package its cells do not use, differs from none)."""
+    """``"torch 2.1 (P40) vs 2.3 (T4)"`` for every key whose value differs between groups (library versions:
+    ``not installed`` for none; ``missing=False``: a group without the key, such as a package its cells do not
+    use, differs from none)."""
+    show = installed if keys == ENV_KEYS else describe
     out = []
     values = list(values)
     for key in keys:
@@ -70,7 +75,7 @@ def differences(label: str, values: Iterable[tuple[str, Mapping[str, Any]]], key
         for group, mapping in values:
             if not missing and mapping.get(key) is None:
                 continue
-            groups = seen.setdefault(describe(mapping.get(key)), [])
+            groups = seen.setdefault(show(mapping.get(key)), [])
             groups += [group] if group not in groups else []
         if len(seen) > 1:
             out.append(f"{label}{key} " + " vs ".join(f"{v} ({', '.join(g)})" for v, g in seen.items()))
@@ -91,6 +96,24 @@ def _flags(rows: pd.DataFrame, column: str) -> dict[tuple, str]:
     return flags
 
 
+def incomparable(summary: pd.DataFrame, column: str) -> str:
+    """Why no configuration ran on two groups alike: the settings whose values differ between the groups."""
+    ok = summary[summary["status"].eq("ok")]
+    ran = list(dict.fromkeys(ok[column].astype(str)))
+    if len(ran) < 2:
+        return f"only {', '.join(ran) or 'none'} has cells that ran"
+    values: dict[str, dict[str, set[str]]] = {}
+    for group, rows in ok.groupby(column, sort=False):
+        for key in ROW_KEYS:
+            values.setdefault(key, {})[str(group)] = {describe(v) for v in rows[key]}
+        for key in SPEC_KEYS:
+            values.setdefault(key, {})[str(group)] = {describe(cell.get(key)) for cell in rows["cell"]}
+    found = [f"{key.replace('_', ' ')} " + " vs ".join(f"{', '.join(sorted(v))} ({g})" for g, v in seen.items())
+             if not any(text.startswith("{") for v in seen.values() for text in v) else f"{key} settings differ"
+             for key, seen in values.items() if not set.intersection(*seen.values())]
+    return "no configuration ran on two of them with the same settings: " + ("; ".join(found) or "nothing in common")
+
+
 def compare(summary: pd.DataFrame, by: str = "device", baseline: str | None = None) -> Comparison:
     """Pivot the summary (:func:`harness.report.aggregate.aggregate`) by device (or host, ...)."""
     column = group_column(summary, by)
@@ -102,12 +125,18 @@ def compare(summary: pd.DataFrame, by: str = "device", baseline: str | None = No
     rows = rows.drop_duplicates([*ROW_KEYS, column], keep="last")  # other settings on one device: the latest
     pivot = rows.pivot(index=ROW_KEYS, columns=column, values=METRICS)
     pivot = pivot.swaplevel(axis=1).reindex(columns=pd.MultiIndex.from_product([groups, METRICS]))
+    samples = {(*key, group): values for *key, group, values in
+               rows[[*ROW_KEYS, column, "throughput_samples"]].itertuples(index=False)}
     for group in groups:
         if group == baseline:
             continue
-        for metric in RATIO_METRICS:
-            ratio = pivot[(group, metric)].astype(float) / pivot[(baseline, metric)].astype(float)
-            pivot[(f"{group} / {baseline}", metric)] = ratio
+        found = [ratio_interval(samples.get((*key, group), []), samples.get((*key, baseline), []))
+                 for key in pivot.index]
+        name = f"{group} / {baseline}"
+        metric = RATIO_METRICS[0]
+        pivot[(name, metric)] = pivot[(group, metric)].astype(float) / pivot[(baseline, metric)].astype(float)
+        pivot[(name, RATIO_BOUNDS[0])] = [f[1] for f in found]
+        pivot[(name, RATIO_BOUNDS[1])] = [f[2] for f in found]
     flags = _flags(rows, column)
     pivot[FLAGS] = [flags.get(key, "") for key in pivot.index]
     return Comparison(table=pivot, groups=groups, baseline=baseline)

@@ -46,7 +46,7 @@ class Results:
 def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One cell row and its epoch rows; ``index`` is the position of ``source`` among the directories given."""
     cell = results.read_cell(cell_dir)
-    epochs = [{"run": str(cell_dir), **record.metrics, **record.extra} for record in cell.epochs()]
+    epochs = [{"run": str(cell_dir), **record.metrics, "extra": record.extra} for record in cell.epochs()]
     spec, summary, problems = cell.spec, cell.summary, cell.problems
     where = str(cell_dir / "result.json")
     warnings = summary.get("warnings") or []
@@ -80,6 +80,7 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
         "recorded_warnings": [*(str(w.get("message")) if isinstance(w, dict) else str(w) for w in warnings),
                               *problems],
         "warning_codes": [str(w.get("code")) for w in warnings if isinstance(w, dict)],
+        "disqualified": [str(w.get("message")) for w in warnings if isinstance(w, dict) and w.get("disqualifies")],
         "extra": summary.get("extra") or {},
         "cell": spec,
         "env": cell.env,
@@ -91,7 +92,7 @@ CELL_COLUMNS = [
     "run", "source", "source_index", "cell_id", "suite", "model", "recipe", "loader", "backend", "precision", "nproc",
     "seed", "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
-    "recorded_warnings", "warning_codes", "extra", "cell", "env",
+    "recorded_warnings", "warning_codes", "disqualified", "extra", "cell", "env",
 ]  # fmt: skip
 
 
@@ -115,7 +116,6 @@ def load_results(dirs: Iterable[Path | str]) -> Results:
             rows.append(row)
             epochs.extend(records)
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS).drop_duplicates("run", ignore_index=True)
-    extra = sorted({key for record in epochs for key in record} - {"run", *EPOCH_FIELDS})
-    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS, *extra])
+    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS, "extra"])
     epoch_frame = epoch_frame.drop_duplicates(["run", "epoch"], keep="last", ignore_index=True)
     return Results(cells=cells, epochs=epoch_frame.sort_values(["run", "epoch"], ignore_index=True))

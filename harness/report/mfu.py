@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import math
 
-from harness.devices import match_device
+from harness.devices import dtype, match_device
 
 FACT_FIELDS = ("fp32", "fp16", "bf16")
 
 
 def peak_flops(device_name: str | None, precision: str) -> float | None:
-    """Peak dense FLOP/s of one device in ``precision``; None where unknown (CPUs, unlisted GPUs)."""
+    """Peak dense FLOP/s of one device in ``precision`` (by the dtype it computes in: ``bf16-autocast`` is bf16);
+    None where unknown (CPUs, unlisted GPUs)."""
     facts = match_device(device_name)
+    precision = dtype(precision)
     if facts is None or precision not in FACT_FIELDS:
         return None
     peaks = facts["peak_tflops"]
@@ -29,7 +31,8 @@ def peak_flops(device_name: str | None, precision: str) -> float | None:
 def mfu(
     throughput_img_s: float, flops_per_image: float | None, device_name: str | None, precision: str, devices: int = 1
 ) -> float:
-    """Model FLOPs utilisation in [0, 1]; NaN when the peak or the FLOPs are unknown."""
+    """Model FLOPs utilisation (above 1 only when something is wrong: the report flags it); NaN when the peak
+    or the FLOPs are unknown."""
     peak = peak_flops(device_name, precision)
     if peak is None or flops_per_image is None or not math.isfinite(flops_per_image) or flops_per_image <= 0:
         return math.nan

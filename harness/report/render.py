@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,25 +13,27 @@ import pandas as pd
 
 from harness.devices import match_device
 from harness.report.aggregate import CONFIG
-from harness.report.compare_devices import FLAGS, Comparison
-from harness.report.decision import Effect, Pick, margin, task
-from harness.report.load import DEFAULT_ENVIRONMENT
+from harness.report.compare_devices import FLAGS, RATIO_BOUNDS, Comparison, incomparable
+from harness.report.decision import LOADER_BOUND_PCT, Board, Effect, images, label, plural, task
 from harness.report.summary import SPEC_KEYS, describe, device_short
 
 #: How each column is measured (the HTML shows them as header tooltips too).
 DEFINITIONS = {
     "runs": "repeats of the cell (distinct seeds, `harness run --repeat N`); values are means over them",
-    "throughput (img/s)": "training images / training-loop seconds, epochs after the first (warm-up)",
-    "throughput 95 % interval (img/s)": "Student-t interval of the mean over runs; none from a single run",
+    "throughput (img/s)": "training images / training-loop seconds, epochs after the first (warm-up); mean over runs "
+    "[Student-t 95 % interval over runs, none from one run]",
     "epoch time (s)": "median wall time of train + validation per epoch after the first, mean over runs "
-    "(± half the 95 % interval)",
-    "best val. accuracy (%)": "best validation top-1 accuracy over the epochs, mean over runs",
+    "[95 % interval]",
+    "best val. accuracy (%)": "best validation top-1 accuracy over the epochs, mean over runs [95 % interval: the "
+    "wider of the Student-t interval over runs and the Wilson interval on the validation images]",
     "time to target (s)": "wall time from the start of training until validation accuracy first reached the target",
     "peak memory (GB)": "CUDA max allocated (GPU) or peak process RSS (CPU)",
     "MFU (%)": "throughput x training FLOPs per image / the device's dense peak for the precision; "
     "empty where the peak is unknown (CPUs)",
     "data wait (%)": "share of the training loop spent waiting for the next batch",
     "GFLOP / image": "forward + backward, counted once with torch.utils.flop_counter",
+    "vs leader": "the headline metric over the leader's, with a 95 % interval over runs (with one run each, over its "
+    "timed epochs: timing noise only); Welch's t on logarithms below 10 values, else a bootstrap",
 }
 SEP = " · "
 
@@ -45,6 +48,7 @@ class Table:
     frame: pd.DataFrame
     keys: dict[str, pd.Series] = field(default_factory=dict)
     frozen: int = 0
+    more: list[str] = field(default_factory=list)  # columns shown only on request ("more columns")
 
 
 @dataclass
@@ -54,15 +58,23 @@ class Report:
     runs: pd.DataFrame
     summary: pd.DataFrame
     comparison: Comparison
-    picks: list[Pick]
+    boards: list[Board]
     effects: list[Effect]
     caveats: list[str]
     steps: dict[str, float | None]
     references: list[dict[str, Any]]
     plots: list[tuple[str, Path]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)
-    target_acc: float | None = None
+    targets: dict[str, float] = field(default_factory=dict)
     by: str = "device"
+
+    @property
+    def target_header(self) -> str | None:
+        """``time to 60 % (s)`` when every suite shares one target, ``time to target (s)`` when they differ."""
+        values = set(self.targets.values())
+        if not values:
+            return None
+        return target_header(values.pop()) if len(values) == 1 else "time to target (s)"
 
     @property
     def title(self) -> str:
@@ -83,8 +95,13 @@ def _missing(value: Any) -> bool:
 
 
 def num(value: Any, digits: int = 1) -> str:
-    """``1,234.5``; empty for a missing value."""
+    """``1,234.5``, trailing zeros kept (``30.0``); empty for a missing value."""
     return "" if _missing(value) else f"{value:,.{digits}f}"
+
+
+def count(value: Any) -> str:
+    """A count: an integer as an integer (``2``), a fractional mean with one decimal (``1.4``)."""
+    return "" if _missing(value) else f"{value:,.0f}" if float(value).is_integer() else f"{value:,.1f}"
 
 
 def pct(value: Any) -> str:
@@ -92,24 +109,25 @@ def pct(value: Any) -> str:
     return "" if _missing(value) else f"{100 * value:.1f}"
 
 
-def with_spread(mean: Any, low: Any, high: Any, digits: int = 1, scale: float = 1.0) -> str:
-    """``37.5 ± 3.1`` (half the 95 % interval), or the mean alone without an interval."""
+def with_interval(mean: Any, low: Any, high: Any, digits: int = 1, scale: float = 1.0, upper: float | None = None
+                  ) -> str:
+    """``37.5 [34.1, 40.9]``: the mean and its 95 % interval, clipped at the physical bounds (0, and ``upper``);
+    the mean alone without an interval."""
     if _missing(mean):
         return ""
     text = f"{scale * mean:,.{digits}f}"
-    return text if _missing(low) else f"{text} ± {scale * (high - low) / 2:,.{digits}f}"
+    if _missing(low) or _missing(high):
+        return text
+    low, high = max(scale * low, 0.0), scale * high
+    high = min(high, upper) if upper is not None else high
+    return f"{text} [{low:,.{digits}f}, {high:,.{digits}f}]"
 
 
-def interval_text(low: Any, high: Any, runs: int, digits: int = 1) -> str:
-    """``236.2–246.6``, or why there is none."""
-    if _missing(low):
-        return f"{runs} run, no interval" if runs == 1 else "no interval"
-    return f"{max(low, 0.0):,.{digits}f}–{high:,.{digits}f}"  # throughput is never negative: clip for reading
-
-
-def ratio(value: Any) -> str:
-    """``0.68x``; empty for a missing value."""
-    return "" if _missing(value) else f"{value:.2f}x"
+def ratio(value: Any, low: Any = None, high: Any = None) -> str:
+    """``0.68x``, ``0.68x [0.61, 0.74]``; empty for a missing value."""
+    if _missing(value):
+        return ""
+    return f"{value:.2f}x" + ("" if _missing(low) or _missing(high) else f" [{low:.2f}, {high:.2f}]")
 
 
 def labelled_precision(summary: pd.DataFrame) -> pd.Series:
@@ -153,53 +171,56 @@ def target_header(target: float) -> str:
     return f"time to {100 * target:g} % (s)"
 
 
+#: Results-table columns shown by default; the others are behind the "more columns" toggle.
+DEFAULT_COLUMNS = ("runs", "throughput (img/s)", "best val. accuracy (%)", "data wait (%)", "warnings")
+
+
 def results_table(report: Report) -> Table:
-    """The ok cells, one row per configuration, device and environment, means over repeats."""
+    """The ok cells, one row per configuration, device and environment, means over repeats [95 % intervals]; a few
+    columns by default, the rest (observers' numeric ``extra`` fields too) behind a toggle."""
     s = report.summary[report.summary["status"] == "ok"]
     table = _id_columns(report, s)
     frozen = len(table.columns)
     table["runs"] = s["runs"].astype(str)
-    table["throughput (img/s)"] = s["throughput_img_s"].map(num)
-    table["throughput 95 % interval (img/s)"] = [
-        interval_text(lo, hi, n)
-        for lo, hi, n in zip(s["throughput_ci95_low"], s["throughput_ci95_high"], s["runs"], strict=True)
-    ]
-    table["epoch time (s)"] = _spread_column(s, "epoch_time", digits=2)
-    table["best val. accuracy (%)"] = _spread_column(s, "best_val_acc", scale=100)
-    if report.target_acc is not None:
-        table[target_header(report.target_acc)] = [
-            _time_to_target(row) for row in s.to_dict("records")
-        ]
+    table["throughput (img/s)"] = _interval_column(s, "throughput_img_s", "throughput")
+    table["best val. accuracy (%)"] = _interval_column(s, "best_val_acc", "best_val_acc", scale=100, upper=100)
+    header = report.target_header
+    if header:
+        table[header] = [_time_to_target(row) for row in s.to_dict("records")]
+    table["data wait (%)"] = s["data_wait_pct"].map(num)
+    table["epoch time (s)"] = _interval_column(s, "epoch_time_s", "epoch_time", digits=2)
     table["peak memory (GB)"] = s["peak_mem_gb"].map(lambda v: num(v, 2))
     table["MFU (%)"] = s["mfu"].map(pct)
-    table["data wait (%)"] = s["data_wait_pct"].map(num)
-    table["optimizer steps / epoch"] = s["optimizer_steps_per_epoch"].map(num)
+    table["optimizer steps / epoch"] = s["optimizer_steps_per_epoch"].map(count)
     table["GFLOP / image"] = (s["train_flops_per_image"] / 1e9).map(lambda v: num(v, 2))
-    table["warnings"] = s["warnings"].fillna("")
     keys = {
         "runs": s["runs"],
         "throughput (img/s)": s["throughput_img_s"],
-        "throughput 95 % interval (img/s)": s["throughput_ci95_low"],
-        "epoch time (s)": s["epoch_time_s"],
         "best val. accuracy (%)": s["best_val_acc"],
+        "data wait (%)": s["data_wait_pct"],
+        "epoch time (s)": s["epoch_time_s"],
         "peak memory (GB)": s["peak_mem_gb"],
         "MFU (%)": s["mfu"],
-        "data wait (%)": s["data_wait_pct"],
         "optimizer steps / epoch": s["optimizer_steps_per_epoch"],
         "GFLOP / image": s["train_flops_per_image"],
     }
-    if report.target_acc is not None:
-        keys[target_header(report.target_acc)] = s["time_to_acc_s"]
-    return Table(table.reset_index(drop=True), {k: v.reset_index(drop=True) for k, v in keys.items()}, frozen)
+    extras = sorted({k for extra in s["extra"] for k in extra})
+    for name in extras:
+        values = s["extra"].map(lambda extra, name=name: extra.get(name, math.nan))
+        table[f"extra.{name}"] = values.map(lambda v: num(v, 3))
+        keys[f"extra.{name}"] = values
+    table["warnings"] = s["warnings"].fillna("")
+    if header:
+        keys[header] = s["time_to_acc_s"]
+    more = [c for c in table.columns[frozen:] if c not in (*DEFAULT_COLUMNS, header)]
+    return Table(table.reset_index(drop=True), {k: v.reset_index(drop=True) for k, v in keys.items()}, frozen, more)
 
 
-def _spread_column(s: pd.DataFrame, prefix: str, digits: int = 1, scale: float = 1.0) -> list[str]:
-    """A metric's means with half their 95 % intervals (``3.02 ± 0.05``)."""
-    metric = prefix if prefix == "best_val_acc" else f"{prefix}_s"
-    return [
-        with_spread(m, lo, hi, digits, scale)
-        for m, lo, hi in zip(s[metric], s[f"{prefix}_ci95_low"], s[f"{prefix}_ci95_high"], strict=True)
-    ]
+def _interval_column(s: pd.DataFrame, metric: str, prefix: str, digits: int = 1, scale: float = 1.0,
+                     upper: float | None = None) -> list[str]:
+    """A metric's means with their 95 % intervals (``3.02 [2.95, 3.09]``)."""
+    return [with_interval(m, lo, hi, digits, scale, upper)
+            for m, lo, hi in zip(s[metric], s[f"{prefix}_ci95_low"], s[f"{prefix}_ci95_high"], strict=True)]
 
 
 def _time_to_target(row: dict[str, Any]) -> str:
@@ -207,8 +228,8 @@ def _time_to_target(row: dict[str, Any]) -> str:
     reached, runs = row["target_reached_runs"], row["runs"]
     if not reached:
         return "not reached"
-    text = with_spread(row["time_to_acc_s"], row["time_to_acc_ci95_low"], row["time_to_acc_ci95_high"])
-    return text if reached == runs else f"{text} ({reached} of {runs} runs)"
+    text = with_interval(row["time_to_acc_s"], row["time_to_acc_ci95_low"], row["time_to_acc_ci95_high"])
+    return text if reached == runs else f"{text} ({reached} of {plural(int(runs), 'run')})"
 
 
 def failed_table(report: Report) -> Table:
@@ -223,14 +244,10 @@ def failed_table(report: Report) -> Table:
 
 
 def config_label(row: pd.Series | dict[str, Any], model: bool = False, environment: bool = False) -> str:
-    """``torchvision · torch-ddp2 · bf16`` (after the recipe's name where the suite has that axis): what
+    """``torchvision · torch-ddp2 · bf16 (emulated)`` (after the recipe's name where the suite has that axis): what
     distinguishes a configuration on one device."""
     precision = str(row["precision"]) + (" (emulated)" if row.get("precision_support") == "emulated" else "")
-    parts = [row["model"]] if model else []
-    parts += [row["recipe"]] if row.get("recipe") else []
-    parts += [row["loader"], row["backend"], precision]
-    parts += [row["environment"]] if environment and row["environment"] != DEFAULT_ENVIRONMENT else []
-    return SEP.join(str(p) for p in parts)
+    return label({**dict(row), "precision": precision}, model, environment)
 
 
 def skipped_table(report: Report) -> Table:
@@ -253,83 +270,98 @@ def skipped_table(report: Report) -> Table:
 
 
 def comparison_table(report: Report) -> Table:
-    """The device pivot, rows that ran on two groups or more: ratio first, then each group's throughput, accuracy
-    (and time to target), flags."""
+    """The device pivot, rows that ran on two groups or more: ratio [95 % interval] first, then each group's
+    throughput, accuracy (and time to target), flags."""
     comparison = report.comparison
     table = comparison.table
     ran = pd.concat([table[(g, "status")].eq("ok") for g in comparison.groups], axis=1).sum(axis=1)
-    table = table[ran >= 2]  # a row compares only where two groups ran it (all rows are in comparison.csv)
+    other_settings = table[FLAGS].fillna("").str.contains(r"(?:^|; )spec ")
+    table = table[(ran >= 2) & ~other_settings]  # where two groups ran it alike (all rows are in comparison.csv)
     index = table.index.to_frame(index=False)
     out = index.drop(columns=[c for c in ("suite", "environment") if index[c].nunique() <= 1])
     frozen = len(out.columns)
     keys: dict[str, pd.Series] = {}
-    columns = [(f"{g} / {comparison.baseline}", "throughput_img_s", "throughput ratio", ratio)
-               for g in comparison.groups if g != comparison.baseline]
-    columns += [(g, "throughput_img_s", "throughput (img/s)", num) for g in comparison.groups]
-    columns += [(g, "best_val_acc", "best val. accuracy (%)", pct) for g in comparison.groups]
-    if report.target_acc is not None:
-        columns += [(g, "time_to_acc_s", target_header(report.target_acc), num) for g in comparison.groups]
+    for group in comparison.groups:
+        if group == comparison.baseline:
+            continue
+        name = f"{group} / {comparison.baseline}"
+        values = [table[(name, c)].reset_index(drop=True) for c in ("throughput_img_s", *RATIO_BOUNDS)]
+        out[f"{name} throughput ratio"] = [ratio(*v) for v in zip(*values, strict=True)]
+        keys[f"{name} throughput ratio"] = values[0]
+    show_pct: Callable[[Any], str] = pct
+    columns: list[tuple[str, str, str, Callable[[Any], str]]] = [
+        (g, "throughput_img_s", "throughput (img/s)", num) for g in comparison.groups]
+    columns += [(g, "best_val_acc", "best val. accuracy (%)", show_pct) for g in comparison.groups]
+    if report.targets:
+        columns += [(g, "time_to_acc_s", report.target_header or "", num) for g in comparison.groups]
     for group, metric, header, show in columns:
         values = table[(group, metric)].reset_index(drop=True)
-        status = table[(group, "status")].reset_index(drop=True) if " / " not in group else None
+        status = table[(group, "status")].reset_index(drop=True)
         name = f"{group} {header}"
-        out[name] = [
-            show(v) if status is None or s == "ok" else ("" if pd.isna(s) else str(s))
-            for v, s in zip(values, status if status is not None else [None] * len(values), strict=True)
-        ]
+        out[name] = [show(v) if s == "ok" else ("" if pd.isna(s) else str(s)) for v, s in zip(values, status,
+                                                                                              strict=True)]
         keys[name] = pd.to_numeric(values, errors="coerce")
     out["flags"] = table[FLAGS].fillna("").reset_index(drop=True)
     return Table(out, keys, frozen)
 
 
-def decision_table(report: Report) -> Table:
-    """Per device (and model): the pick, its runner-up, and whether the difference beats the spread."""
-    several_models = len({p.model for p in report.picks}) > 1
-    environments = report.summary["environment"].nunique() > 1
+def comparison_note(report: Report) -> str:
+    """What the device comparison shows, or why it is empty: the settings that differ between the groups."""
+    column = "device_short" if report.by == "device" else report.by
+    if comparison_table(report).frame.empty:
+        return f"Nothing to compare by {report.by}: {incomparable(report.summary, column)}."
+    flags = report.comparison.table[FLAGS].fillna("")
+    differ = sorted({f.removeprefix("spec ") for text in flags for f in text.split("; ") if f.startswith("spec ")})
+    left_out = f" Left out as other experiments: rows whose settings differ ({'; '.join(differ)})." if differ else ""
+    return ("Ratios of training throughput with a 95 % interval over runs (with one run each, over its timed "
+            "epochs). Flagged rows differ in more than the device (software, emulation, reruns)." + left_out)
+
+
+def leaderboard(report: Report, board: Board) -> Table:
+    """One board's configurations ranked by its headline metric [interval], as a multiple of the leader's, best
+    accuracy [interval], n, data wait; the tie set marked."""
+    timed = board.metric == "time_to_acc_s"
+    header = (target_header(board.target) if timed and board.target else "throughput (img/s)")
+    prefix = "time_to_acc" if timed else "throughput"
+    several_envs = report.summary["environment"].nunique() > 1
     rows = []
-    for pick in report.picks:
-        row = {"device": pick.device}
-        if several_models:
-            row["model"] = pick.model
-        if pick.best is None:
-            rows.append({**row, "pick": pick.rule})
-            continue
-        timed = pick.metric == "time_to_acc_s"
-        header = target_header(report.target_acc) if timed and report.target_acc else "throughput (img/s)"
-        row["pick"] = config_label(pick.best, environment=environments)
-        row[header] = _metric(pick.best, pick.metric)
-        row["best val. accuracy (%)"] = with_spread(pick.best["best_val_acc"], pick.best["best_val_acc_ci95_low"],
-                                                   pick.best["best_val_acc_ci95_high"], scale=100)
-        if pick.runner_up is None:
-            row["runner-up"] = "none other reached the target" if timed else "none within the margin"
-        else:
-            unit = "s" if timed else "img/s"
-            other = pick.runner_up
-            row["runner-up"] = f"{config_label(other, environment=environments)}: {_metric(other, pick.metric)} {unit}"
-            what = "time" if timed else "throughput"
-            row["difference"] = f"{pick.ratio():.2f}x the runner-up's {what}; {pick.verdict()}"
-        rows.append(row)
-    return Table(pd.DataFrame(rows).fillna(""))
+    keys: dict[str, list[float]] = {header: [], "vs leader": [], "best val. accuracy (%)": []}
+    for rank, standing in enumerate(board.standings, 1):
+        row = standing.row
+        data_wait = num(row["data_wait_pct"])
+        if data_wait and row["data_wait_pct"] > LOADER_BOUND_PCT:
+            data_wait += " (loader-bound)"
+        rows.append({
+            "rank": str(rank),
+            "tie": "[tie" if standing.tied and len(board.tied) > 1 else "",
+            "configuration": label(row, environment=several_envs),
+            header: with_interval(row[board.metric], row[f"{prefix}_ci95_low"], row[f"{prefix}_ci95_high"]),
+            "vs leader": ratio(standing.relative, standing.low, standing.high),
+            "best val. accuracy (%)": with_interval(row["best_val_acc"], row["best_val_acc_ci95_low"],
+                                                    row["best_val_acc_ci95_high"], scale=100, upper=100),
+            "n": str(row["runs"]),
+            "data wait (%)": data_wait,
+            "status": standing.status,
+        })
+        keys[header].append(row[board.metric])
+        keys["vs leader"].append(standing.relative)
+        keys["best val. accuracy (%)"].append(row["best_val_acc"])
+    columns = ["rank", "tie", "configuration", header, "vs leader", "best val. accuracy (%)", "n", "data wait (%)",
+               "status"]
+    return Table(pd.DataFrame(rows, columns=columns), {k: pd.Series(v, dtype=float) for k, v in keys.items()}, 3)
 
 
-def _metric(row: pd.Series, metric: str) -> str:
-    """A summary row's metric with half its 95 % interval."""
-    prefix = metric.removesuffix("_s").removesuffix("_img")
-    return with_spread(row[metric], row[f"{prefix}_ci95_low"], row[f"{prefix}_ci95_high"])
+def board_title(report: Report, board: Board) -> str:
+    """``flowers-cpu · CPU AMD EPYC · resnet18``: the parts that differ between boards."""
+    parts = [board.suite] if len({b.suite for b in report.boards}) > 1 else []
+    return " · ".join([*parts, board.device, board.model])
 
 
-def decision_rule(report: Report) -> str:
-    """How the picks were made, in one sentence."""
-    picks = [p for p in report.picks if p.best is not None]
-    rules = list(dict.fromkeys(p.rule for p in picks))
-    if len(rules) == 1:
-        text = f"Pick per device: the configuration that {rules[0]}"
-    elif rules:
-        text = "Pick: " + "; ".join(f"for {p.model} on {p.device}, the configuration that {p.rule}" for p in picks)
-    else:
-        text = "No configuration to pick"
-    return text + (". Emulated precisions are never picked; the difference to the runner-up counts as larger than "
-                   "the spread when their 95 % intervals over runs do not overlap.")
+def board_rule(board: Board) -> str:
+    """How the board is ranked and what counts as a difference."""
+    return (f"Ranked by {'time to the target' if board.metric == 'time_to_acc_s' else 'training throughput'}; "
+            f"the pick {board.rule}, and is called only when every other eligible configuration is significantly "
+            "slower (the 95 % interval of the ratio excludes 1); otherwise the tied set is named.")
 
 
 def effects_table(report: Report) -> Table:
@@ -338,14 +370,12 @@ def effects_table(report: Report) -> Table:
         {
             "factor": e.factor.replace("device_short", "device"),
             "comparison": e.comparison,
-            "throughput ratio": ratio(e.ratio),
-            "95 % interval": f"{ratio(e.low)}–{ratio(e.high)}" if math.isfinite(e.low) else
-            f"{e.matched} matched cell, no interval",
-            "matched cells": str(e.matched),
+            "throughput ratio": ratio(e.ratio, e.low, e.high),
+            "matched cells": str(e.matched) + ("" if math.isfinite(e.low) else " (no interval)"),
         }
         for e in report.effects
     ]
-    frame = pd.DataFrame(rows, columns=["factor", "comparison", "throughput ratio", "95 % interval", "matched cells"])
+    frame = pd.DataFrame(rows, columns=["factor", "comparison", "throughput ratio", "matched cells"])
     keys = {"throughput ratio": pd.Series([e.ratio for e in report.effects], dtype=float),
             "matched cells": pd.Series([e.matched for e in report.effects], dtype=float)}
     return Table(frame, keys)
@@ -408,9 +438,18 @@ def definitions(report: Report) -> list[str]:
     notes = [f"{name}: {text}" for name, text in DEFINITIONS.items()]
     for suite, step in report.steps.items():
         if step:
-            notes.append(f"validation accuracy of {suite} resolves {100 * step:.2f} points (one image); "
-                         f"accuracies within {100 * margin(step):.1f} points count as tied")
+            notes.append(f"validation accuracy of {suite} is measured on {images(step)} images: it moves in "
+                         f"{100 * step:.2f}-point steps")
     return notes
+
+
+MARKDOWN_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|"})
+
+
+def escape(text: Any) -> str:
+    """Text safe in a Markdown table cell or an HTML-in-Markdown label: ``&``, ``<``, ``>`` as entities, ``|``
+    escaped (a Markdown viewer that renders HTML then shows the text and runs nothing)."""
+    return str(text).translate(MARKDOWN_ESCAPES)
 
 
 def _markdown(table: Table) -> str:
@@ -418,12 +457,19 @@ def _markdown(table: Table) -> str:
     lists = [c for c in frame.columns if frame[c].map(lambda v: isinstance(v, list)).any()]
     extra = []
     for column in lists:
-        for label, cells in zip(frame.iloc[:, 0], frame[column], strict=True):
-            extra += [f"<details><summary>{label} ({len(cells)})</summary>", "", ", ".join(cells), "", "</details>"]
+        for name, cells in zip(frame.iloc[:, 0], frame[column], strict=True):
+            extra += [f"<details><summary>{escape(name)} ({len(cells)})</summary>", "",
+                      escape(", ".join(cells)), "", "</details>"]
         frame[column] = frame[column].map(lambda cells: f"{len(cells)}, listed below")
     if frame.empty:
         return "(none)"
-    return "\n".join([frame.to_markdown(index=False), "", *extra]).rstrip()
+    frame = frame.map(escape)
+    frame.columns = [escape(c) for c in frame.columns]
+    return "\n".join([frame.to_markdown(index=False, disable_numparse=True), "", *extra]).rstrip()
+
+
+def _bullets(items: list[str]) -> list[str]:
+    return [f"- {escape(item)}" for item in items]
 
 
 def to_markdown(report: Report, image_dir: str = "plots") -> str:
@@ -431,23 +477,32 @@ def to_markdown(report: Report, image_dir: str = "plots") -> str:
     ok = report.summary[report.summary["status"] == "ok"]
     skipped = report.summary[report.summary["status"] == "skipped"]
     failed = failed_table(report)
-    parts = [f"# {report.title}", "", f"Results from: {', '.join(f'`{s}`' for s in report.sources)}", ""]
-    parts += ["## Answer", "", "**Read with care:**", "", *[f"- {c}" for c in report.caveats], ""]
-    parts += [decision_rule(report), "", _markdown(decision_table(report)), ""]
+    parts = [f"# {escape(report.title)}", "", f"Results from: {', '.join(f'`{s}`' for s in report.sources)}", ""]
+    parts += ["## Answer", "", *[escape(rule) for rule in dict.fromkeys(board_rule(b) for b in report.boards)], ""]
+    for board in report.boards:
+        parts += [f"### {escape(board_title(report, board))}: {escape(board.verdict)}", "",
+                  _markdown(leaderboard(report, board)), ""]
+    if not report.boards:
+        parts += ["No configuration ran: nothing to rank.", ""]
+    parts += ["**Read with care:**", "", *_bullets(report.caveats), ""]
     if report.effects:
         parts += ["### Effect of each factor on training throughput", "", EFFECTS_NOTE, "",
                   _markdown(effects_table(report)), ""]
-    parts += [f"## Results: {len(ok)} cells that ran ({int(ok['runs'].sum())} runs)", ""]
-    parts += [*[f"- {d}" for d in definitions(report)], "", _markdown(results_table(report)), ""]
+    table = results_table(report)
+    parts += [f"## Results: {plural(len(ok), 'cell')} that ran ({plural(int(ok['runs'].sum()), 'run')})", ""]
+    parts += [*_bullets(definitions(report)), "", _markdown(Table(table.frame.drop(columns=table.more))), "",
+              "<details><summary>More columns</summary>", "", _markdown(table), "", "</details>", ""]
     if len(failed.frame):
-        parts += [f"## Did not finish: {len(failed.frame)} cells", "", _markdown(failed), ""]
+        parts += [f"## Did not finish: {plural(len(failed.frame), 'cell')}", "", _markdown(failed), ""]
     if len(skipped):
-        parts += [f"## Not run: {len(skipped)} cells", "", _markdown(skipped_table(report)), ""]
+        parts += [f"## Not run: {plural(len(skipped), 'cell')}", "", _markdown(skipped_table(report)), ""]
     if len(report.comparison.groups) > 1:
-        parts += [f"## Comparison by {report.by} (ratios against {report.comparison.baseline})", "",
-                  _markdown(comparison_table(report)), ""]
+        parts += [f"## Comparison by {report.by} (ratios against {escape(report.comparison.baseline)})", "",
+                  escape(comparison_note(report)), ""]
+        if len(comparison_table(report).frame):
+            parts += [_markdown(comparison_table(report)), ""]
     if report.plots:
-        parts += ["## Plots", "", *[f"![{title}]({image_dir}/{path.name})\n" for title, path in report.plots]]
+        parts += ["## Plots", "", *[f"![{escape(title)}]({image_dir}/{path.name})\n" for title, path in report.plots]]
     if report.references:
         parts += ["## Published reference (not measured here)", "", _markdown(reference_table(report)), ""]
         parts += [f"Source: {ref['source']}" for ref in report.references] + [""]

@@ -35,6 +35,11 @@ def describe(value: Any) -> str:
     return json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else str(value)
 
 
+def installed(value: Any) -> str:
+    """A library version as text: ``not installed`` where the fingerprint recorded none."""
+    return "not installed" if value is None else describe(value)
+
+
 def device_name(env: Mapping[str, Any]) -> str:
     """The device a run used, as recorded: the GPU's torch name, else the CPU model, with the device kind the Ray
     executor placed it by (``fleet_kind``, docs/many-machines.md) when that is not the GPU itself."""
@@ -56,11 +61,12 @@ def device_short(name: str) -> str:
     return facts["key"] if facts else name
 
 
-def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, float]:
-    """Statistics of one run's epochs (sorted by epoch). Timings leave out the warm-up (:func:`timed_epochs`)."""
+def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, Any]:
+    """Statistics of one run's epochs (sorted by epoch). Timings leave out the warm-up (:func:`timed_epochs`);
+    ``epoch_throughputs`` lists each timed epoch's, ``extra`` the mean of each observer field over the epochs."""
     nan = math.nan
     if epochs.empty:
-        return {"epochs": 0, "timed_epochs": 0}
+        return {"epochs": 0, "timed_epochs": 0, "epoch_throughputs": [], "extra": {}}
     steady = timed_epochs(epochs)
     train_time = steady["train_time_s"].sum()
     best = epochs["val_acc"].idxmax() if epochs["val_acc"].notna().any() else None
@@ -76,6 +82,8 @@ def epoch_stats(epochs: pd.DataFrame, target_acc: float | None) -> dict[str, flo
         "peak_mem_gb": epochs["peak_mem_gb"].max(),
         "optimizer_steps_per_epoch": epochs["optimizer_steps"].median(),
         "data_wait_pct": 100 * steady["data_wait_s"].sum() / train_time if train_time > 0 else nan,
+        "epoch_throughputs": list(steady["train_images"] / steady["train_time_s"]),
+        "extra": pd.DataFrame(list(epochs["extra"])).mean().to_dict() if "extra" in epochs else {},
     }
 
 
@@ -109,13 +117,23 @@ def precision_support(cell_row: Mapping[str, Any]) -> str | None:
     return devices.recorded_support(dict(cell_row["env"]), str(cell_row["precision"]))
 
 
-def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame:
-    """One row per cell run with :data:`RUN_COLUMNS` plus ``device_short``, ``source_index``, ``env``, ``cell``."""
+def sanity_warnings(mfu_value: float) -> list[str]:
+    """Checks a measurement must pass to be trusted (each disqualifies the run from being picked)."""
+    if math.isfinite(mfu_value) and mfu_value > 1:
+        return [f"MFU {100 * mfu_value:.0f} % is above the device's peak: the FLOP count, the throughput or the "
+                "device's peak is wrong"]
+    return []
+
+
+def summarize(results: Results, target_acc: float | Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per cell run with :data:`RUN_COLUMNS` plus ``device_short``, ``source_index``, ``env``, ``cell``,
+    ``epoch_throughputs``, ``extra`` and ``disqualified``. ``target_acc``: one for all, or per suite."""
     by_run = dict(tuple(results.epochs.groupby("run", sort=False)))
     rows = []
     for cell_row in results.cells.to_dict("records"):
         env, cell = cell_row["env"], cell_row["cell"]
-        stats = epoch_stats(by_run.get(cell_row["run"], results.epochs.iloc[0:0]), target_acc)
+        target = target_acc.get(str(cell_row["suite"])) if isinstance(target_acc, Mapping) else target_acc
+        stats = epoch_stats(by_run.get(cell_row["run"], results.epochs.iloc[0:0]), target)
         if not math.isfinite(stats.get("optimizer_steps_per_epoch", math.nan)):
             stats["optimizer_steps_per_epoch"] = cell_row["optimizer_steps_per_epoch_recorded"]
         name = device_name(env)
@@ -123,7 +141,8 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
         skipped = cell_row["status"] == "skipped"
         derived = [] if skipped else derived_warnings(cell, env, stats, recorded, cell_row["warning_codes"])
         warnings = list(dict.fromkeys([*recorded, *derived]))
-        row = {**cell_row, **stats, "device": name, "device_short": device_short(name), "host": env.get("hostname")}
+        row = {**cell_row, **stats, "extra": {**stats.get("extra", {}), **cell_row["extra"]}, "device": name,
+               "device_short": device_short(name), "host": env.get("hostname")}
         row["mfu"] = mfu(
             stats.get("throughput_img_s", math.nan),
             cell_row["train_flops_per_image"],
@@ -131,12 +150,14 @@ def summarize(results: Results, target_acc: float | None = None) -> pd.DataFrame
             cell_row["precision"] or "",
             cell_row["nproc"],
         )
-        row["warnings"] = "; ".join(warnings)
+        sanity = sanity_warnings(row["mfu"])
+        row["disqualified"] = [*cell_row["disqualified"], *sanity]
+        row["warnings"] = "; ".join(dict.fromkeys([*warnings, *sanity]))
         row["precision_support"] = precision_support(cell_row) if cell_row["status"] != "skipped" else None
         row["settings"] = describe({key: cell.get(key) for key in SPEC_KEYS})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "device_short", "source_index", "device_type", "settings", "env",
-                                        "cell"])
+                                        "cell", "epoch_throughputs", "extra", "disqualified"])
     frame["device_type"] = [env.get("device_type") for env in frame["env"]]
     frame[["epochs", "timed_epochs"]] = frame[["epochs", "timed_epochs"]].fillna(0).astype(int)
     frame["best_epoch"] = frame["best_epoch"].astype("Int64")
