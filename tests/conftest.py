@@ -9,6 +9,12 @@ import pytest
 
 from harness.testing import make_photos
 
+# Under pytest-xdist the tests run in worker processes marked by PYTEST_XDIST_* variables; the pytest runs that tests
+# start themselves (pytest-benchmark suites, plugin packages' own tests) are not workers, and pytest-benchmark
+# disables itself where it sees them.
+for _name in [name for name in os.environ if name.startswith("PYTEST_XDIST_")]:
+    del os.environ[_name]
+
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = Path(os.environ.get("HARNESS_FLOWERS", REPO.parent / "shared" / "data" / "flower_photos"))
 

@@ -52,7 +52,7 @@ from harness.report.render import (
     to_markdown,
     with_interval,
 )
-from harness.report.summary import RUN_COLUMNS, derived_warnings, device_short, summarize
+from harness.report.summary import RUN_COLUMNS, derived_warnings, device_short, installed, summarize
 from harness.results import ResultWarning
 
 REPO = Path(__file__).resolve().parents[1]
@@ -953,7 +953,9 @@ def test_formatting_intervals_numbers_and_words(tmp_path: Path) -> None:
     write_cell(tmp_path / "other", make_cell("fp32", model="resnet18"), env,
                make_epochs([30, 20, 20], [20, 15, 15], [0.2, 0.6, 0.7]))
     caveats = "\n".join(build_report(load_results([tmp_path, tmp_path / "other"]), ["x", "y"]).caveats)
-    assert "dali not installed vs 1.34.0" in caveats and "None" not in caveats
+    # a library one side lacks is one its cells do not use: no software caveat (and never "None")
+    assert "software differs" not in caveats and "None" not in caveats
+    assert installed(None) == "not installed" and installed("1.34.0") == "1.34.0"
 
 
 def test_observer_extra_fields_are_columns_behind_the_toggle(tmp_path: Path) -> None:
