@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,15 @@ def test_bad_input_is_one_line_naming_the_file(tmp_path: Path, repo: tuple[Path,
     assert cli.main(["history", "record", str(history), str(tmp_path / "runs" / "00.json"), "--commit", "nope",
                      "--repo", str(repo[0])]) == 2
     assert "'nope' is not a commit" in capsys.readouterr().err
+
+
+def test_concurrent_recorders_each_add_their_record(tmp_path: Path, repo: tuple[Path, list[str]]) -> None:
+    run = bench_json(tmp_path / "run.json", repo[1][-1], [1.0, 1.1])
+    history = tmp_path / "history"
+    with ThreadPoolExecutor(6) as pool:  # one process: the same second and pid, told apart under the lock
+        paths = list(pool.map(lambda _: records.record(history, run, repo[0]), range(6)))
+    assert len(set(paths)) == 6 and all(p.is_file() for p in paths)
+    assert len(records.load(history)) == 2 * 6
 
 
 CRASH = """
