@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from report_fixtures import make_cell, make_env, make_epochs, write_cell
 from test_report import PHONE_PROBE, _browse, needs_chromium
 
 from harness import cli
@@ -145,6 +146,23 @@ def test_record_files_a_run_under_its_commit_with_machine_and_environment(
     assert len(list((history / "records").glob(f"*/{commit}/*.json"))) == 2
     (series,) = [s for s in changes.series_of(records.load(history)) if s.key == RATIO]
     assert [c.samples for c in series.commits] == [2, 4]
+
+
+def test_a_harness_run_is_recorded_per_cell_with_its_report(tmp_path: Path, repo: tuple[Path, list[str]]) -> None:
+    run = tmp_path / "run"
+    write_cell(run, make_cell("fp32"), make_env("cpu"), make_epochs([2.0, 1.0, 1.1], [1.9, 0.9, 1.0], [0.3, 0.4, 0.5]))
+    write_cell(run, make_cell("bf16"), make_env("cpu"), [], status="skipped", reason="no bf16 here")
+    (run / "report.html").write_text("<p>report</p>")
+    history = tmp_path / "history"
+    path = records.record(history, run, repo[0], repo[1][3])
+    data = json.loads(path.read_text())
+    assert data["commit"] == repo[1][3] and data["kind"] == "harness"
+    assert "hostname" not in data["machine_info"] and data["machine_info"]["cpu_count"] == make_env("cpu")["cpu_count"]
+    cell = make_cell("fp32").id
+    assert {s["key"]: len(s["samples"]) for s in data["series"]} == {  # epoch 1 left out as warm-up
+        f"{cell}/throughput_img_s": 2, f"{cell}/epoch_time_s": 2}
+    assert data["absent"] == {make_cell("bf16").id: "skipped: no bf16 here"}
+    assert (history / data["report"]).read_text() == "<p>report</p>"
 
 
 def test_bad_input_is_one_line_naming_the_file(tmp_path: Path, repo: tuple[Path, list[str]],
