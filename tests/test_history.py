@@ -135,7 +135,8 @@ def test_record_files_a_run_under_its_commit_with_machine_and_environment(
     commit = repo[1][-1]
     (path,) = (history / "records").glob(f"*/{commit}/*.json")
     data = json.loads(path.read_text())
-    assert (data["commit"], data["subject"], data["commit_date"]) == (commit, "commit 29", "2023-11-16T03:13:20+00:00")
+    assert (data["commit"], data["subject"], data["commit_date"], data["commit_depth"]) == (
+        commit, "commit 29", "2023-11-16T03:13:20+00:00", 30)
     assert data["machine_info"] == {"cpu.brand_raw": "Test CPU", "cpu.count": 2} and data["machine"].startswith("m-")
     assert data["environment"]["cpu.brand_raw"] == "Test CPU"
     assert {s["key"]: s["samples"] for s in data["series"]}[RATIO] == [1.2, 1.3]

@@ -33,6 +33,7 @@ class Commit:
 
     commit: str
     date: str
+    depth: int
     subject: str
     value: float
     samples: int
@@ -93,7 +94,7 @@ class Change:
 
 
 def series_of(points: Iterable[Point]) -> list[Series]:
-    """Points grouped by (machine, key), one :class:`Commit` per commit, ordered by commit date."""
+    """Points grouped by (machine, key), one :class:`Commit` per commit, ordered by ancestry (then date)."""
     groups: dict[tuple[str, str], list[Point]] = defaultdict(list)
     for p in points:
         groups[(p.machine, p.key)].append(p)
@@ -102,7 +103,8 @@ def series_of(points: Iterable[Point]) -> list[Series]:
         by_commit: dict[str, list[Point]] = defaultdict(list)
         for p in group:
             by_commit[p.commit].append(p)
-        commits = sorted((_commit(ps) for ps in by_commit.values()), key=lambda c: datetime.fromisoformat(c.date))
+        commits = sorted((_commit(ps) for ps in by_commit.values()),
+                         key=lambda c: (c.depth, datetime.fromisoformat(c.date)))
         result.append(Series(machine, key, group[0].metric, group[0].higher_is_better, tuple(commits)))
     return result
 
@@ -110,7 +112,8 @@ def series_of(points: Iterable[Point]) -> list[Series]:
 def _commit(points: Sequence[Point]) -> Commit:
     samples = [v for p in points for v in p.samples]
     latest = max(points, key=lambda p: p.report or "")
-    return Commit(points[0].commit, points[0].commit_date, points[0].subject, statistics.median(samples),
+    first = points[0]
+    return Commit(first.commit, first.commit_date, first.commit_depth, first.subject, statistics.median(samples),
                   len(samples), latest.report)
 
 

@@ -49,6 +49,7 @@ class Point:
     higher_is_better: bool
     commit: str
     commit_date: str
+    commit_depth: int  # commits reachable from it (itself included): orders a branch's commits
     subject: str
     samples: tuple[float, ...]
     report: str | None  # a path inside the history folder or a URL
@@ -61,13 +62,14 @@ def git(repo: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
-def commit_info(repo: Path, revision: str) -> dict[str, str]:
-    """The full id, committer date (ISO 8601) and subject of a revision."""
+def commit_info(repo: Path, revision: str) -> dict[str, Any]:
+    """The full id, committer date (ISO 8601), subject and ancestor count (the order of commits) of a revision."""
     try:
         sha, date, subject = git(repo, "show", "-s", "--format=%H%n%cI%n%s", f"{revision}^{{commit}}").split("\n", 2)
     except (HistoryError, ValueError):
         raise HistoryError(f"{revision!r} is not a commit of the git repository {repo}") from None
-    return {"commit": sha, "commit_date": date, "subject": subject}
+    return {"commit": sha, "commit_date": date, "subject": subject,
+            "commit_depth": int(git(repo, "rev-list", "--count", sha))}
 
 
 def measured_commit(run: Path) -> str | None:
@@ -159,7 +161,8 @@ def load(history: Path) -> list[Point]:
                                    f"reads ({SCHEMA_VERSION}); upgrade harness")
             for s in data["series"]:
                 points.append(Point(data["machine"], s["key"], s["metric"], bool(s["higher_is_better"]),
-                                    data["commit"], data["commit_date"], data.get("subject", ""),
+                                    data["commit"], data["commit_date"], int(data["commit_depth"]),
+                                    data.get("subject", ""),
                                     tuple(float(v) for v in s["samples"]), data.get("report")))
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             raise HistoryError(f"{path}: not a readable history record ({type(exc).__name__}: {exc})") from None
