@@ -16,8 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from otava.analysis import compute_change_points
-
 from harness.history.records import Point
 
 #: Significance level of a change point (Otava's default is 0.001; at 0.0001 no A/A history of 40 commits with
@@ -119,6 +117,8 @@ def _commit(points: Sequence[Point]) -> Commit:
 
 def change_points(series: Series, max_pvalue: float = MAX_PVALUE, window: int = WINDOW) -> list[Change]:
     """Otava's change points of one series."""
+    from otava.analysis import compute_change_points  # scipy.stats: seconds to import, only when checking
+
     values = [c.value for c in series.commits]
     if len(values) < 3:
         return []
