@@ -241,8 +241,9 @@ def test_page_marks_the_change_point_and_links_each_point(page: Path) -> None:
 @needs_chromium
 def test_page_fits_a_phone(page: Path) -> None:
     check = _browse(page, 420, PHONE_PROBE + "r.graphs = [...document.querySelectorAll('svg')].map("
-                    "s => s.getBoundingClientRect().width);")
-    assert check["pageWidth"] <= 420 and check["widest"] <= 420
+                    "s => s.getBoundingClientRect().width); const ids = [...document.querySelectorAll('[id]')]"
+                    ".map(e => e.id); r.duplicateIds = ids.filter((id, i) => ids.indexOf(id) !== i);")
+    assert check["pageWidth"] <= 420 and check["widest"] <= 420 and check["duplicateIds"] == []
     assert len(check["graphs"]) == 2 and 300 < max(check["graphs"]) <= 420
 
 
