@@ -24,6 +24,7 @@ COMMANDS = {
     "ab": ("harness.ab", "benchmark two git revisions interleaved (ABBA) and compare; exit 1 on a regression"),
     "env": ("harness.envcheck", "this machine's fingerprint and which cells can run here"),
     "envs": ("harness.envs.cli", "list, build or remove the environments cells run in"),
+    "history": ("harness.history.cli", "benchmark results per commit: record, change points, page, bisect"),
 }
 
 

@@ -70,7 +70,8 @@ def test_observer_extra_fields_are_read_and_bad_ones_named(tmp_path: Path) -> No
     assert any("field 'summary.extra.power.note' must be a number" in m for m in messages)
     with pytest.warns(ResultWarning):
         loaded = load_results([tmp_path])
-    assert loaded.epochs["extra"].tolist() == [{"gpu.util": 0.5}, {"gpu.util": 0.75}] and loaded.cells["extra"][0] == {"power.joules": 12.5}
+    assert loaded.epochs["extra"].tolist() == [{"gpu.util": 0.5}, {"gpu.util": 0.75}]
+    assert loaded.cells["extra"][0] == {"power.joules": 12.5}
 
 
 def test_non_finite_values_read_as_empty_with_one_warning_per_field(tmp_path: Path) -> None:
