@@ -47,6 +47,10 @@ REPORT_STATUSES = (*STATUSES, INCOMPLETE)
 CELL_FILES = ("result.json", "epochs.jsonl", "cell.json")
 CORRUPT_EPOCHS = "epochs.corrupt.jsonl"
 LOCK_FILE = ".lock"
+#: A recorded reason is one line of at most this many characters (the longest deliberate ones, skip reasons
+#: with their hints, are ~300); a longer or multi-line reason's full text goes to :data:`REASON_LOG`.
+REASON_CHARS = 500
+REASON_LOG = "reason.log"
 #: Suffix of a cell directory moved aside by ``--rerun-changed`` (``cells/<id>.old-<timestamp>``).
 ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 #: CellSpec fields whose change makes stored results a different experiment (``--resume`` compares them).
@@ -380,6 +384,7 @@ class CellStore:
                      summary: dict[str, Any] | None = None, started_at: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+        reason = self.brief(reason)
         write_json(self.result_path, {
             "schema_version": SCHEMA_VERSION,
             "cell_id": cell.id,
@@ -391,6 +396,21 @@ class CellStore:
             "started_at": started_at,
             "finished_at": now(),
         })
+
+    def brief(self, reason: str | None) -> str | None:
+        """``reason`` as recorded: its first line, at most :data:`REASON_CHARS` long; when that cuts anything,
+        the full text goes to the cell's :data:`REASON_LOG`, which the line names."""
+        if reason is None:
+            return None
+        first = (reason.strip().splitlines() or [""])[0].rstrip()
+        if first == reason and len(reason) <= REASON_CHARS:
+            return reason
+        try:
+            self.write_log(REASON_LOG, reason)
+            where = f" [... full text: cells/{self.dir.name}/{REASON_LOG}]"
+        except OSError as exc:  # e.g. a full disk: the reason is still recorded
+            where = f" [... cut; {REASON_LOG} could not be written: {exc.strerror or exc}]"
+        return first[:max(REASON_CHARS - len(where), 0)] + where
 
     def result(self) -> dict[str, Any] | None:
         """The cell's result, or None when absent or unusable (warned about)."""
