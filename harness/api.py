@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from harness.checkpoints import UnsafeCheckpoint, load_weights, weights_only
 from harness.datasets import DataError, Dataset, Sample, discover, select
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "API_VERSION", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "Backend", "BackendPlugin", "CannotRun", "CellSpec",
     "DataError", "DataSpec", "DataSplits", "Dataset", "DeviceInfo", "EpochRecord", "LoaderPlugin", "ModelPlugin",
-    "Recipe", "RunContext", "Sample", "discover", "select",
+    "Recipe", "RunContext", "Sample", "UnsafeCheckpoint", "discover", "load_weights", "select", "weights_only",
 ]
 
 #: Version of the hook API. Plugins may declare ``HARNESS_API = ">=1,<2"``.

@@ -113,14 +113,14 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
 
 
 def failure_reason(exc: Exception, out: Path) -> str:
-    """One line: the exception, and whether the disk holding the results is full (torch reports a full disk
-    as an unexplained ``RuntimeError`` from its zip writer)."""
-    reason = f"{type(exc).__name__}: {exc}"
+    """The exception, its first line saying whether the disk holding the results is full (torch reports a full
+    disk as an unexplained ``RuntimeError`` from its zip writer); the store records that first line."""
+    first, newline, rest = f"{type(exc).__name__}: {exc}".partition("\n")
     with suppress(OSError):
         free = shutil.disk_usage(out).free
         if free < FULL_DISK_BYTES:
-            reason += f" (the disk holding {out} is full: {free} bytes free)"
-    return reason
+            first += f" (the disk holding {out} is full: {free} bytes free)"
+    return first + newline + rest
 
 
 def check(cells_json: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.api import CellSpec
-from harness.datasets import DataError, discover
+from harness.datasets import DataError, check_apart, discover
 from harness.plugins import LABELS, Manager, PluginError, get_manager, suite_path
 from harness.results import show_warnings_briefly
 from harness.store import CellStore, OutputLock, StoreError
@@ -135,6 +135,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     cells = select(suite.cells, args.only)
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
+    out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.data is not None:
+        check_apart(args.data, out)
     check_data(args.data, cells, manager)
     executor = None
     hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
@@ -150,7 +153,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         except fleet.FleetError as exc:
             print(f"harness: {exc}", file=sys.stderr)
             return 2
-    out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
     check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None

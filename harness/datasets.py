@@ -126,3 +126,14 @@ def select(dataset: Dataset, limit: int | None, seed: int) -> dict[str, list[Sam
         return dataset.splits
     return {"train": subset(dataset.splits["train"], limit, seed),
             "validation": subset(dataset.splits["validation"], max(len(dataset.classes), limit // 4), seed)}
+
+
+def check_apart(data: Path, out: Path) -> None:
+    """Refuse an output folder inside the data folder (it would become a class of photos) and the reverse."""
+    data, out = data.resolve(), out.resolve()
+    if out.is_relative_to(data):
+        raise DataError(f"--out {out} is inside --data {data}: its files would be read as a class of photos; "
+                        "choose an --out outside the data folder")
+    if data.is_relative_to(out):
+        raise DataError(f"--data {data} is inside --out {out}: the run writes there; choose an --out outside the "
+                        "data folder")

@@ -22,7 +22,7 @@ from typing import Any, TypedDict, TypeVar
 import torch
 import torch.nn.functional as F
 
-from harness import contract, devices
+from harness import checkpoints, contract, devices
 from harness.api import IMAGENET_MEAN_255, IMAGENET_STD_255, Backend, CellSpec, DataSplits, EpochRecord, Recipe
 from harness.plugins import Manager
 from harness.store import CellStore
@@ -439,7 +439,7 @@ class Trainer:
         epoch = 0
         if found:
             self.backend.load(found[0], self.model, self.optimizer)
-            state = torch.load(found[0] / "trainer.pt", weights_only=True)
+            state = checkpoints.load_weights(found[0] / "trainer.pt")
             self.steps, self.best_acc, self.best_epoch = state["steps"], state["best_acc"], state["best_epoch"]
             self.restored_wall, epoch = state["wall_time_s"], state["epoch"]
         if self.is_main:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
@@ -39,7 +41,19 @@ RECIPES: dict[str, Recipe] = {
 }
 
 CHOICES = {"optimizer": ("sgd", "adamw"), "schedule": ("cosine-epoch", "cosine-step", "constant")}
-FRACTIONS = ("min_crop_area",)  # in (0, 1]
+#: What the optimizers, the loss and the loaders accept (numbers must also be finite), as the error says it.
+LIMITS: dict[str, tuple[Callable[[float], bool], str]] = {
+    "lr": (lambda v: v > 0, "a positive learning rate"),
+    "momentum": (lambda v: 0 <= v < 1, "a momentum in [0, 1)"),
+    "weight_decay": (lambda v: v >= 0, "a non-negative weight decay"),
+    "warmup_epochs": (lambda v: v >= 0, "a non-negative number of epochs"),
+    "batch_size": (lambda v: v >= 1, "a positive integer"),
+    "accumulation": (lambda v: v >= 1, "a positive integer"),
+    "clip_grad_norm": (lambda v: v >= 0, "a positive gradient norm, or 0 for no clipping"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a label smoothing in [0, 1)"),
+    "mixup_alpha": (lambda v: v >= 0, "a non-negative mixup alpha (0: no mixup)"),
+    "min_crop_area": (lambda v: 0 < v <= 1, "a fraction in (0, 1]"),
+}
 
 
 def _kind(default: Any) -> type:
@@ -61,8 +75,10 @@ def coerce(name: str, value: Any) -> Any:
         raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
     if name in CHOICES and value not in CHOICES[name]:
         raise ValueError(f"got {value!r}; allowed: {', '.join(CHOICES[name])}")
-    if name in FRACTIONS and not 0 < value <= 1:
-        raise ValueError(f"expected a fraction in (0, 1], got {value!r}")
+    if name in LIMITS:
+        accepts, expected = LIMITS[name]
+        if not (math.isfinite(value) and accepts(value)):
+            raise ValueError(f"expected {expected}, got {value!r}")
     return value
 
 

@@ -47,6 +47,10 @@ from harness.results import (
 )
 
 LOCK_FILE = ".lock"
+#: A recorded reason is one line of at most this many characters (the longest deliberate ones, skip reasons
+#: with their hints, are ~300); a longer or multi-line reason's full text goes to :data:`REASON_LOG`.
+REASON_CHARS = 500
+REASON_LOG = "reason.log"
 #: CellSpec fields whose change makes stored results a different experiment (``--resume`` compares them).
 SPEC_KEYS = ("model", "loader", "backend", "precision", "model_plugin", "loader_plugin", "backend_plugin", "recipe",
              "epochs", "image_size", "subset", "seed", "data", "nproc", "model_params", "loader_params",
@@ -216,6 +220,7 @@ class CellStore:
                      finished_at: str | None = None) -> None:
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
+        reason = self.brief(reason)
         write_json(self.result_path, {
             "schema_version": SCHEMA_VERSION,
             "cell_id": cell.id,
@@ -227,6 +232,21 @@ class CellStore:
             "started_at": started_at,
             "finished_at": finished_at or now(),
         })
+
+    def brief(self, reason: str | None) -> str | None:
+        """``reason`` as recorded: its first line, at most :data:`REASON_CHARS` long; when that cuts anything,
+        the full text goes to the cell's :data:`REASON_LOG`, which the line names."""
+        if reason is None:
+            return None
+        first = (reason.strip().splitlines() or [""])[0].rstrip()
+        if first == reason and len(reason) <= REASON_CHARS:
+            return reason
+        try:
+            self.write_log(REASON_LOG, reason)
+            where = f" [... full text: cells/{self.dir.name}/{REASON_LOG}]"
+        except OSError as exc:  # e.g. a full disk: the reason is still recorded
+            where = f" [... cut; {REASON_LOG} could not be written: {exc.strerror or exc}]"
+        return first[:max(REASON_CHARS - len(where), 0)] + where
 
     def result(self) -> dict[str, Any] | None:
         """The cell's result, or None when absent or unusable (warned about)."""

@@ -49,9 +49,12 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "environments": ((dict,), False),
 }
 DEVICES = ("auto", "cpu", "cuda")
-#: Counts and sizes, with their smallest allowed value (checked wherever they appear).
-COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "repeat": 1, "nproc": 1, "batch_size": 1,
-          "accumulation": 1, "workers": 0}
+#: Counts and sizes, with their smallest allowed value (checked wherever they appear). Recipe values: recipes.LIMITS.
+COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "repeat": 1, "nproc": 1, "workers": 0}
+#: Largest allowed values: a 32-bit seed keeps the seeds derived from it (seed * 1009 + epoch, seed + 104729 * rank)
+#: within the 64-bit integers torch and DALI take; a photo side beyond 4096 is a typo, not a size any classifier
+#: trains at (one 100,000 px photo would take 120 GB as float32).
+MAXIMA = {"seed": 2**32 - 1, "image_size": 4096}
 #: Suite names become folder names (runs/NAME-TIMESTAMP): no separators, no leading dot.
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -60,10 +63,13 @@ class SuiteError(ValueError):
     """An invalid suite; the message names the file, the key and the allowed values."""
 
 
-def check_count(value: Any, minimum: int) -> int:
-    """``value`` if it is an integer of at least ``minimum``, else ValueError saying what is expected."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"expected {'a positive' if minimum == 1 else 'a non-negative'} integer, got {value!r}")
+def check_count(value: Any, minimum: int, maximum: int | None = None) -> int:
+    """``value`` if it is an integer from ``minimum`` to ``maximum``, else ValueError saying what is expected."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum or (
+            maximum is not None and value > maximum):
+        expected = (f"an integer from {minimum} to {maximum}" if maximum is not None else
+                    f"{'a positive' if minimum == 1 else 'a non-negative'} integer")
+        raise ValueError(f"expected {expected}, got {value!r}")
     return value
 
 
@@ -114,9 +120,9 @@ class Validator:
         if not NAME.match(raw["name"]) or len(raw["name"]) > 100:
             self.fail("name", f"{raw['name']!r}: use letters, digits and _ . + - (it names the output folder), "
                               "starting with a letter or digit, at most 100 characters")
-        for key, minimum in COUNTS.items():
+        for key in COUNTS:
             if key in raw:
-                self.check_count(key, raw[key], minimum)
+                self.check_count(key, raw[key])
         timeout = raw.get("timeout_s")
         if timeout is not None and not timeout > 0:
             self.fail("timeout_s", f"expected a positive number of seconds, got {timeout!r}")
@@ -161,12 +167,12 @@ class Validator:
                 recipes.coerce(field_name, value)
             except (TypeError, ValueError) as exc:
                 self.fail(f"{key}.{field_name}", str(exc))
-            if field_name in COUNTS:
-                self.check_count(f"{key}.{field_name}", value, COUNTS[field_name])
 
-    def check_count(self, key: str, value: Any, minimum: int) -> None:
+    def check_count(self, key: str, value: Any) -> None:
+        """``key``'s value against its :data:`COUNTS` minimum and :data:`MAXIMA` maximum (by its last part)."""
+        name = key.rsplit(".", 1)[-1]
         try:
-            check_count(value, minimum)
+            check_count(value, COUNTS[name], MAXIMA.get(name))
         except ValueError as exc:
             self.fail(key, str(exc))
 
@@ -180,7 +186,7 @@ class Validator:
                                                    f"{self.manager.broken_hint(section, plugin)}")
             for key in ("nproc", "workers"):
                 if key in table:
-                    self.check_count(f"{section}.{name}.{key}", table[key], COUNTS[key])
+                    self.check_count(f"{section}.{name}.{key}", table[key])
             if "environment" in table:
                 try:
                     environment = variant_environment(table, name, self.path.parent)
@@ -380,6 +386,10 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
         raise SuiteError(f"{path}: key 'matrix.exclude': excludes every cell of the matrix")
     _check_ids(path, cells)
     repeats = _pick(overrides.get("repeat"), raw.get("repeat", 1))
+    last_seed = max(c.seed for c in cells) + repeats - 1
+    if last_seed > MAXIMA["seed"]:
+        raise SuiteError(f"{path}: key 'repeat': the repeats' seeds run to {last_seed}, past the largest seed "
+                         f"{MAXIMA['seed']}; lower the seed or the repeat count")
     cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
     return Suite(raw["name"], path, cells, raw.get("description", ""), declarers)
 
@@ -393,7 +403,7 @@ def _check_overrides(overrides: dict[str, Any]) -> None:
     for key in ("epochs", "nproc", "seed", "repeat"):
         if overrides.get(key) is not None:
             try:
-                check_count(overrides[key], COUNTS[key])
+                check_count(overrides[key], COUNTS[key], MAXIMA.get(key))
             except ValueError as exc:
                 raise SuiteError(f"--{key}: {exc}") from None
     timeout = overrides.get("timeout_s")

@@ -27,7 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from harness.api import CannotRun, DeviceInfo, Recipe
+from harness.api import CannotRun, DeviceInfo, Recipe, load_weights, weights_only
 from harness.hookspecs import hookimpl
 from harness_plugins._distributed import all_reduce, free_port, nnodes_problem
 
@@ -216,13 +216,14 @@ class ColossalAIBackend:
         self._barrier()
 
     def load(self, directory: Path, model: Any, optimizer: Any) -> None:
-        import torch
-
-        self.booster.load_model(model, str(directory / "model.pt"))
-        self.booster.load_optimizer(optimizer, str(directory / "optimizer.pt"))
+        """Booster checkpoints, read as weights only: the Booster's own ``torch.load`` would unpickle anything."""
+        with weights_only(directory / "model.pt"):
+            self.booster.load_model(model, str(directory / "model.pt"))
+        with weights_only(directory / "optimizer.pt"):
+            self.booster.load_optimizer(optimizer, str(directory / "optimizer.pt"))
         scaler = getattr(optimizer, "scaler", None)
         if scaler is not None:
-            scaler.load_state_dict(torch.load(directory / "scaler.pt", weights_only=True))
+            scaler.load_state_dict(load_weights(directory / "scaler.pt"))
 
     def close(self) -> None:
         import torch.distributed as dist

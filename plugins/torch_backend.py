@@ -12,7 +12,7 @@ from typing import Any, cast
 import torch
 import torch.distributed as dist
 
-from harness.api import DeviceInfo, Recipe
+from harness.api import DeviceInfo, Recipe, load_weights
 from harness.hookspecs import hookimpl
 from harness_plugins._distributed import all_reduce, nnodes_problem
 
@@ -75,7 +75,7 @@ class TorchBackend:
             dist.barrier()
 
     def load(self, directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        state = torch.load(directory / "torch.pt", map_location=self.device, weights_only=True)
+        state = load_weights(directory / "torch.pt", map_location=self.device)
         getattr(model, "module", model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from functools import partial
 from pathlib import Path
 
@@ -15,3 +17,24 @@ harness = partial(run_harness, timeout=900)
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(body)
     return path
+
+
+class CreatesFile:
+    """A pickle that creates ``marker`` when unpickled, as a hostile checkpoint would run any command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
+
+
+def plant_code(path: Path, marker: Path) -> None:
+    """Replace the checkpoint file ``path`` with a pickle that creates ``marker`` when loaded, after checking
+    here that loading it unsafely does create it (the payload is live)."""
+    import torch
+
+    torch.save(CreatesFile(marker), path)
+    torch.load(path, weights_only=False)
+    assert marker.exists(), "the planted payload did not run when loaded unsafely"
+    marker.unlink()

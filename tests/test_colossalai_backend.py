@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import plant_code
 
 from harness.api import BackendPlugin, DeviceInfo, Recipe
 from harness.plugins import get_manager
@@ -233,3 +234,25 @@ def test_cells_colossalai_cannot_run_on_cpu_are_skipped_with_reasons(generated_p
     assert found["colossalai-ddp-bf16"]["reason"] == cai.DDP_BF16_STUB
     assert found["colossalai-zero1-bf16"]["reason"] == cai.NEEDS_CUDA["zero1"]
     assert found["colossalai-gemini-fp16"]["reason"] == cai.NEEDS_CUDA["gemini"]
+
+
+@needs_colossalai
+def test_a_booster_checkpoint_that_would_run_code_is_refused_on_resume(generated_photos: Path,
+                                                                       tmp_path: Path) -> None:
+    """The Booster's own torch.load unpickles anything (weights_only defaults to False on torch 2.5.1)."""
+    suite, out = tmp_path / "compare.toml", tmp_path / "out"
+    suite.write_text(COMPARE_SUITE)
+    args = ("run", "--suite", suite, "--data", generated_photos, "--out", out, "--device", "cpu", "--epochs", "1",
+            "--only", "backend=colossalai-ddp")
+    done = run_harness(*args)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    cell = CellStore(out, "vit_tiny_patch16_224-torchvision-colossalai-ddp-fp32")
+    cell.result_path.unlink()  # as if the run had been killed after the epoch's checkpoint
+    planted, marker = cell.checkpoint_path / "model.pt", tmp_path / "code-ran"
+    plant_code(planted, marker)
+    done = run_harness(*args, "--resume")
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert not marker.exists()
+    reason = cell.result()["reason"]
+    assert "\n" not in reason and reason.startswith(
+        f"UnsafeCheckpoint: {planted}: refused, it holds more than weights (unsupported GLOBAL posix.system"), reason

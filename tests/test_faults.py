@@ -23,9 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import plant_code
 
 from harness import compare, store
-from harness.datasets import DataError
+from harness.api import CellSpec, Recipe
+from harness.datasets import DataError, check_apart
 from harness.prepare import MARKER, Limits, Options, configure, prepare
 from harness.prepare import command as prepare_command
 from harness.report.load import load_results
@@ -655,3 +657,80 @@ def test_an_output_that_cannot_be_written_is_one_line_exit_2(killed: Path, photo
         assert len(done.stderr.strip().splitlines()) == 1 and str(out) in done.stderr, (args, done.stderr)
         assert ("Read-only file system" if where == "read-only" else "Not a directory") in done.stderr, done.stderr
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- issue 32: untrusted checkpoints, bounded reasons
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_on_resume(killed: Path, photos: Path, copy_of) -> None:
+    out = copy_of(killed)
+    cell = CellStore(out, CELL)
+    planted, marker = cell.checkpoint_path / "torch.pt", out.parent / "code-ran"
+    plant_code(planted, marker)
+    done = run_harness("run", "--suite", suite(out.parent), "--data", photos, "--out", out, "--resume")
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert not marker.exists()
+    result = cell.result()
+    assert result["status"] == "failed" and "\n" not in result["reason"], result["reason"]
+    assert result["reason"].startswith(f"UnsafeCheckpoint: {planted}: refused, it holds more than weights "
+                                       "(unsupported GLOBAL posix.system"), result["reason"]
+
+
+def test_a_long_or_multi_line_reason_is_recorded_as_one_short_line(tmp_path: Path) -> None:
+    cell = CellStore(tmp_path, "c")
+    spec = CellSpec(id="c", suite="s", model="m", loader="l", backend="b", precision="fp32", loader_plugin="l",
+                    backend_plugin="b", epochs=1, image_size=32, data="", seed=0, recipe=Recipe())
+    traceback = "DataError: photo.jpg: truncated\n" + "  File 'x.py', line 1, in f\n" * 80
+    cell.write_result(spec, {}, "failed", traceback)
+    reason = cell.result()["reason"]
+    assert reason == "DataError: photo.jpg: truncated [... full text: cells/c/reason.log]"
+    assert (cell.dir / store.REASON_LOG).read_text() == traceback
+    cell.write_result(spec, {}, "failed", "y" * 10_000)
+    assert len(cell.result()["reason"]) == store.REASON_CHARS
+    short = "a deliberate reason, kept as it is"
+    cell.write_result(spec, {}, "skipped", short)
+    assert cell.result()["reason"] == short
+
+
+# Prints one 20 MiB line, then dies without a result: the runner records the cell's last words as its reason.
+SHOUT_PLUGIN = """
+import os
+from harness.hookspecs import hookimpl
+
+@hookimpl
+def harness_run_start(cell, context):
+    print("x" * (20 << 20), flush=True)
+    os._exit(3)
+"""
+
+
+def test_a_cell_that_prints_a_20_mib_line_gives_small_results_and_report(photos: Path, tmp_path: Path) -> None:
+    (tmp_path / "shout_plugin.py").write_text(SHOUT_PLUGIN)
+    out = tmp_path / "out"
+    done = run_harness("run", "--suite", suite(tmp_path, epochs=1), "--data", photos, "--out", out,
+                       plugin_modules=["shout_plugin"], pythonpath=[tmp_path])
+    assert done.returncode == 1, done.stderr[-2000:]
+    cell = CellStore(out, CELL)
+    reason = cell.result()["reason"]
+    assert reason.startswith("cell process exited with code 3: ") and len(reason) == store.REASON_CHARS
+    assert "x" * 100 in reason, reason
+    assert reason.endswith(f"[... full text: cells/{CELL}/reason.log]")
+    assert "x" * (20 << 20) in (cell.dir / store.REASON_LOG).read_text()
+    for name in ("result.json", "summary.md", "summary.csv", "report.html"):
+        path = cell.result_path if name == "result.json" else out / name
+        assert path.stat().st_size < 2 << 20, name
+
+
+def test_an_output_inside_the_data_or_data_inside_the_output_is_refused(photos: Path, tmp_path: Path) -> None:
+    data = Path(shutil.copytree(photos, tmp_path / "photos"))
+    before = tree(data)
+    done = run_harness("run", "--suite", suite(tmp_path), "--data", data, "--out", data / "runs")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert f"--out {data / 'runs'} is inside --data {data}: " in done.stderr
+    assert tree(data) == before  # nothing written
+    (tmp_path / "link").symlink_to(data)
+    with pytest.raises(DataError, match="is inside --data"):
+        check_apart(data, tmp_path / "link" / "out")
+    with pytest.raises(DataError, match=f"^--data {data} is inside --out {tmp_path}: "):
+        check_apart(data, tmp_path)
+    check_apart(data, tmp_path / "photos-out")  # a sibling whose name starts the same is apart

@@ -609,3 +609,38 @@ def test_cli_prints_counts_and_errors_name_the_path(generated: Path, tmp_path: P
     args = parser.parse_args(["flowers", "--out", str(tmp_path / "out2"), "--source", str(src), "--quiet"])
     assert command(args) == 2  # bad input
     assert f"{src / 'dandelion'}: empty class folder" in capsys.readouterr().err
+
+
+def test_a_hard_link_to_a_missing_member_is_one_line_exit_2(generated: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    archive = _tar(tmp_path / "photos.tgz", [_info("flower_photos/roses/h.jpg", type=tarfile.LNKTYPE,
+                                                   linkname="flower_photos/roses/missing.jpg")], generated)
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    before = tree(tmp_path)
+    assert command(parser.parse_args(["flowers", "--out", str(tmp_path / "out"), "--source", str(archive),
+                                      "--quiet"])) == 2
+    err = capsys.readouterr().err
+    assert err == (f"harness data prepare: error: {archive}: refusing member 'flower_photos/roses/h.jpg': hard link "
+                   "to 'flower_photos/roses/missing.jpg', which is not a file earlier in the archive\n")
+    assert tree(tmp_path) == before
+
+
+def test_member_names_with_terminal_escapes_are_printed_escaped(generated: Path, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    jpeg = first_photo(generated, "roses").read_bytes()
+    hostile = [_info(f"flower_photos/\x1b[2Jdaisy\nfake/{n}.jpg", jpeg) for n in range(2)]
+    hostile.append(_info("flower_photos/roses/\x1b[31mred\u202e\nline.jpg", b"not a jpeg"))
+    archive = _tar(tmp_path / "photos.tgz", hostile, generated)
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    args = ["flowers", "--out", str(tmp_path / "out"), "--source", str(archive), "--quiet", "--no-verify"]
+    assert command(parser.parse_args(args)) == 0
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\u202e" not in printed
+    assert "\n  \\x1b[2Jdaisy\\nfake " in printed  # the class row
+    assert "excluded roses/\\x1b[31mred\\u202e\\nline.jpg: not an image" in printed
+    assert all(line.startswith(("flowers: ", "  ")) for line in printed.splitlines())  # no line a name broke
+    # An error naming such a member is escaped too.
+    assert command(parser.parse_args([*args[:4], str(tmp_path / "absent\x1b[2J.tgz"), "--quiet"])) == 2
+    assert capsys.readouterr().err.endswith("absent\\x1b[2J.tgz: source does not exist\n")

@@ -219,3 +219,49 @@ def test_flowers_cpu_varies_one_factor_at_a_time_around_its_core_cells() -> None
     ])
     seed = next(c for c in suite.cells if c.recipe_name == "seed")
     assert (seed.recipe.batch_size, seed.recipe.accumulation) == (128, 16)  # the tutorial's, exactly
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("batch_size = 8", "batch_size = 8, lr = nan"), "key 'recipe.lr': expected a positive learning rate, got nan"),
+        (("batch_size = 8", "batch_size = 8, lr = inf"), "key 'recipe.lr': expected a positive learning rate, got inf"),
+        (("batch_size = 8", "batch_size = 8, lr = -0.5"), "key 'recipe.lr': expected a positive learning rate"),
+        (("batch_size = 8", "batch_size = 8, lr = 0"), "key 'recipe.lr': expected a positive learning rate, got 0"),
+        (("batch_size = 8", "batch_size = 8, momentum = -2"), "key 'recipe.momentum': expected a momentum in [0, 1)"),
+        (("batch_size = 8", "batch_size = 8, momentum = 1"), "key 'recipe.momentum': expected a momentum in [0, 1)"),
+        (("batch_size = 8", "batch_size = 8, weight_decay = -1e-4"),
+         "key 'recipe.weight_decay': expected a non-negative weight decay, got -0.0001"),
+        (("batch_size = 8", "batch_size = 8, clip_grad_norm = -1"),
+         "key 'recipe.clip_grad_norm': expected a positive gradient norm, or 0 for no clipping, got -1.0"),
+        (("batch_size = 8", "batch_size = 8, clip_grad_norm = inf"), "key 'recipe.clip_grad_norm': expected"),
+        (("batch_size = 8", "batch_size = 8, warmup_epochs = -1"),
+         "key 'recipe.warmup_epochs': expected a non-negative number of epochs"),
+        (("batch_size = 8", "batch_size = 8, label_smoothing = 5"),
+         "key 'recipe.label_smoothing': expected a label smoothing in [0, 1), got 5.0"),
+        (("batch_size = 8", "batch_size = 8, mixup_alpha = -0.2"), "key 'recipe.mixup_alpha': expected a non-negative"),
+        (("batch_size = 8", "batch_size = 8, min_crop_area = 0"), "key 'recipe.min_crop_area': expected a fraction"),
+        (("batch_size = 8", "batch_size = 0"), "key 'recipe.batch_size': expected a positive integer, got 0"),
+        (("batch_size = 8", "batch_size = 8, accumulation = 0"), "key 'recipe.accumulation': expected a positive"),
+        (("image_size = 32", "image_size = 32\nseed = 9223372036854775807"),
+         "key 'seed': expected an integer from 0 to 4294967295, got 9223372036854775807"),
+        (("image_size = 32", "image_size = 32\nseed = 4294967295\nrepeat = 2"),
+         "key 'repeat': the repeats' seeds run to 4294967296, past the largest seed 4294967295"),
+        (("image_size = 32", "image_size = 100000"), "key 'image_size': expected an integer from 1 to 4096"),
+    ],
+)
+def test_recipe_and_run_values_the_optimizer_and_loader_refuse_are_named(tmp_path: Path, change: tuple[str, str],
+                                                                          message: str) -> None:
+    path = suite_file(tmp_path, VALID.replace(*change))
+    with pytest.raises(SuiteError) as info:
+        expand(path, get_manager())
+    assert str(info.value).startswith(f"{path}: ") and "\n" not in str(info.value)
+    assert message in str(info.value)
+
+
+def test_values_at_the_limits_are_accepted_and_an_out_of_range_seed_override_refused(tmp_path: Path) -> None:
+    edge = "batch_size = 8, lr = 1e-9, momentum = 0.0, weight_decay = 0.0, clip_grad_norm = 0.0, mixup_alpha = 0.0"
+    text = VALID.replace("batch_size = 8", edge).replace("image_size = 32", "image_size = 4096\nseed = 4294967295")
+    assert expand(suite_file(tmp_path, text), get_manager()).cells[0].seed == 4294967295
+    with pytest.raises(SuiteError, match=r"^--seed: expected an integer from 0 to 4294967295, got 4294967296$"):
+        expand(suite_file(tmp_path, VALID), get_manager(), seed=2**32)

@@ -50,33 +50,40 @@ def command(args: argparse.Namespace) -> int:
     try:
         result = prepare(args.out, options, progress=not args.quiet, force=args.force, limits=limits)
     except DataError as e:
-        print(f"harness data prepare: error: {e}", file=sys.stderr)
+        print(f"harness data prepare: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except (DownloadError, OSError) as e:
-        print(f"harness data prepare: error: {e}", file=sys.stderr)
+        print(f"harness data prepare: error: {printable(str(e))}", file=sys.stderr)
         return 1
     print(summary(result))
     if result.kept:
-        print(f"  the previous {result.out.name} held files prepare did not write: kept as {result.kept}")
+        print(printable(f"  the previous {result.out.name} held files prepare did not write: kept as {result.kept}"))
     return 0
 
 
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control and format characters (ANSI escapes, newlines, bidi overrides,
+    undecodable bytes), which archive member names may hold, escaped as ``repr`` escapes them."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def summary(result: Result) -> str:
-    """Counts per class and split, duplicates, exclusions and shards, as a few lines of text."""
+    """Counts per class and split, duplicates, exclusions and shards, as a few lines of text (names escaped)."""
     m = result.manifest
     verb = "up to date, verified" if result.status == "up-to-date" else "prepared"
-    why = f" ({result.reason})" if result.reason else ""
+    why = f" ({printable(result.reason)})" if result.reason else ""
     how = ", ".join(f"{n} {k}" for k, n in m["placement"].items())
-    lines = [f"{m['dataset']}: {verb} {result.out}{why}", f"  from {m['source']['location']} ({how})",
-             f"  {'class':<16}{'train':>8}{'validation':>12}"]
-    lines += [f"  {c:<16}{m['counts']['train'][c]:>8}{m['counts']['validation'][c]:>12}" for c in m["classes"]]
+    lines = [f"{m['dataset']}: {verb} {printable(str(result.out))}{why}",
+             f"  from {printable(m['source']['location'])} ({how})", f"  {'class':<16}{'train':>8}{'validation':>12}"]
+    lines += [f"  {printable(c):<16}{m['counts']['train'][c]:>8}{m['counts']['validation'][c]:>12}"
+              for c in m["classes"]]
     lines.append(f"  {'total':<16}{m['counts']['total']['train']:>8}{m['counts']['total']['validation']:>12}")
     dup = m["duplicates"]
     for g in dup["groups"]:
-        lines.append(f"  duplicate ({', '.join(g['kinds'])}): {' == '.join(g['files'])}")
+        lines.append(f"  duplicate ({', '.join(g['kinds'])}): {printable(' == '.join(g['files']))}")
     if dup["dropped"]:
         lines.append(f"  dropped {len(dup['dropped'])} duplicate files")
-    lines += [f"  excluded {e['path']}: {e['reason']}" for e in m["excluded"]]
+    lines += [f"  excluded {printable(e['path'])}: {printable(e['reason'])}" for e in m["excluded"]]
     for split in SPLITS if m["tfrecord"] else ():
         t = m["tfrecord"][split]
         lines.append(f"  tfrecord {split}: {t['records']} records in {len(t['shards'])} shards")

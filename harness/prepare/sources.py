@@ -196,12 +196,13 @@ def _extract(archive: Path, dest: Path, limits: Limits) -> None:
         with tarfile.open(archive) as tf:
             members: list[tarfile.TarInfo] = []
             links: dict[str, str] = {}
+            files: set[str] = set()
             total = 0
             for m in tf:  # headers only; stops at the first member over a limit
                 members.append(m)
                 total += m.size if m.isfile() else 0
                 _check_limits(archive, m.name, len(members), total, limits)
-                _check_tar_member(m, archive, links)
+                _check_tar_member(m, archive, links, files)
             if hasattr(tarfile, "data_filter"):
                 tf.extractall(dest, members=members, filter="data")
             else:  # Python without extraction filters: the checks above are the guard
@@ -269,10 +270,12 @@ def _resolve(name: str, links: dict[str, str]) -> list[str] | None:
     return parts
 
 
-def _check_tar_member(m: tarfile.TarInfo, archive: Path, links: dict[str, str]) -> None:
-    """Refuse a member whose real destination, or whose link's real target, leaves the target folder.
+def _check_tar_member(m: tarfile.TarInfo, archive: Path, links: dict[str, str], files: set[str]) -> None:
+    """Refuse a member whose real destination, or whose link's real target, leaves the target folder, and a
+    hard link that names no earlier file (tarfile would stop at it with a KeyError).
 
-    ``links`` (the symlinks of earlier members, by real location) is updated with ``m``.
+    ``links`` (the symlinks of earlier members, by real location) and ``files`` (the names of earlier file and
+    hard link members, as tarfile compares them) are updated with ``m``.
     """
     name = _safe_name(m.name, archive)
     if not (m.isfile() or m.isdir() or m.issym() or m.islnk()) or m.issparse():
@@ -291,6 +294,11 @@ def _check_tar_member(m: tarfile.TarInfo, archive: Path, links: dict[str, str]) 
     elif m.islnk() and (_unsafe(m.linkname) is not None or _resolve(m.linkname, links) is None):
         # hard links name another member, relative to the archive root
         raise DataError(f"{archive}: refusing member {m.name!r}: link to {m.linkname!r} leaves the target folder")
+    elif m.islnk() and posixpath.normpath(m.linkname) not in files:
+        raise DataError(f"{archive}: refusing member {m.name!r}: hard link to {m.linkname!r}, which is not a file "
+                        "earlier in the archive")
+    if m.isfile() or m.islnk():
+        files.add(posixpath.normpath(m.name))
     # A file or folder member at a link's place goes through the link (tarfile opens or makes it there).
 
 
