@@ -18,16 +18,20 @@ The fixtures need pytest; the functions do not.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from harness import warm
 from harness.api import CellSpec, DataSpec, DataSplits, DeviceInfo, LoaderPlugin
 from harness.contract import ContractError, checked_splits
 from harness.plugins import MODULES_ENV, Manager, get_manager, registered, suite_path
@@ -92,7 +96,8 @@ def suite_cells(suite: str | os.PathLike[str]) -> list[CellSpec]:
 def run_harness(*args: str | os.PathLike[str], plugin_modules: Iterable[str] = (),
                 pythonpath: Iterable[str | os.PathLike[str]] = (), env: Mapping[str, str] | None = None,
                 timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """Run ``harness ARGS`` in a subprocess with this interpreter; output is captured as text.
+    """Run ``harness ARGS`` in a process of its own with this interpreter (forked from a warm one that has
+    imported torch and timm: :mod:`harness.warm`); output is captured as text.
 
     ``plugin_modules`` are loaded as plugins (``HARNESS_PLUGIN_MODULES``) from ``pythonpath``
     folders, so a test can try a plugin that is not installed; cell processes inherit both.
@@ -104,8 +109,25 @@ def run_harness(*args: str | os.PathLike[str], plugin_modules: Iterable[str] = (
     paths = [str(p) for p in pythonpath] + [p for p in [full.get("PYTHONPATH", "")] if p]
     if paths:
         full["PYTHONPATH"] = os.pathsep.join(paths)
-    return subprocess.run([sys.executable, "-m", "harness.cli", *map(str, args)], capture_output=True, text=True,
-                          env=full, timeout=timeout)
+    argv = [str(a) for a in args]
+    process = _launcher().start(sys.executable, argv, full, module="harness.cli", separate_stderr=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the command and the cells it started
+        process.wait()
+        raise
+    return subprocess.CompletedProcess([sys.executable, "-m", "harness.cli", *argv], process.returncode or 0, out,
+                                       err or "")
+
+
+@cache
+def _launcher() -> warm.Launcher:
+    """This process's fork server for :func:`run_harness`: each command starts with torch, timm and the harness
+    already imported, as a fresh process of its own (cold where the ``harness.paths.WARM`` setting is 0)."""
+    launcher = warm.Launcher(zygote_env=dict(os.environ))
+    atexit.register(launcher.close)
+    return launcher
 
 
 def results(out: Path | str) -> dict[str, dict[str, Any]]:

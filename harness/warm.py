@@ -1,5 +1,7 @@
-"""Warm cell processes: one interpreter per environment imports torch, torchvision, timm and the harness once,
-then forks each cell's process from that state, so a cell starts in milliseconds instead of seconds of imports.
+"""Warm processes: one interpreter per environment imports torch, torchvision, timm and the harness once, then
+forks each cell's process from that state, so a cell starts in milliseconds instead of seconds of imports. The
+same fork server starts ``harness`` commands for :func:`harness.testing.run_harness` (a test suite's hundred
+command lines would otherwise spend most of their time importing).
 
 A forked cell is the process a cold ``python -m harness.cell`` would be, minus the imports: a session and process
 group of its own (the runner signals it with ``os.killpg``), the cell's environment variables and working
@@ -10,13 +12,15 @@ and its cells die with it. Timings are unaffected: the engine times epochs insid
 environment variables differ from the zygote's in more than the per-cell ones starts cold, and so does every
 cell when the setting :data:`harness.paths.WARM` is 0.
 
-Protocol over a Unix socket pair: the runner sends one JSON line (argv, env, cwd) with the write end of the
-cell's output pipe attached (SCM_RIGHTS); the zygote answers ``{"pid": N}``, later ``{"exit": N, "code": C}``
-(C negative for a signal, as :class:`subprocess.Popen` reports it).
+Protocol over a Unix socket pair: the runner sends one JSON line (module, argv, env, cwd) with the write ends of
+the process's output pipes attached (SCM_RIGHTS: one for stdout and stderr together, or one each); the zygote
+answers ``{"pid": N}``, later ``{"exit": N, "code": C}`` (C negative for a signal, as :class:`subprocess.Popen`
+reports it).
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import json
 import os
@@ -30,18 +34,26 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import IO, Any
 
 from harness.cell import die_with_parent
 from harness.paths import PARENT_ENV, WARM, setting
 
 #: Imported once by the zygote where the environment has them: what every cell imports anyway.
-PRELOAD = ("torch", "torchvision", "timm", "harness.cell", "harness.engine")
+PRELOAD = ("torch", "torchvision", "timm", "harness.cell", "harness.engine", "harness.cli", "harness.suite")
+#: What a fork may run: ``python -m MODULE ARGV``, as ``MODULE.main(argv)``.
+MODULES = ("harness.cell", "harness.cli")
+#: Variables read when the preloaded libraries are imported (the OpenMP runtime reads its own at load): a
+#: command whose values differ from the zygote's starts cold, as do commands whose PYTHONPATH shadows them.
+IMPORT_TIME = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "PYTHONHASHSEED", "PYTHONWARNINGS", "PYTHONOPTIMIZE",
+               "PYTHONDONTWRITEBYTECODE", "TORCH_", "PYTORCH_", "TIMM_")
 #: Environment variables that may differ between the zygote and the cells it forks (set per cell by the runner;
 #: read by libraries only after the cell starts, never at import).
 PER_CELL = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TMPDIR",
                       PARENT_ENV, "CUDA_VISIBLE_DEVICES"})
 READY = b"ready\n"
+ZYGOTE_PATH: list[str] = []  # the zygote's sys.path without what its working folder and PYTHONPATH put first
 REAP_S = 0.1  # how often the zygote looks for finished cells while no request comes
 
 
@@ -64,26 +76,44 @@ class Zygote:
             raise OSError(f"the warm interpreter {python} did not start")
         threading.Thread(target=self.read, daemon=True).start()
 
-    def serves(self, env: Mapping[str, str]) -> bool:
-        """Whether a cell with ``env`` may be forked from this zygote (same variables but the per-cell ones)."""
-        def common(e: Mapping[str, str]) -> dict[str, str]:
-            return {k: v for k, v in e.items() if k not in PER_CELL}
-        return self.proc.poll() is None and common(env) == common(self.env)
+    def serves(self, env: Mapping[str, str], module: str = "harness.cell") -> bool:
+        """Whether ``python -m MODULE`` with ``env`` may be forked from this zygote: a cell needs the same variables
+        but the per-cell ones; a command, the same import-time ones and no PYTHONPATH entry shadowing a preloaded
+        package."""
+        if self.proc.poll() is not None:
+            return False
+        if module == "harness.cell":
+            def common(e: Mapping[str, str]) -> dict[str, str]:
+                return {k: v for k, v in e.items() if k not in PER_CELL}
+            return common(env) == common(self.env)
 
-    def spawn(self, argv: Sequence[str], env: Mapping[str, str]) -> WarmProcess:
-        """Fork a cell process that runs ``harness.cell``'s ``main(argv)``."""
-        read, write = os.pipe()
+        def imported(e: Mapping[str, str]) -> dict[str, str]:
+            return {k: v for k, v in e.items() if k.startswith(IMPORT_TIME)}
+        preloaded = {name.split(".")[0] for name in PRELOAD} | {"harness_plugins"}
+        shadowed = any(Path(entry, name).exists() for entry in env.get("PYTHONPATH", "").split(os.pathsep) if entry
+                       for name in preloaded)
+        return not shadowed and imported(env) == imported(self.env)
+
+    def spawn(self, argv: Sequence[str], env: Mapping[str, str], module: str = "harness.cell",
+              separate_stderr: bool = False) -> WarmProcess:
+        """Fork a process that runs ``MODULE.main(argv)`` (:data:`MODULES`), output on its ``stdout`` (and
+        ``stderr`` with ``separate_stderr``), as text decoded with replacement."""
+        pipes = [os.pipe() for _ in range(2 if separate_stderr else 1)]
         try:
             with self.lock:
-                request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": os.getcwd()}).encode() + b"\n"
-                socket.send_fds(self.sock, [request], [write])
+                request = json.dumps({"module": module, "argv": list(argv), "env": dict(env), "cwd": os.getcwd(),
+                                      "fds": len(pipes)})
+                socket.send_fds(self.sock, [request.encode() + b"\n"], [write for _, write in pipes])
                 process = self.started.get()
         finally:
-            os.close(write)
+            for _, write in pipes:
+                os.close(write)
         if process is None:
-            os.close(read)
+            for read, _ in pipes:
+                os.close(read)
             raise OSError("the warm interpreter exited")
-        process.stdout = os.fdopen(read, "r", encoding="utf-8", errors="replace")
+        process.stdout, *rest = (os.fdopen(read, "r", encoding="utf-8", errors="replace") for read, _ in pipes)
+        process.stderr = rest[0] if rest else None
         return process
 
     def read(self) -> None:
@@ -116,6 +146,7 @@ class WarmProcess:
         self.pid = pid
         self.returncode: int | None = None
         self.stdout: IO[str] | None = None
+        self.stderr: IO[str] | None = None
         self.done = threading.Event()
 
     def finish(self, code: int) -> None:
@@ -127,39 +158,55 @@ class WarmProcess:
 
     def wait(self, timeout: float | None = None) -> int:
         if not self.done.wait(timeout):
-            raise subprocess.TimeoutExpired(f"cell process {self.pid}", timeout or 0)
+            raise subprocess.TimeoutExpired(f"process {self.pid}", timeout or 0)
         assert self.returncode is not None
         return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str | None]:
+        """Read both outputs to their end and wait, as :meth:`subprocess.Popen.communicate` does."""
+        texts: dict[str, str] = {}
+        readers = [threading.Thread(target=lambda n=name, f=stream: texts.__setitem__(n, f.read()), daemon=True)
+                   for name, stream in (("stdout", self.stdout), ("stderr", self.stderr)) if stream is not None]
+        for reader in readers:
+            reader.start()
+        self.wait(timeout)
+        for reader in readers:
+            reader.join()
+        return texts.get("stdout", ""), texts.get("stderr")
 
 
 class Launcher:
     """Starts cell processes: forked from a warm zygote per interpreter where possible, else cold."""
 
-    def __init__(self, warm: bool = True, tag: str = "") -> None:
+    def __init__(self, warm: bool = True, tag: str = "", zygote_env: Mapping[str, str] | None = None) -> None:
+        """``tag`` names the zygotes in ps; ``zygote_env``: their environment (default: the first process's)."""
         self.warm = warm and sys.platform.startswith("linux") and setting(WARM, "1") != "0"
         self.tag = tag
+        self.zygote_env = zygote_env
         self.zygotes: dict[str, Zygote] = {}
         self.lock = threading.Lock()
 
-    def start(self, python: str, argv: Sequence[str], env: Mapping[str, str]) -> subprocess.Popen | WarmProcess:
-        """``python -m harness.cell ARGV`` in a session of its own, output (stdout and stderr) on ``.stdout``."""
-        zygote = self.zygote(python, env) if self.warm else None
+    def start(self, python: str, argv: Sequence[str], env: Mapping[str, str], module: str = "harness.cell",
+              separate_stderr: bool = False) -> subprocess.Popen | WarmProcess:
+        """``python -m MODULE ARGV`` in a session of its own; its output (stdout and stderr together, or apart with
+        ``separate_stderr``) on ``.stdout`` (and ``.stderr``), as text."""
+        zygote = self.zygote(python, env, module) if self.warm else None
         if zygote is not None:
             with suppress(OSError):
-                return zygote.spawn(argv, env)
-        return subprocess.Popen([python, "-m", "harness.cell", *argv], env=dict(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1,
-                                start_new_session=True)
+                return zygote.spawn(argv, env, module, separate_stderr)
+        return subprocess.Popen([python, "-m", module, *argv], env=dict(env), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE if separate_stderr else subprocess.STDOUT, text=True,
+                                errors="replace", bufsize=1, start_new_session=True)
 
-    def zygote(self, python: str, env: Mapping[str, str]) -> Zygote | None:
+    def zygote(self, python: str, env: Mapping[str, str], module: str) -> Zygote | None:
         with self.lock:
             zygote = self.zygotes.get(python)
             if zygote is None or zygote.proc.poll() is not None:
                 try:
-                    zygote = self.zygotes[python] = Zygote(python, env, self.tag)
+                    zygote = self.zygotes[python] = Zygote(python, self.zygote_env or env, self.tag)
                 except OSError:
                     return None
-            return zygote if zygote.serves(env) else None
+            return zygote if zygote.serves(env, module) else None
 
     def close(self) -> None:
         with self.lock:
@@ -182,6 +229,8 @@ def serve(fd: int) -> None:
         import setproctitle
 
         setproctitle.setproctitle(" ".join(sys.orig_argv))
+    own = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    ZYGOTE_PATH[:] = [p for p in sys.path[1:] if p not in own]  # less its working folder and PYTHONPATH
     sock = socket.socket(fileno=fd)
     sock.sendall(READY)
     children: set[int] = set()
@@ -194,12 +243,14 @@ def serve(fd: int) -> None:
             buffer, outputs = buffer + data, outputs + fds
             while b"\n" in buffer:
                 line, buffer = buffer.split(b"\n", 1)
-                output = outputs.pop(0)
+                request = json.loads(line)
+                fds, outputs = outputs[:request.get("fds", 1)], outputs[request.get("fds", 1):]
                 pid = os.fork()
                 if pid == 0:
                     sock.close()
-                    run_cell(json.loads(line), output)
-                os.close(output)
+                    run_main(request, fds)
+                for fd in fds:
+                    os.close(fd)
                 children.add(pid)
                 sock.sendall(json.dumps({"pid": pid}).encode() + b"\n")
         for pid in list(children):
@@ -212,41 +263,54 @@ def serve(fd: int) -> None:
             os.killpg(pid, signal.SIGKILL)
 
 
-def run_cell(request: dict[str, Any], output: int) -> None:
-    """In the forked child: become the cell's process, as a cold ``python -m harness.cell`` would be, and run it."""
+def run_main(request: dict[str, Any], outputs: list[int]) -> None:
+    """In the forked child: become the process a cold ``python -m MODULE ARGV`` would be, run it and exit."""
     from harness import cell
 
     code = 1
     try:
         os.setsid()
-        os.dup2(output, 1)
-        os.dup2(output, 2)
-        os.close(output)
+        os.dup2(outputs[0], 1)
+        os.dup2(outputs[-1], 2)
+        for fd in outputs:
+            os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ[PARENT_ENV] = str(os.getppid())  # the zygote: it dies with the runner, and the cell with it
+        os.environ[PARENT_ENV] = str(os.getppid())  # the zygote: it dies with the runner, and the child with it
         os.chdir(request["cwd"])
         fresh_process_state()
-        sys.argv = [sys.executable, "-m", "harness.cell", *request["argv"]]
+        module = request["module"]
+        if module not in MODULES:
+            raise ValueError(f"the warm interpreter runs {', '.join(MODULES)}, not {module}")
+        sys.argv = [sys.executable, "-m", module, *request["argv"]]
         if "setproctitle" in sys.modules:  # ps and /proc show the command line a cold start would have
             sys.modules["setproctitle"].setproctitle(" ".join(sys.argv))
-        code = cell.main(request["argv"])
-    except SystemExit as exc:  # argparse errors, sys.exit in a plugin
-        code = exc.code if isinstance(exc.code, int) else 1
+        code = importlib.import_module(module).main(request["argv"])
+        if module != "harness.cell":  # a command ends as an interpreter does: threads joined, atexit run
+            threading._shutdown()  # type: ignore[attr-defined]
+            atexit._run_exitfuncs()
+    except SystemExit as exc:  # argparse errors, sys.exit in a plugin or a command
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
     except BaseException:
         import traceback
 
         traceback.print_exc()
     finally:
-        cell.exit_now(code)
+        cell.exit_now(code or 0)
 
 
 def fresh_process_state() -> None:
-    """What a cold interpreter starts with: unseeded random states, no cached temporary folder, and torch's
-    intra-op thread count for this process's CPUs (``OMP_NUM_THREADS`` or the CPUs it may run on)."""
+    """What a cold interpreter starts with: the working folder and ``PYTHONPATH`` first on ``sys.path``, unseeded
+    random states, no cached temporary folder, and torch's intra-op thread count for this process's CPUs
+    (``OMP_NUM_THREADS`` or the CPUs it may run on)."""
     import random
     import tempfile
 
+    importlib.invalidate_caches()  # modules the tests wrote since the zygote started
+    extra = [entry for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry]
+    sys.path[:] = [os.getcwd(), *extra, *(p for p in ZYGOTE_PATH if p not in extra)]
     tempfile.tempdir = None
     random.seed()
     if "numpy" in sys.modules:
