@@ -2,8 +2,8 @@
 
 Registration hooks receive a ``register`` callback (as in simonw/llm) and are called
 once when the plugin manager loads. Lifecycle hooks are called by the engine in the
-cell process, on every rank, in the order ``harness_run_start``,
-``harness_epoch_end`` (once per epoch), ``harness_run_end``.
+cell process, on every rank, in the order ``harness_run_start``, per epoch
+``harness_epoch_metrics`` and ``harness_epoch_end``, then ``harness_run_metrics`` and ``harness_run_end``.
 Implementations may accept fewer arguments than the spec (pluggy passes only the
 ones they name), so new optional arguments never break old plugins.
 """
@@ -67,6 +67,18 @@ def harness_run_start(cell: CellSpec, context: RunContext) -> None:
 @hookspec
 def harness_epoch_end(cell: CellSpec, record: EpochRecord, context: RunContext) -> None:
     """Called after each epoch's record is written to the result store."""
+
+
+@hookspec
+def harness_epoch_metrics(cell: CellSpec, record: EpochRecord, context: RunContext) -> dict[str, float] | None:
+    """Return per-epoch fields ``{"field": number}`` for the epoch's record, before it is written; they are stored
+    under the record's ``extra`` as ``"<plugin name>.<field>"``."""
+
+
+@hookspec
+def harness_run_metrics(cell: CellSpec, summary: dict[str, Any], context: RunContext) -> dict[str, float] | None:
+    """Return run-level fields ``{"field": number}`` when a cell finishes; they are stored under ``extra`` of
+    result.json's ``summary`` as ``"<plugin name>.<field>"``."""
 
 
 @hookspec

@@ -145,13 +145,23 @@ class Manager:
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook; an exception names the plugin that raised it."""
-        results = []
+        return [answer for _, answer in self._answers(hook_name, kwargs)]
+
+    def metrics(self, hook_name: str, **kwargs: Any) -> dict[str, float]:
+        """Call an observer hook (``harness_epoch_metrics``, ``harness_run_metrics``): every plugin's fields,
+        named ``"<plugin>.<field>"``; an answer that is not a dict of numbers is a ContractError naming it."""
+        return {f"{plugin}.{key}": value for plugin, answer in self._answers(hook_name, kwargs)
+                for key, value in contract.check_metrics(answer, f"plugin {self.describe(plugin)}", hook_name).items()}
+
+    def _answers(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(plugin name, answer) of each implementation of ``hook_name``, in load order."""
+        answers = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             try:
-                results.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
+                answers.append((impl.plugin_name, impl.function(**{k: kwargs[k] for k in impl.argnames})))
             except Exception as exc:
                 raise PluginError(f"plugin {self.describe(impl.plugin_name)} raised in {hook_name}: {exc!r}") from exc
-        return results
+        return answers
 
     def environment_by_plugin(self) -> dict[str, dict[str, Any] | None]:
         """Plugin name -> its ``harness_environment`` fields; a raising plugin is left out with a warning naming

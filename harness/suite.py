@@ -40,6 +40,7 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "tensorboard": ((bool,), False),
     "save_best": ((bool,), False),
     "allow_emulated": ((bool,), False),
+    "strict": ((bool,), False),  # a failed sanity check (harness/sanity.py) fails the cell
     "timeout_s": ((int, float), False),
     "matrix": ((dict,), True),
     "models": ((dict,), False),
@@ -288,7 +289,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     raw = load(path, manager)
     _check_overrides(overrides)
     named = {name: _recipe(table) for name, table in raw.get("recipes", {}).items()}
-    options: dict[str, Any] = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
+    options: dict[str, Any] = {k: raw.get(k, False) for k in ("tensorboard", "save_best", "strict")}
     options["target_acc"] = _pick(overrides.get("target_acc"), raw.get("target_acc"))  # read back by the report
     if overrides.get("tensorboard") is not None:
         options["tensorboard"] = overrides["tensorboard"]
