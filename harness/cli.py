@@ -121,7 +121,7 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import report
     from harness.runner import Interrupted, OutputExists, run_suite
-    from harness.suite import expand, select
+    from harness.suite import expand, select, shared_names
 
     if args.executor != "ray" and (args.devices or args.address or args.data_copy or args.retries is not None):
         raise SuiteError("--devices, --address, --data-copy and --retries go with --executor ray")
@@ -134,6 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
     check_data(args.data, cells, manager)
+    for line in shared_names(cells, manager):  # before any cell starts: who builds a name others know too
+        print(f"harness: warning: {line}", file=sys.stderr)
     executor = None
     hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     if args.executor == "ray":
@@ -216,12 +218,15 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from harness.suite import registered_models
+
     manager = get_manager()
     environment = manager.environment_by_plugin()
     provided: dict[str, list[str]] = {}
     for kind in ("loaders", "models", "backends", "suites"):
         for name, reg in manager.registries[kind].items():
             provided.setdefault(reg.plugin, []).append(f"{LABELS[kind]} {name}")
+    shadowing = manager.shadowing(registered_models(manager))
     for info in manager.plugins:
         version = f" {info.version}" if info.version else ""
         if info.error:
@@ -235,6 +240,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in fields.items())}")
         for warning in info.warnings:
             print(f"{'':14} warning: {warning}")
+        if names := shadowing.get(info.name):
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            print(f"{'':14} warning: its model families know {len(names)} name(s) another family knows too: {shown}; "
+                  'a built-in family keeps such a name unless a suite pins another ([models.NAME] family = "F")')
     return 0
 
 

@@ -308,11 +308,15 @@ class Trainer:
             self.warn(code, message, disqualifies=True)
 
     def warn_about_setup(self) -> None:
-        """The backend's caveats, an emulated precision, too few optimizer steps per epoch."""
+        """The backend's caveats, an emulated precision, a model name several families know, too few optimizer
+        steps per epoch."""
         self.warnings += [{"code": "backend", "message": w} for w in self.backend.warnings]
         if devices.recorded_support(self.env, self.cell.precision) == devices.EMULATED:
             self.warn("emulated-precision", f"{self.cell.precision} is emulated on {self.env.get('device_name')}: "
                                             "run on request (--allow-emulated); its timings are not the hardware's")
+        shared = self.manager.shared_name(self.cell.model, self.cell.model_plugin)
+        if shared:
+            self.warn("model-name-shared", shared)
         if self.nominal_steps < FEW_STEPS:
             world = self.backend.world_size
             self.warn("few-steps", f"only {self.nominal_steps:.1f} optimizer steps per epoch "

@@ -46,7 +46,7 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
                requested: str | None = None) -> dict[str, Any]:
     """How many cells of suite ``name`` will run or be skipped here, and why: each answered in its environment,
     as ``harness run --no-build`` would (``requested``: the device to override the suite's with)."""
-    from harness.suite import expand
+    from harness.suite import expand, shared_names
 
     cells = expand(suite_path(name), manager, device=requested).cells
     hint = shlex.join(["harness", "envs", "build", "--suite", name])
@@ -58,7 +58,8 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
             "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
-            "estimate_s": estimate(cells, statuses, results), "environments": environments.overview(cells, manager)}
+            "estimate_s": estimate(cells, statuses, results), "environments": environments.overview(cells, manager),
+            "shared_model_names": shared_names(cells, manager)}
 
 
 def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Path]) -> float | None:
@@ -114,6 +115,7 @@ def render(report: dict[str, Any]) -> str:
         if plan["oversized"]:
             lines.append(f"  {plan['oversized']} cells need more processes than this machine has {plan['slots']} "
                          "(on a GPU they are skipped; on the CPU they run oversubscribed)")
+        lines += [f"  warning: {line}" for line in plan["shared_model_names"]]
         if plan["estimate_s"] is not None:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
         lines.append(f"Environments of suite {plan['suite']}")

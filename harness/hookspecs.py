@@ -35,8 +35,9 @@ def register_models(register: Callable[..., None]) -> None:
     """Register model families: ``register(name, family)``.
 
     ``family`` (an instance) implements :class:`harness.api.ModelPlugin`; its ``knows(model)``
-    decides which suite model names it builds. Third-party families are asked before built-in
-    ones; two third-party families knowing one model name is an error naming both.
+    decides which suite model names it builds. A name that a built-in family knows too stays the
+    built-in's unless the suite pins another (``[models.NAME] family = "F"``); two third-party
+    families knowing a name no built-in knows is an error naming both.
     """
 
 

@@ -15,3 +15,22 @@ harness = partial(run_harness, timeout=900)
 def write_suite(path: Path, body: str) -> Path:
     path.write_text(body)
     return path
+
+
+def one_cell_suite(path: Path, model: str, loader: str, name: str = "contract", batch_size: int = 8,
+                   tables: str = "") -> Path:
+    """A one-cell CPU suite of ``model`` and ``loader`` on the torch backend in fp32, 16 px, 1 epoch; ``tables``
+    (TOML) is appended."""
+    return write_suite(path, f"""
+name = "{name}"
+epochs = 1
+image_size = 16
+device = "cpu"
+recipe = {{ base = "default", batch_size = {batch_size} }}
+
+[matrix]
+model = ["{model}"]
+loader = ["{loader}"]
+backend = ["torch"]
+precision = ["fp32"]
+{tables}""")

@@ -5,6 +5,9 @@ observers whose fields reach the epoch records and the result."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,17 +16,22 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import one_cell_suite
 
-from harness import api, sanity
+from harness import api, capability, cli, sanity
 from harness.api import CellSpec, DataSplits, Recipe
 from harness.cell import run
 from harness.hookspecs import hookimpl
+from harness.plugins import MODULES_ENV, PluginError, build_manager, suite_path
 from harness.store import CellStore
-from harness.testing import results
+from harness.suite import SuiteError, expand
+from harness.testing import results, suite_cells
 from harness_plugins.torch_backend import TorchBackend
 
 Register = Callable[..., Any]
 SIZE = 16
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "plugins" / "examples" / "harness-synthetic"
 
 
 class Batches:
@@ -78,8 +86,11 @@ class Shades:
 
 
 class Family:
+    def __init__(self, known: tuple[str, ...] = ("tiny",)) -> None:
+        self.known = known
+
     def knows(self, name: str) -> bool:
-        return name == "tiny"
+        return name in self.known
 
     def build(self, name: str, num_classes: int, image_size: int, **kwargs: Any) -> torch.nn.Module:
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * image_size**2, num_classes))
@@ -235,6 +246,17 @@ def test_observer_fields_reach_the_epoch_records_and_the_summary(harness_plugin:
     assert result["summary"]["extra"] == {"gap.best_pct": 100 * result["summary"]["best_val_acc"]}
 
 
+def test_the_reports_loader_carries_observer_fields(harness_plugin: Register, tmp_path: Path) -> None:
+    from harness.report.load import load_results
+
+    harness_plugin(Observer(), name="gap")
+    result = train(harness_plugin, tmp_path, Shades(), epochs=2)
+    loaded = load_results([tmp_path / "out"])
+    rows = CellStore(tmp_path / "out", cell().id).epochs()
+    assert loaded.epochs["extra.gap.acc_gap"].tolist() == [r["extra"]["gap.acc_gap"] for r in rows]
+    assert loaded.cells["extra"].tolist() == [{"extra.gap.best_pct": 100 * result["summary"]["best_val_acc"]}]
+
+
 def test_an_observer_answering_no_number_fails_the_cell_naming_it(harness_plugin: Register, tmp_path: Path) -> None:
     hooks = {"harness_epoch_metrics": hookimpl(lambda record: {"when": "now"})}
     result = train(harness_plugin, tmp_path, Shades(), hooks=hooks)
@@ -257,3 +279,167 @@ def test_epoch_records_keep_extra_as_json(harness_plugin: Register, tmp_path: Pa
     train(harness_plugin, tmp_path, Shades())
     line = json.loads((tmp_path / "out" / "cells" / cell().id / "epochs.jsonl").read_text().splitlines()[0])
     assert line["extra"] == {}
+
+
+def test_the_example_packages_observer_adds_a_per_epoch_field(harness_plugin: Register, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    from harness_synthetic import hooks
+
+    harness_plugin(hooks, name="synthetic")
+    spec = cell(id="tinycnn-synthetic-torch-fp32", model="tinycnn", model_plugin="tinycnn", loader="synthetic",
+                loader_plugin="synthetic", backend="torch", backend_plugin="torch", epochs=2,
+                loader_params={"train_size": 64, "classes": 2})
+    assert run(spec, tmp_path / "out", resume=False) == 0
+    rows = CellStore(tmp_path / "out", spec.id).epochs()
+    assert [sorted(r["extra"]) for r in rows] == [["synthetic.cpu_util"]] * 2
+    assert all(0 < r["extra"]["synthetic.cpu_util"] < 8 for r in rows)
+    assert results(tmp_path / "out")[spec.id]["summary"]["extra"]["synthetic.cpu_s"] > 0
+
+
+def test_the_example_package_loads_without_importing_torch() -> None:
+    """docs/plugins.md: import heavy libraries inside can_run/build, not at module level; the example does."""
+    done = subprocess.run([sys.executable, "-c", "import sys, harness_synthetic.hooks; print('torch' in sys.modules)"],
+                          capture_output=True, text=True, env={"PYTHONPATH": str(EXAMPLE / "src")}, timeout=120)
+    assert (done.returncode, done.stdout.strip()) == (0, "False"), done.stderr
+
+
+# -- 2 model-name ownership --------------------------------------------------------------------------------------
+SHARED = ("model 'resnet18' is also known to model family 'shadow' of plugin 'shadow' (distribution (registered "
+          "in-process)); model family 'timm' of plugin 'timm' (distribution harness 0.1.0) builds it (a built-in "
+          'family keeps a name it knows; pin another with [models.resnet18] family = "NAME")')
+
+
+def shadowing(loader: Shades | None = None) -> SimpleNamespace:
+    """A family that also answers timm's ``resnet18`` (issue 31, finding 2), and a loader."""
+    return SimpleNamespace(register_loaders=hookimpl(lambda register: register("shades", loader or Shades())),
+                           register_models=hookimpl(lambda register: register("shadow", Family(("resnet18",)))))
+
+
+def suite(path: Path, models: str = "") -> Path:
+    return one_cell_suite(path, "resnet18", "shades", name="shared", batch_size=4, tables=models)
+
+
+def test_a_shadowing_family_is_named_before_the_run_starts(harness_plugin: Register, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 31, finding 2: a third-party family answering resnet18 silently took over timm's cells."""
+    seen = {}
+
+    class Asking(Shades):
+        def can_run(self, device: object, params: object) -> str | None:
+            seen["before"] = capsys.readouterr().err  # what harness run said before asking about the first cell
+            return "refused on purpose"
+
+    harness_plugin(shadowing(Asking()), name="shadow")
+    assert cli.main(["run", "--suite", str(suite(tmp_path / "suite.toml")), "--out", str(tmp_path / "out")]) == 0
+    assert f"harness: warning: {SHARED}\n" in seen["before"]
+    assert results(tmp_path / "out")["resnet18-shades-torch-fp32"]["cell"]["model_plugin"] == "timm"
+
+
+def test_harness_plugins_and_env_name_the_shadowing_family(harness_plugin: Register, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    harness_plugin(shadowing(), name="shadow")
+    assert cli.main(["plugins"]) == 0
+    listing = capsys.readouterr().out
+    assert re.search(r"^shadow +\(registered in-process\)\n(?: {15}.*\n)* {15}warning: its model families know 1 "
+                     r"name\(s\) another family knows too: resnet18; a built-in family keeps such a name unless a "
+                     r'suite pins another \(\[models.NAME\] family = "F"\)$', listing, re.MULTILINE), listing
+    assert cli.main(["env", "--suite", str(suite(tmp_path / "suite.toml")), "--device", "cpu"]) == 0
+    assert f"  warning: {SHARED}\n" in capsys.readouterr().out
+
+
+def test_a_suite_pins_the_family_and_the_result_records_it(harness_plugin: Register, tmp_path: Path) -> None:
+    harness_plugin(shadowing(), name="shadow")
+    [spec] = suite_cells(suite(tmp_path / "suite.toml", '[models.resnet18]\nfamily = "shadow"\n'))
+    assert (spec.model_plugin, spec.model_params) == ("shadow", {})
+    assert run(spec, tmp_path / "out", resume=False) == 0
+    result = results(tmp_path / "out")[spec.id]
+    assert result["cell"]["model_plugin"] == "shadow"
+    assert {"code": "model-name-shared", "message": (
+        "model 'resnet18' is also known to model family 'timm' of plugin 'timm' (distribution harness 0.1.0); model "
+        "family 'shadow' of plugin 'shadow' (distribution (registered in-process)) builds it (the suite pins it: "
+        '[models.resnet18] family = "shadow")')} in result["summary"]["warnings"]
+
+
+@pytest.mark.parametrize(("family", "error"), [
+    ("nope", "key 'models.resnet18.family': unknown model family 'nope'; registered: "),
+    ("shadow-too", "key 'models.resnet18.family': model family 'shadow-too' of plugin 'shadow' (distribution "
+                   "(registered in-process)) does not know model 'resnet18'"),
+])
+def test_a_pin_to_a_family_that_cannot_build_the_model_is_refused(harness_plugin: Register, tmp_path: Path,
+                                                                  family: str, error: str) -> None:
+    mine = shadowing()
+    mine.register_models = hookimpl(lambda register: register("shadow-too", Family()))
+    harness_plugin(mine, name="shadow")
+    with pytest.raises(SuiteError, match=re.escape(error)):
+        suite_cells(suite(tmp_path / "suite.toml", f'[models.resnet18]\nfamily = "{family}"\n'))
+
+
+def rule(path: Path) -> str:
+    text = path.read_text()
+    found = re.search(r"<!-- model-family-rule\b.*?-->\n(.*?)<!-- /model-family-rule -->", text, re.DOTALL)
+    assert found, f"{path} has no model-family-rule paragraph"
+    return " ".join(found.group(1).split())
+
+
+def test_readme_and_the_guide_state_one_clash_rule() -> None:
+    assert rule(REPO / "README.md") == rule(REPO / "docs" / "plugins.md")
+    assert "a built-in family first" in rule(REPO / "README.md")
+
+
+# -- 3 unknown names name the plugins that might provide them ----------------------------------------------------
+def distribution(site: Path, name: str, entry_points: str = "") -> None:
+    info = site / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    if entry_points:
+        (info / "entry_points.txt").write_text(entry_points)
+
+
+def test_an_unknown_suite_names_the_broken_plugin_and_the_unloaded_distributions(
+        site: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 31, finding 4: a misspelt hook broke the plugin providing the suite; "unknown suite" said no more."""
+    (site / "misspelt.py").write_text("from harness.hookspecs import hookimpl\n"
+                                      "@hookimpl\ndef register_suite(register):\n    register('mine', 'mine.toml')\n")
+    monkeypatch.setenv(MODULES_ENV, "misspelt")
+    distribution(site, "harness-extras", "[harness_plugins]\nextras = extras_mod\n")
+    distribution(site, "harness-bare")
+    distribution(site, "unrelated", "[console_scripts]\nx = y:z\n")
+    with pytest.raises(PluginError) as caught:
+        suite_path("mine")
+    message = str(caught.value)
+    assert message.startswith("unknown suite 'mine'; registered suites: ")
+    assert message.endswith(
+        "; plugin 'misspelt' that may provide it is broken: ContractError: unknown hook 'register_suite'; did you "
+        "mean 'register_suites'?"
+        "; distribution harness-bare 0.1 declares no [project.entry-points.harness] table, so its plugins are never "
+        "loaded"
+        "; distribution harness-extras 0.1 declares no [project.entry-points.harness] table (it has "
+        "[project.entry-points.harness_plugins]), so its plugins are never loaded"), message
+    assert "unrelated" not in message
+
+
+def test_an_unknown_model_names_the_entry_points_the_allow_list_leaves_out(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HARNESS_PLUGINS", "torch,torchvision")
+    with pytest.raises(SuiteError, match=r"unknown model 'resnet18'; no model family knows it \(\).*; plugin 'timm' "
+                                         r"is not loaded: HARNESS_PLUGINS=torch,torchvision(;|$)"):
+        expand(suite(tmp_path / "suite.toml"), build_manager())
+
+
+# -- 7 docs that agree: a backend's own refusal is not hidden ------------------------------------------------------
+def test_the_devices_emulation_refusal_does_not_hide_the_backends_own_reason(harness_plugin: Register) -> None:
+    class Picky(Backends):
+        precisions = ("fp32", "fp16")
+
+        def can_run(self, *args: object, **kwargs: object) -> str | None:
+            return "fp16 needs the picky GPU kernels"
+
+    manager = harness_plugin(SimpleNamespace(register_backends=hookimpl(lambda register: register("picky", Picky(
+        "plain")))), name="picky")
+    picky, cpu = manager.backends()["picky"], api.DeviceInfo("cpu", "AMD EPYC 7B13")
+    reason = capability.backend_blocker(picky, cpu, "fp16", 1, {}, None)
+    assert reason is not None and reason.startswith("fp16 on AMD EPYC 7B13 is emulated")
+    assert reason.endswith("; and backend picky refuses: fp16 needs the picky GPU kernels")
+    assert capability.backend_blocker(picky, cpu, "fp16", 1, {}, None, allow_emulated=True) == (
+        "fp16 needs the picky GPU kernels")

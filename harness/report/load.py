@@ -50,7 +50,8 @@ class ReportError(ValueError):
 class Results:
     """One row per cell run (``cells``) and one row per completed epoch (``epochs``).
 
-    Both carry ``run`` (the cell directory), the key that joins them.
+    Both carry ``run`` (the cell directory), the key that joins them. Observers' numbers are the epochs'
+    ``extra.<plugin>.<field>`` columns and the cells' ``extra`` dicts (run-level, keyed the same way).
     """
 
     cells: pd.DataFrame
@@ -100,10 +101,20 @@ def read_epochs(path: Path, problems: list[str] | None = None) -> list[dict[str,
         if missing:
             _problem(problems, f"{where}: missing field(s) {', '.join(map(repr, missing))}; read as empty")
         record: dict[str, Any] = {f: _number(data.get(f), where, f, problems) for f in EPOCH_FIELDS}
+        record.update(_extra(data, where, problems))
         record["_cell"] = data.get("cell")
         record["_env"] = data.get("env")
         records.append(record)
     return records
+
+
+def _extra(data: Mapping[str, Any], where: str, problems: list[str] | None) -> dict[str, float]:
+    """Observers' numbers (``extra``: ``{"<plugin>.<field>": number}``) as ``{"extra.<plugin>.<field>": float}``."""
+    extra = data.get("extra") or {}
+    if not isinstance(extra, dict):
+        _problem(problems, f"{where}: field 'extra' must be an object, got {type(extra).__name__}; ignored")
+        return {}
+    return {f"extra.{key}": _number(value, where, f"extra.{key}", problems) for key, value in extra.items()}
 
 
 def _mapping(data: Mapping[str, Any] | None, key: str, where: str, problems: list[str]) -> dict[str, Any]:
@@ -175,6 +186,7 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
         "recorded_warnings": [*(str(w.get("message")) if isinstance(w, dict) else str(w) for w in warnings),
                               *problems],
         "warning_codes": [str(w.get("code")) for w in warnings if isinstance(w, dict)],
+        "extra": _extra(summary, where, problems),  # run-level observer numbers, {"extra.<plugin>.<field>": x}
         "cell": cell,
         "env": env,
     }
@@ -188,7 +200,7 @@ CELL_COLUMNS = [
     "run", "source", "source_index", "cell_id", "suite", "model", "recipe", "loader", "backend", "precision", "nproc",
     "seed", "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
-    "recorded_warnings", "warning_codes", "cell", "env",
+    "recorded_warnings", "warning_codes", "extra", "cell", "env",
 ]  # fmt: skip
 
 
@@ -211,6 +223,7 @@ def load_results(dirs: Iterable[Path | str]) -> Results:
             rows.append(row)
             epochs.extend(records)
     cells = pd.DataFrame(rows, columns=CELL_COLUMNS).drop_duplicates("run", ignore_index=True)
-    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS])
+    extra = sorted({key for record in epochs for key in record if key.startswith("extra.")})
+    epoch_frame = pd.DataFrame(epochs, columns=["run", *EPOCH_FIELDS, *extra])
     epoch_frame = epoch_frame.drop_duplicates(["run", "epoch"], keep="last", ignore_index=True)
     return Results(cells=cells, epochs=epoch_frame.sort_values(["run", "epoch"], ignore_index=True))

@@ -109,6 +109,17 @@ def test_run_start_records_the_generator_settings(tmp_path: Path) -> None:
     assert (written["seed"], written["classes"], written["train_size"]) == (3, 3, 1024)
 
 
+def test_the_observer_measures_cpu_use_per_epoch(tmp_path: Path) -> None:
+    cell = CellSpec(id="c", suite="s", model="tinycnn", loader="synthetic", backend="torch", precision="fp32",
+                    loader_plugin="synthetic", backend_plugin="torch", epochs=1, image_size=32, data="", seed=3,
+                    recipe=Recipe())
+    hooks.harness_run_start(cell, SimpleNamespace(out_dir=tmp_path, rank=0))
+    sum(i * i for i in range(300_000))  # an epoch's work: one core busy
+    assert 0.5 < hooks.harness_epoch_metrics(cell)["cpu_util"] < 4
+    assert hooks.harness_run_metrics(cell)["cpu_s"] > 0
+    assert hooks.harness_epoch_metrics(SimpleNamespace(loader_plugin="other")) is None  # not its cell
+
+
 @pytest.mark.slow
 def test_suite_cell_runs_end_to_end(tmp_path: Path) -> None:
     cell = "tinycnn-synthetic-torch-fp32"
@@ -120,3 +131,6 @@ def test_suite_cell_runs_end_to_end(tmp_path: Path) -> None:
     assert result["status"] == "ok" and result["env"]["harness_synthetic"] == "0.1.0"
     assert result["summary"]["best_val_acc"] > 0.5  # 4 classes: chance is 0.25
     assert (tmp_path / "out" / "cells" / cell / "synthetic.json").exists()
+    epochs = (tmp_path / "out" / "cells" / cell / "epochs.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["extra"]["synthetic.cpu_util"] > 0 for line in epochs)  # the observer's field
+    assert result["summary"]["extra"]["synthetic.cpu_s"] > 0
