@@ -78,7 +78,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only matching cells (id, model, loader, backend, precision, recipe, environment); "
-                        "repeatable")
+                        "repeatable: a cell matches every key given and one of the values given for a key")
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
     p.add_argument("--no-build", action="store_true",
                    help="use only environments already built; skip the cells of the others (harness envs build)")

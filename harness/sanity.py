@@ -30,7 +30,7 @@ from harness import devices
 PARAM_STEPS = 16  # fp16 loss scalers may skip the first steps; by this many, some step changed the parameters
 LOSS_STEPS = 50
 LABEL_BATCHES = 4
-NEAR_CHANCE_P = 0.01
+NEAR_CHANCE_P = 0.05
 
 Problem = tuple[str, str]  # (code, message)
 

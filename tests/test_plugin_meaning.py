@@ -290,6 +290,7 @@ def test_the_example_packages_observer_adds_a_per_epoch_field(harness_plugin: Re
     spec = cell(id="tinycnn-synthetic-torch-fp32", model="tinycnn", model_plugin="tinycnn", loader="synthetic",
                 loader_plugin="synthetic", backend="torch", backend_plugin="torch", epochs=2,
                 loader_params={"train_size": 64, "classes": 2})
+    CellStore(tmp_path / "out", spec.id).write_cell(spec)  # as the runner does before the cell starts
     assert run(spec, tmp_path / "out", resume=False) == 0
     rows = CellStore(tmp_path / "out", spec.id).epochs()
     assert [sorted(r["extra"]) for r in rows] == [["synthetic.cpu_util"]] * 2
