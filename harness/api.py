@@ -264,10 +264,11 @@ class EpochRecord:
     train_time_s: float
     throughput_img_s: float  # training images per second, training loop only
     data_wait_s: float  # time the training loop spent waiting for batches
-    peak_mem_gb: float  # CUDA max allocated on GPU, process RSS high-water mark on CPU
+    peak_mem_gb: float  # this epoch's peak, GB (1e9 bytes): CUDA max allocated on GPU, process peak RSS on CPU
     optimizer_steps: int
     train_images: int
     wall_time_s: float  # since the cell's training started, for time-to-accuracy
+    extra: dict[str, float] = field(default_factory=dict)  # observers' fields, "<plugin>.<field>": number
 
 
 class RunContext(Protocol):

@@ -31,9 +31,11 @@ def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
 
 def backend_blocker(backend: Registration, device: DeviceInfo, precision: str, nproc: int,
                     params: Mapping[str, Any], recipe: Recipe | None, allow_emulated: bool = False) -> str | None:
-    """The device's verdict on ``precision`` (:mod:`harness.devices`), then the backend's own ``can_run``."""
-    return devices.support(device, precision).refusal(allow_emulated) or ask(
-        backend, lambda: backend.impl.can_run(device, precision, nproc, params, recipe=recipe))
+    """The device's verdict on ``precision`` (:mod:`harness.devices`), then the backend's own ``can_run``; when
+    both refuse, both reasons (the device's must not hide the backend's, which ``--allow-emulated`` cannot lift)."""
+    refusal = devices.support(device, precision).refusal(allow_emulated)
+    own = ask(backend, lambda: backend.impl.can_run(device, precision, nproc, params, recipe=recipe))
+    return f"{refusal}; and backend {backend.name} refuses: {own}" if refusal and own else refusal or own
 
 
 def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, device: DeviceInfo) -> str | None:

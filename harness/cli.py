@@ -80,7 +80,7 @@ def add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only matching cells (id, model, loader, backend, precision, recipe, environment); "
-                        "repeatable")
+                        "repeatable: a cell matches every key given and one of the values given for a key")
     p.add_argument("--resume", action="store_true", help="continue OUT: keep finished cells, resume from checkpoints")
     p.add_argument("--no-build", action="store_true",
                    help="use only environments already built; skip the cells of the others (harness envs build)")
@@ -123,7 +123,7 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import report
     from harness.runner import Interrupted, OutputExists, run_suite
-    from harness.suite import expand, select
+    from harness.suite import expand, select, shared_names
 
     if args.executor != "ray" and (args.devices or args.address or args.data_copy or args.retries is not None):
         raise SuiteError("--devices, --address, --data-copy and --retries go with --executor ray")
@@ -139,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.data is not None:
         check_apart(args.data, out)
     check_data(args.data, cells, manager)
+    for line in shared_names(cells, manager):  # before any cell starts: who builds a name others know too
+        print(f"harness: warning: {line}", file=sys.stderr)
     executor = None
     hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     if args.executor == "ray":
@@ -220,12 +222,15 @@ def cmd_suites(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from harness.suite import registered_models
+
     manager = get_manager()
     environment = manager.environment_by_plugin()
     provided: dict[str, list[str]] = {}
     for kind in ("loaders", "models", "backends", "suites"):
         for name, reg in manager.registries[kind].items():
             provided.setdefault(reg.plugin, []).append(f"{LABELS[kind]} {name}")
+    shadowing = manager.shadowing(registered_models(manager))
     for info in manager.plugins:
         version = f" {info.version}" if info.version else ""
         if info.error:
@@ -239,6 +244,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in fields.items())}")
         for warning in info.warnings:
             print(f"{'':14} warning: {warning}")
+        if names := shadowing.get(info.name):
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            print(f"{'':14} warning: its model families know {len(names)} name(s) another family knows too: {shown}; "
+                  'a built-in family keeps such a name unless a suite pins another ([models.NAME] family = "F")')
     return 0
 
 

@@ -6,7 +6,8 @@
 - in the cell process: a loader's ``build`` returns ``DataSplits`` with a training split, whose iterables'
   first batches are ``(images, labels)`` pairs as :class:`harness.api.DataSplits` documents
   (:func:`checked_splits`); a model family's ``build`` returns a ``torch.nn.Module`` (:func:`check_model`)
-  whose forward gives ``[batch, num_classes]`` logits (:func:`check_logits`).
+  whose forward gives ``[batch, num_classes]`` logits (:func:`check_logits`); an observer's metrics are a dict
+  of numbers (:func:`check_metrics`).
 """
 
 from __future__ import annotations
@@ -190,3 +191,20 @@ def check_logits(logits: Any, batch: int, num_classes: int, owner: str) -> None:
         got = f"shape {list(logits.shape)}" if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ContractError(f"{owner}: forward returned {got} for {batch} images; expected logits "
                             f"[batch, num_classes] = [{batch}, {num_classes}]")
+
+
+def check_metrics(answer: Any, owner: str, hook: str) -> dict[str, float]:
+    """``answer`` of an observer's ``hook`` (``harness_epoch_metrics``, ...) as ``{field: number}``; ContractError
+    naming ``owner`` (the plugin) and the field otherwise. None is no fields."""
+    if answer is None:
+        return {}
+    if not isinstance(answer, dict):
+        raise ContractError(f"{owner}: {hook} returned {type(answer).__name__}; expected a dict such as "
+                            "{'field': 1.0}, or None")
+    for key, value in answer.items():
+        if not isinstance(key, str) or not key:
+            raise ContractError(f"{owner}: {hook} returned the key {key!r}; expected non-empty str field names")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ContractError(f"{owner}: {hook} returned {key!r}: {value!r} ({type(value).__name__}); "
+                                "expected a number")
+    return answer

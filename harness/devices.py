@@ -168,3 +168,17 @@ def match_device(name: str | None) -> dict[str, Any] | None:
         if re.search(facts["match"], name, re.IGNORECASE):
             return facts
     return None
+
+
+def peak_flops(device_name: str | None, precision: str) -> float | None:
+    """Peak dense FLOP/s of one device in ``precision``; None where unknown (CPUs, unlisted GPUs).
+
+    fp32 uses the plain fp32 rate; fp16/bf16 the tensor-core rate, but never less than the fp32 rate:
+    half-precision matmuls with fp32 accumulation run at least on the fp32 units (P40 fp16, bf16 on a T4).
+    """
+    facts = match_device(device_name)
+    precision = dtype(precision)  # by the dtype it computes in: bf16-autocast is bf16
+    if facts is None or precision not in DTYPES:
+        return None
+    peaks = facts["peak_tflops"]
+    return max(peaks.get(precision) or 0.0, peaks["fp32"]) * 1e12

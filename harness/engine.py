@@ -1,7 +1,8 @@
 """The one training loop every backend, loader and model runs through.
 
-Per epoch: train, evaluate, write the epoch's record, checkpoint, fire ``harness_epoch_end``.
-Epochs count from 1 everywhere. The engine knows backends, loaders and models only through the
+Per epoch: train, evaluate, ask observers for extra fields (``harness_epoch_metrics``), write the epoch's
+record, checkpoint, run the sanity checks (:mod:`harness.sanity`), fire ``harness_epoch_end``. Epochs count
+from 1 everywhere. The engine knows backends, loaders and models only through the
 protocols in :mod:`harness.api`.
 """
 
@@ -13,7 +14,7 @@ import resource
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sized
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any, TypedDict, TypeVar
 import torch
 import torch.nn.functional as F
 
-from harness import checkpoints, contract, devices
+from harness import checkpoints, contract, devices, sanity
 from harness.api import IMAGENET_MEAN_255, IMAGENET_STD_255, Backend, CellSpec, DataSplits, EpochRecord, Recipe
 from harness.plugins import Manager
 from harness.store import CellStore
@@ -109,10 +110,30 @@ def measure_train_flops(model: torch.nn.Module, image_size: int, device: torch.d
     return counter.get_total_flops() / 2
 
 
+CLEAR_REFS = Path("/proc/self/clear_refs")  # writing "5" resets the peak RSS (Linux 4.0+)
+STATUS = Path("/proc/self/status")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux; elsewhere it stays the
+    process's lifetime peak)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    with suppress(OSError):
+        CLEAR_REFS.write_text("5")
+
+
 def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory since :func:`reset_peak_memory`, in GB (1e9 bytes): CUDA memory allocated on a GPU, the
+    process's resident set (``VmHWM``, or ``ru_maxrss``, both KiB) on the CPU."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+    try:
+        kib = next(int(line.split()[1]) for line in STATUS.read_text().splitlines() if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib * 1024 / 1e9
 
 
 class Totals:
@@ -226,12 +247,15 @@ class Trainer:
     mean: torch.Tensor  # ImageNet statistics on the device, [1, 3, 1, 1]
     std: torch.Tensor
     model_owner: str  # names the model in contract errors
+    checks: sanity.Checks  # the sanity checks' state
     flops: float | None = None  # FLOPs of one training image; None when the counter cannot trace the model
     steps: int = 0  # optimizer steps, all epochs together
     best_acc: float = -1.0
     best_epoch: int = 0
     restored_wall: float = 0.0  # wall time of the epochs a resumed run skips
-    warnings: list[dict[str, str]] = field(default_factory=list)  # {"code": stable id, "message": text}
+    val_images: int = 0  # validation images of the last evaluation, all processes
+    # {"code": stable id, "message": text}, and "disqualifies": True for a failed sanity check
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def create(cls, cell: CellSpec, model: torch.nn.Module, data: DataSplits, backend: Backend, store: CellStore,
@@ -245,7 +269,7 @@ class Trainer:
         model, optimizer = backend.prepare(model, build_optimizer(model, cell.recipe))
         trainer = cls(cell, model, optimizer, data, backend, store, manager, env,
                       base_lrs=[group["lr"] for group in optimizer.param_groups], mean=mean, std=std,
-                      model_owner=manager.model_owner(cell), flops=flops)
+                      model_owner=manager.model_owner(cell), checks=sanity.Checks(len(data.classes)), flops=flops)
         trainer.warn_about_setup()
         return trainer
 
@@ -270,18 +294,29 @@ class Trainer:
     def context(self) -> Context:
         return Context(self.store.dir, self.backend.rank, self.backend.world_size, self.env, self)
 
-    def warn(self, code: str, message: str) -> None:
+    def warn(self, code: str, message: str, disqualifies: bool = False) -> None:
         """Record a caveat under a stable ``code`` (``few-steps``, ``emulated-precision``, ...)."""
-        self.warnings.append({"code": code, "message": message})
+        self.warnings.append({"code": code, "message": message, **({"disqualifies": True} if disqualifies else {})})
         if self.is_main:
             warnings.warn(f"{self.cell.id}: {message}", stacklevel=2)
 
+    def flag(self, problems: list[sanity.Problem]) -> None:
+        """Failed sanity checks: warnings that disqualify the cell's numbers, or its failure under ``strict``."""
+        for code, message in problems:
+            if self.cell.options.get("strict"):
+                raise sanity.SanityError(f"{code}: {message} (the suite is strict)")
+            self.warn(code, message, disqualifies=True)
+
     def warn_about_setup(self) -> None:
-        """The backend's caveats, an emulated precision, too few optimizer steps per epoch."""
+        """The backend's caveats, an emulated precision, a model name several families know, too few optimizer
+        steps per epoch."""
         self.warnings += [{"code": "backend", "message": w} for w in self.backend.warnings]
         if devices.recorded_support(self.env, self.cell.precision) == devices.EMULATED:
             self.warn("emulated-precision", f"{self.cell.precision} is emulated on {self.env.get('device_name')}: "
                                             "run on request (--allow-emulated); its timings are not the hardware's")
+        shared = self.manager.shared_name(self.cell.model, self.cell.model_plugin)
+        if shared:
+            self.warn("model-name-shared", shared)
         if self.nominal_steps < FEW_STEPS:
             world = self.backend.world_size
             self.warn("few-steps", f"only {self.nominal_steps:.1f} optimizer steps per epoch "
@@ -299,6 +334,8 @@ class Trainer:
         wait, totals, steps_before = DataWait(), Totals(self.device), self.steps
         start = time.perf_counter()
         for images, labels in wait.timed(self.data.train):
+            if self.checks.watching_batches:
+                self.flag(self.checks.batch("train", images, labels))
             images, labels = self.prepare_batch(images, labels)
             images, perm, lam = mixup(images, self.recipe.mixup_alpha, generator)
             with window.accumulate():
@@ -336,7 +373,9 @@ class Trainer:
 
     def optimizer_step(self, epoch: int, window: Accumulation) -> None:
         """Check the window's loss, set the scheduled rate, step, and open the next window."""
-        self.check_finite(window.loss, epoch, window.micro)
+        loss = float(window.loss)
+        self.check_finite(loss, epoch, window.micro)
+        self.checks.step(loss / window.pending)
         self.set_lr(epoch, window.fraction)
         self.backend.step(self.model, self.optimizer, self.recipe.clip_grad_norm)
         self.steps += 1
@@ -349,9 +388,9 @@ class Trainer:
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
-    def check_finite(self, loss: torch.Tensor | float, epoch: int, step: int) -> None:
-        if not math.isfinite(float(loss)):
-            raise NonFiniteLoss(f"loss is {float(loss)} at epoch {epoch}, step {step}")
+    def check_finite(self, loss: float, epoch: int, step: int) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(f"loss is {loss} at epoch {epoch}, step {step}")
 
     def no_batches(self) -> RuntimeError:
         size, batch = self.data.train_size, self.recipe.batch_size
@@ -371,11 +410,13 @@ class Trainer:
         self.model.eval()
         totals = Totals(self.device)
         for images, labels in self.data.validation:
+            if "image-range-validation" not in self.checks.done:
+                self.flag(self.checks.batch("validation", images, labels))
             images, labels = self.prepare_batch(images, labels)
             with self.backend.autocast():
                 logits = self.model(images)
             totals.add(F.cross_entropy(logits.float(), labels), (logits.argmax(1) == labels).sum(), labels.shape[0])
-        loss, acc, _ = totals.reduce(self.backend)
+        loss, acc, self.val_images = totals.reduce(self.backend)
         return loss, acc
 
     # -- the run -------------------------------------------------------------------------------
@@ -388,18 +429,21 @@ class Trainer:
             if self.is_main:
                 self.store.truncate_epochs(0)  # rows of an earlier attempt that died before its first checkpoint
         self.manager.call("harness_run_start", cell=self.cell, context=self.context)
+        self.checks.start(self.model)
         wall_start = time.perf_counter() - self.restored_wall
         for epoch in range(first, self.cell.epochs + 1):
             self.end_epoch(self.run_epoch(epoch, wall_start))
+        self.flag(self.checks.run_end(self.best_acc, self.val_images, self.cell.epochs))
         summary = self.summary()
+        summary["extra"] = self.manager.metrics("harness_run_metrics", cell=self.cell, summary=summary,
+                                                context=self.context)
         self.manager.call("harness_run_end", cell=self.cell, summary=summary, context=self.context)
         return summary
 
     def run_epoch(self, epoch: int, wall_start: float) -> EpochRecord:
         """Train and evaluate one epoch; its record."""
         torch.manual_seed(self.cell.seed * 1009 + epoch)  # dropout etc.: a function of (seed, epoch)
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
+        reset_peak_memory(self.device)
         lr = self.set_lr(epoch)
         start = time.perf_counter()
         train = self.train_epoch(epoch)
@@ -411,13 +455,19 @@ class Trainer:
                            wall_time_s=time.perf_counter() - wall_start, **train)
 
     def end_epoch(self, record: EpochRecord) -> None:
-        """Write the epoch's row, checkpoint, fire ``harness_epoch_end``."""
+        """Add the observers' fields, write the epoch's row, checkpoint, check, fire ``harness_epoch_end``."""
+        record.extra = self.manager.metrics("harness_epoch_metrics", cell=self.cell, record=record,
+                                            context=self.context)
         if self.is_main:
             self.store.append_epoch(self.cell, self.env, record)
             print(f"[{self.cell.id}] epoch {record.epoch}/{self.cell.epochs} loss {record.train_loss:.4f} "
                   f"val_acc {record.val_acc:.4f} {record.throughput_img_s:.1f} img/s "
                   f"{record.epoch_time_s:.1f}s", flush=True)
         self.checkpoint(record)
+        self.flag(self.checks.epoch_end(self.model, self.steps, record.epoch == self.cell.epochs,
+                                        record.throughput_img_s, self.flops, self.env.get("device_name")
+                                        if self.device.type == "cuda" else None, self.cell.precision,
+                                        self.backend.world_size))
         self.manager.call("harness_epoch_end", cell=self.cell, record=record, context=self.context)
 
     def checkpoint(self, record: EpochRecord) -> None:

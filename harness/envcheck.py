@@ -47,7 +47,7 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
                requested: str | None = None) -> dict[str, Any]:
     """How many cells of suite ``name`` will run or be skipped here, and why: each answered in its environment,
     as ``harness run --no-build`` would (``requested``: the device to override the suite's with)."""
-    from harness.suite import expand
+    from harness.suite import expand, shared_names
 
     suite = expand(suite_path(name), manager, device=requested)
     cells = suite.cells
@@ -61,7 +61,8 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
             "statuses": {cid: ("ok" if r is None else "skipped") for cid, r in statuses.items()},
             "estimate_s": estimate(cells, statuses, results),
-            "environments": overview(cells, manager, suite.environments)}
+            "environments": overview(cells, manager, suite.environments),
+            "shared_model_names": shared_names(cells, manager)}
 
 
 def estimate(cells: list[Any], statuses: dict[str, str | None], results: list[Path]) -> float | None:
@@ -117,6 +118,7 @@ def render(report: dict[str, Any]) -> str:
         if plan["oversized"]:
             lines.append(f"  {plan['oversized']} cells need more processes than this machine has {plan['slots']} "
                          "(on a GPU they are skipped; on the CPU they run oversubscribed)")
+        lines += [f"  warning: {line}" for line in plan["shared_model_names"]]
         if plan["estimate_s"] is not None:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
         lines.append(f"Environments of suite {plan['suite']}")

@@ -2,8 +2,8 @@
 
 Registration hooks receive a ``register`` callback (as in simonw/llm) and are called
 once when the plugin manager loads. Lifecycle hooks are called by the engine in the
-cell process, on every rank, in the order ``harness_run_start``,
-``harness_epoch_end`` (once per epoch), ``harness_run_end``.
+cell process, on every rank, in the order ``harness_run_start``, per epoch
+``harness_epoch_metrics`` and ``harness_epoch_end``, then ``harness_run_metrics`` and ``harness_run_end``.
 Implementations may accept fewer arguments than the spec (pluggy passes only the
 ones they name), so new optional arguments never break old plugins.
 """
@@ -35,8 +35,9 @@ def register_models(register: Callable[..., None]) -> None:
     """Register model families: ``register(name, family)``.
 
     ``family`` (an instance) implements :class:`harness.api.ModelPlugin`; its ``knows(model)``
-    decides which suite model names it builds. Third-party families are asked before built-in
-    ones; two third-party families knowing one model name is an error naming both.
+    decides which suite model names it builds. A name that a built-in family knows too stays the
+    built-in's unless the suite pins another (``[models.NAME] family = "F"``); two third-party
+    families knowing a name no built-in knows is an error naming both.
     """
 
 
@@ -67,6 +68,18 @@ def harness_run_start(cell: CellSpec, context: RunContext) -> None:
 @hookspec
 def harness_epoch_end(cell: CellSpec, record: EpochRecord, context: RunContext) -> None:
     """Called after each epoch's record is written to the result store."""
+
+
+@hookspec
+def harness_epoch_metrics(cell: CellSpec, record: EpochRecord, context: RunContext) -> dict[str, float] | None:
+    """Return per-epoch fields ``{"field": number}`` for the epoch's record, before it is written; they are stored
+    under the record's ``extra`` as ``"<plugin name>.<field>"``."""
+
+
+@hookspec
+def harness_run_metrics(cell: CellSpec, summary: dict[str, Any], context: RunContext) -> dict[str, float] | None:
+    """Return run-level fields ``{"field": number}`` when a cell finishes; they are stored under ``extra`` of
+    result.json's ``summary`` as ``"<plugin name>.<field>"``."""
 
 
 @hookspec

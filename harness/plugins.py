@@ -6,18 +6,20 @@ points. A plugin that fails to import, declares an incompatible ``HARNESS_API`` 
 breaks the contract (:mod:`harness.contract`) or loses a name clash is listed as broken
 and the rest of the harness keeps working.
 
-Precedence (who keeps a contested entry-point or registered name, and whose model family
-is asked first): built-in plugins (distribution ``harness``), then installed distributions,
-the earliest installed first, then ``HARNESS_PLUGIN_MODULES`` in order, then plugins
-registered in-process by tests.
+Precedence (who keeps a contested entry-point or registered name): built-in plugins
+(distribution ``harness``), then installed distributions, the earliest installed first, then
+``HARNESS_PLUGIN_MODULES`` in order, then plugins registered in-process by tests. A model name
+that several families know goes to a built-in family unless the suite pins another
+(:meth:`Manager.model_family`).
 """
 
 from __future__ import annotations
 
 import importlib
 import math
+import re
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
@@ -93,20 +95,68 @@ class Manager:
     def suites(self) -> dict[str, Registration]:
         return self.registries["suites"]
 
-    def model_family(self, model: str) -> Registration | None:
-        """The family that builds ``model``: the one registered under exactly that name, else the one whose
-        ``knows(model)`` is true, third-party families asked before built-in ones. Two third-party families
-        knowing it is a PluginError naming both: what a benchmark measures must not depend on install order."""
+    def model_family(self, model: str, family: str | None = None) -> Registration | None:
+        """The family that builds ``model``: ``family`` when the suite pins one (``[models.NAME] family``; it must
+        know the model), else the one registered under exactly that name, else the one whose ``knows(model)`` is
+        true, a built-in family first: installing a package never changes what a suite measures. Two
+        third-party families knowing a name no built-in knows is a PluginError naming both."""
         families = self.models()
+        if family is not None:
+            pinned = families.get(family)
+            if pinned is None:
+                raise PluginError(f"unknown model family {family!r}; registered: {', '.join(sorted(families))}"
+                                  f"{self.broken_hint('models', family)}")
+            if family != model and not self._knows(pinned, model):
+                raise PluginError(f"{self.owner('models', pinned)} does not know model {model!r}")
+            return pinned
         if model in families:
             return families[model]
-        knowing = [r for r in families.values() if not r.builtin and self._knows(r, model)] or [
-            r for r in families.values() if r.builtin and self._knows(r, model)]
-        if len(knowing) > 1:
-            named = " and ".join(self.owner("models", r) for r in knowing)
-            raise PluginError(f"model {model!r} is known to {len(knowing)} model families: {named}; uninstall one, "
-                              f"or load only one with {ALLOW_LIST_ENV}")
-        return knowing[0] if knowing else None
+        knowing = self.families_knowing(model)
+        chosen = [r for r in knowing if r.builtin] or knowing
+        if len(chosen) > 1:
+            named = " and ".join(self.owner("models", r) for r in chosen)
+            raise PluginError(f"model {model!r} is known to {len(chosen)} model families: {named}; pin one with "
+                              f"[models.{model}] family = \"NAME\" in the suite, uninstall one, or load only one "
+                              f"with {ALLOW_LIST_ENV}")
+        return chosen[0] if chosen else None
+
+    def families_knowing(self, model: str) -> list[Registration]:
+        """Every model family whose ``knows(model)`` is true."""
+        return [r for r in self.models().values() if self._knows(r, model)]
+
+    def shared_name(self, model: str, builder: str | None = None) -> str | None:
+        """When more than one family knows ``model``: which builds it (``builder``, else as :meth:`model_family`
+        decides) and which others know it; else None."""
+        knowing = self.families_knowing(model)
+        chosen = self.models().get(builder or "") or self.model_family(model)
+        if len(knowing) < 2 or chosen is None:
+            return None
+        others = " and ".join(self.owner("models", r) for r in knowing if r != chosen)
+        how = (f'a built-in family keeps a name it knows; pin another with [models.{model}] family = "NAME"'
+               if chosen.builtin else f'the suite pins it: [models.{model}] family = "{chosen.name}"')
+        return f"model {model!r} is also known to {others}; {self.owner('models', chosen)} builds it ({how})"
+
+    def shadowing(self, names: Iterable[str] = ()) -> dict[str, list[str]]:
+        """Third-party plugin -> the model names its families know that another family knows too, among
+        ``names`` and the names of families that can list theirs (an optional ``names()``, as timm's)."""
+        third = [r for r in self.models().values() if not r.builtin]
+        if not third:
+            return {}
+        probe = set(names)
+        for family in self.models().values():
+            lister = getattr(family.impl, "names", None)
+            if lister is not None:
+                probe.update(lister())
+        found: dict[str, list[str]] = {}
+        for name in sorted(probe):
+            try:
+                knowing = self.families_knowing(name)
+            except PluginError:  # a family whose knows() raises: harness plugins still lists everything
+                continue
+            for r in knowing:
+                if not r.builtin and len(knowing) > 1:
+                    found.setdefault(r.plugin, []).append(name)
+        return found
 
     def _knows(self, family: Registration, model: str) -> bool:
         try:
@@ -136,20 +186,32 @@ class Manager:
 
     def broken_hint(self, kind: str, name: str) -> str:
         """``"; plugin 'p' that may provide it is broken: why"`` for each broken plugin that offered ``name``
-        as a ``kind``, else for each that broke before offering anything (it may have been about to)."""
+        as a ``kind``, else for each that broke before offering anything (it may have been about to); then
+        the plugins that are not loaded at all (:func:`unloaded`)."""
         broken = [p for p in self.plugins if p.error]
         suspects = [p for p in broken if (kind, name) in p.offered] or [p for p in broken if not p.offered]
-        return "".join(f"; plugin {p.name!r} that may provide it is broken: {p.error}" for p in suspects)
+        return "".join(f"; plugin {p.name!r} that may provide it is broken: {p.error}" for p in suspects) + "".join(
+            f"; {line}" for line in unloaded())
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
         """Call a lifecycle hook; an exception names the plugin that raised it."""
-        results = []
+        return [answer for _, answer in self._answers(hook_name, kwargs)]
+
+    def metrics(self, hook_name: str, **kwargs: Any) -> dict[str, float]:
+        """Call an observer hook (``harness_epoch_metrics``, ``harness_run_metrics``): every plugin's fields,
+        named ``"<plugin>.<field>"``; an answer that is not a dict of numbers is a ContractError naming it."""
+        return {f"{plugin}.{key}": value for plugin, answer in self._answers(hook_name, kwargs)
+                for key, value in contract.check_metrics(answer, f"plugin {self.describe(plugin)}", hook_name).items()}
+
+    def _answers(self, hook_name: str, kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(plugin name, answer) of each implementation of ``hook_name``, in load order."""
+        answers = []
         for impl in reversed(getattr(self.pm.hook, hook_name).get_hookimpls()):
             try:
-                results.append(impl.function(**{k: kwargs[k] for k in impl.argnames}))
+                answers.append((impl.plugin_name, impl.function(**{k: kwargs[k] for k in impl.argnames})))
             except Exception as exc:
                 raise PluginError(f"plugin {self.describe(impl.plugin_name)} raised in {hook_name}: {exc!r}") from exc
-        return results
+        return answers
 
     def environment_by_plugin(self) -> dict[str, dict[str, Any] | None]:
         """Plugin name -> its ``harness_environment`` fields; a raising plugin is left out with a warning naming
@@ -200,6 +262,28 @@ def _check_api(plugin: object) -> None:
         raise PluginError(f"HARNESS_API = {wanted!r} is not a version range (write e.g. '>=1,<2')") from None
     if str(API_VERSION) not in supported:
         raise PluginError(f"refused: supports hook API {wanted}, this harness provides {API_VERSION}")
+
+
+def unloaded() -> list[str]:
+    """Why installed plugins that might be meant are not loaded: entry points ``HARNESS_PLUGINS`` leaves out, and
+    distributions named ``harness-*`` or with an entry-point group like ``harness`` but none called ``harness``."""
+    allowed = setting(ALLOW_LIST_ENV)
+    lines = [f"plugin {ep.name!r} is not loaded: {ALLOW_LIST_ENV}={allowed}"
+             for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+             if allowed and ep.name not in {n.strip() for n in allowed.split(",")}]
+    seen = set()
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"] or ""
+        groups = sorted({ep.group for ep in dist.entry_points})
+        if name in seen or ENTRY_POINT_GROUP in groups:
+            continue
+        seen.add(name)
+        near = [g for g in groups if ENTRY_POINT_GROUP in g.lower() or contract.did_you_mean(g, [ENTRY_POINT_GROUP])]
+        if near or re.match(rf"{ENTRY_POINT_GROUP}[-_.]", name.lower()):
+            has = f" (it has [project.entry-points.{near[0]}])" if near else ""
+            lines.append(f"distribution {name} {dist.version} declares no [project.entry-points.{ENTRY_POINT_GROUP}] "
+                         f"table{has}, so its plugins are never loaded")
+    return lines
 
 
 def _entry_points() -> Iterator[metadata.EntryPoint]:
@@ -369,7 +453,8 @@ def suite_path(name_or_path: str) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         return path
-    raise PluginError(f"unknown suite {name_or_path!r}; registered suites: {', '.join(sorted(suites)) or 'none'}")
+    raise PluginError(f"unknown suite {name_or_path!r}; registered suites: {', '.join(sorted(suites)) or 'none'}"
+                      f"{get_manager().broken_hint('suites', name_or_path)}")
 
 
 def hook_names() -> list[str]:

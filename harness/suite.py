@@ -13,7 +13,7 @@ from typing import Any
 from harness import capability, recipes
 from harness.api import CellSpec, Recipe
 from harness.envs.spec import DEFAULT, Environment, declared_by, for_cell, of_cell
-from harness.plugins import Manager
+from harness.plugins import Manager, PluginError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 AXES = ("model", "loader", "backend", "precision")
 RECIPE = "recipe"  # an optional matrix axis: named recipes, built in or the suite's [recipes.NAME] tables
+FAMILY = "family"  # [models.NAME] family = "F": model family F builds NAME (docs/plugins.md, register_models)
 ENVIRONMENT = "environment"  # an optional matrix axis: the environment each cell runs in (docs/environments.md)
 OPTIONAL_AXES = (RECIPE, ENVIRONMENT)
 # key -> (accepted types, required)
@@ -41,6 +42,7 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "tensorboard": ((bool,), False),
     "save_best": ((bool,), False),
     "allow_emulated": ((bool,), False),
+    "strict": ((bool,), False),  # a failed sanity check (harness/sanity.py) fails the cell
     "timeout_s": ((int, float), False),
     "matrix": ((dict,), True),
     "models": ((dict,), False),
@@ -204,8 +206,15 @@ class Validator:
         for name, table in raw.get("models", {}).items():
             if not isinstance(table, dict):
                 self.fail(f"models.{name}", f"expected a table of model arguments, got {table!r}")
-            family = self.manager.model_family(name)
-            problem = family and capability.model_arguments_problem(family, name, raw["image_size"], table)
+            pin = table.get(FAMILY)
+            if pin is not None and not isinstance(pin, str):
+                self.fail(f"models.{name}.{FAMILY}", f"expected the name of a model family, got {pin!r}")
+            try:
+                family = self.manager.model_family(name, pin)
+            except PluginError as exc:
+                self.fail(f"models.{name}.{FAMILY}" if pin else f"models.{name}", str(exc))
+            arguments = model_arguments(raw, name)
+            problem = family and capability.model_arguments_problem(family, name, raw["image_size"], arguments)
             if problem:
                 self.fail(f"models.{name}", problem)
 
@@ -252,7 +261,11 @@ class Validator:
                 self.fail(f"matrix.{axis}", f"{twice[0]!r} is listed twice")
             for value in values:
                 if axis == "model":
-                    if self.manager.model_family(value) is None:
+                    try:
+                        family = self.manager.model_family(value, pinned(raw, value))
+                    except PluginError as exc:
+                        self.fail("matrix.model", str(exc))
+                    if family is None:
                         families = ", ".join(sorted(self.manager.models()))
                         self.fail("matrix.model", f"unknown model {value!r}; no model family knows it ({families})"
                                                   f"{self.manager.broken_hint('models', value)}")
@@ -276,6 +289,16 @@ class Validator:
                 for one in value if isinstance(value, list) else [value]:
                     if one not in matrix[axis]:
                         self.fail(f"matrix.exclude[{i}].{axis}", f"{one!r} is not in matrix.{axis} {matrix[axis]!r}")
+
+
+def pinned(raw: dict[str, Any], model: str) -> str | None:
+    """The model family the suite pins for ``model`` (``[models.NAME] family``), or None."""
+    return raw.get("models", {}).get(model, {}).get(FAMILY)
+
+
+def model_arguments(raw: dict[str, Any], model: str) -> dict[str, Any]:
+    """The suite's arguments for building ``model``: its ``[models.NAME]`` table without ``family``."""
+    return {k: v for k, v in raw.get("models", {}).get(model, {}).items() if k != FAMILY}
 
 
 def axes_of(matrix: dict[str, Any]) -> list[str]:
@@ -317,7 +340,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
     raw = load(path, manager)
     _check_overrides(overrides)
     named = {name: _recipe(table) for name, table in raw.get("recipes", {}).items()}
-    options: dict[str, Any] = {k: raw.get(k, False) for k in ("tensorboard", "save_best")}
+    options: dict[str, Any] = {k: raw.get(k, False) for k in ("tensorboard", "save_best", "strict")}
     options["target_acc"] = _pick(overrides.get("target_acc"), raw.get("target_acc"))  # read back by the report
     if overrides.get("tensorboard") is not None:
         options["tensorboard"] = overrides["tensorboard"]
@@ -339,7 +362,8 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
         backend_table = dict(raw.get("backends", {}).get(backend, {}))
         nproc = backend_table.pop("nproc", raw.get("nproc", 1))
         loader_plugin, backend_plugin = loader_table.pop("use", loader), backend_table.pop("use", backend)
-        plugins = (manager.loaders()[loader_plugin], manager.model_family(model), manager.backends()[backend_plugin])
+        plugins = (manager.loaders()[loader_plugin], manager.model_family(model, pinned(raw, model)),
+                   manager.backends()[backend_plugin])
         suite_env = chosen.get(env_name or "", Environment())
         declared = [(f"suite [environments.{suite_env.name}]", suite_env),
                     (f"loader variant [loaders.{loader}]", variant_environment(loader_table, loader, path.parent)),
@@ -373,7 +397,7 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
                 nproc=_pick(overrides.get("nproc"), nproc),
                 subset=raw.get("subset"),
                 device=overrides.get("device") or raw.get("device", "auto"),
-                model_params=dict(raw.get("models", {}).get(model, {})),
+                model_params=model_arguments(raw, model),
                 loader_params=loader_table,
                 backend_params=backend_table,
                 options=options,
@@ -434,16 +458,39 @@ def _recipe(value: str | dict[str, Any]) -> Recipe:
     return recipes.resolve(base, {k: recipes.coerce(k, v) for k, v in table.items()})
 
 
+def registered_models(manager: Manager) -> set[str]:
+    """The model names the registered suites' matrices list (suites that do not parse are passed over)."""
+    names: set[str] = set()
+    for registration in manager.suites().values():
+        try:
+            models = tomllib.loads(Path(registration.impl).read_text()).get("matrix", {}).get("model", [])
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError):
+            continue
+        if isinstance(models, list):
+            names.update(m for m in models if isinstance(m, str))
+    return names
+
+
+def shared_names(cells: list[CellSpec], manager: Manager) -> list[str]:
+    """One line per model of ``cells`` that more than one model family knows: which builds it, which others
+    know it (docs/plugins.md, ``register_models``)."""
+    pairs = dict.fromkeys((c.model, c.model_plugin) for c in cells)
+    return [line for model, family in pairs if (line := manager.shared_name(model, family))]
+
+
 def select(cells: list[CellSpec], only: list[str]) -> list[CellSpec]:
-    """Keep cells matching every ``key=value`` filter (keys: id, the matrix axes, and environment, which matches
-    the cell's environment or one part of a combined one such as ``torch-2.5+colossalai``)."""
+    """Keep cells matching the ``key=value`` filters: every key given, and one of the values given for a key
+    (``--only model=a --only model=b --only precision=fp32``: a or b, in fp32). Keys: id, the matrix axes, and
+    environment, which matches the cell's environment or one part of a combined one such as
+    ``torch-2.5+colossalai``."""
     keys = ("id", *AXES, *OPTIONAL_AXES)
+    wanted: dict[str, set[str]] = {}
     for item in only:
         key, sep, value = item.partition("=")
         if not sep or key not in keys:
             raise SuiteError(f"--only {item!r}: expected KEY=VALUE with KEY one of {', '.join(keys)}")
-        cells = [c for c in cells if value in _values(c, key)]
-    return cells
+        wanted.setdefault(key, set()).add(value)
+    return [c for c in cells if all(values & _values(c, key) for key, values in wanted.items())]
 
 
 def _values(cell: CellSpec, key: str) -> set[str]:

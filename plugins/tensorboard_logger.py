@@ -1,4 +1,5 @@
-"""The ``tensorboard`` plugin: every epoch's record as TensorBoard scalars, in the cell's ``tensorboard/``.
+"""The ``tensorboard`` plugin: every epoch's record as TensorBoard scalars (observers' fields as
+``extra/<plugin>.<field>``), in the cell's ``tensorboard/``.
 
 Off unless the suite (or ``harness run --tensorboard``) sets the ``tensorboard`` option.
 """
@@ -27,8 +28,9 @@ def harness_epoch_end(cell: CellSpec, record: EpochRecord) -> None:
     writer = _writers.get(cell.id)
     if writer is None:
         return
-    for name, value in asdict(record).items():
-        if name != "epoch":
+    fields = {**asdict(record), **{f"extra/{key}": value for key, value in record.extra.items()}}
+    for name, value in fields.items():
+        if name not in ("epoch", "extra"):
             writer.add_scalar(name, value, record.epoch)
     writer.flush()
 

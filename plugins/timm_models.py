@@ -25,6 +25,10 @@ class TimmModels:
     def knows(self, name: str) -> bool:
         return name in _names()
 
+    def names(self) -> frozenset[str]:
+        """Every name it knows (optional for a family): lets ``harness plugins`` find names others answer too."""
+        return _names()
+
     def build(self, name: str, num_classes: int, image_size: int, **kwargs: Any) -> torch.nn.Module:
         import timm
 

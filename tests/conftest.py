@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,14 @@ def generated_photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """90 generated 32 px photos in 3 class folders (72 train, 18 validation): for tests of mechanics (engine,
     resume, checkpoints, step counts) that must run in a clone without the real photos."""
     return make_photos(tmp_path_factory.mktemp("generated") / "photos", classes=3, per_class=30, size=32)
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A folder on sys.path for fake distributions and plugin modules; its modules are forgotten afterwards."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    for name in [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(str(folder))]:
+        del sys.modules[name]

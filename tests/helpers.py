@@ -38,3 +38,22 @@ def plant_code(path: Path, marker: Path) -> None:
     torch.load(path, weights_only=False)
     assert marker.exists(), "the planted payload did not run when loaded unsafely"
     marker.unlink()
+
+
+def one_cell_suite(path: Path, model: str, loader: str, name: str = "contract", batch_size: int = 8,
+                   tables: str = "") -> Path:
+    """A one-cell CPU suite of ``model`` and ``loader`` on the torch backend in fp32, 16 px, 1 epoch; ``tables``
+    (TOML) is appended."""
+    return write_suite(path, f"""
+name = "{name}"
+epochs = 1
+image_size = 16
+device = "cpu"
+recipe = {{ base = "default", batch_size = {batch_size} }}
+
+[matrix]
+model = ["{model}"]
+loader = ["{loader}"]
+backend = ["torch"]
+precision = ["fp32"]
+{tables}""")

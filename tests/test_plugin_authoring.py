@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import os
 import re
 import shutil
@@ -144,6 +145,9 @@ def test_example_suite_cell_runs_and_learns(installed: Path, tmp_path: Path) -> 
     assert result["summary"]["epochs"] == 2 and result["summary"]["best_val_acc"] > 0.5  # 4 classes: chance 0.25
     provenance = (tmp_path / "out" / "cells" / CELL / "synthetic.json").read_text()
     assert '"train_size": 512' in provenance
+    epochs = (tmp_path / "out" / "cells" / CELL / "epochs.jsonl").read_text().splitlines()
+    assert [sorted(json.loads(line)["extra"]) for line in epochs] == [["synthetic.cpu_util"]] * 2  # its observer
+    assert result["summary"]["extra"]["synthetic.cpu_s"] > 0
 
 
 def test_example_package_tests_pass_with_the_harness_fixtures(installed: Path) -> None:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import ast
 import os
 import re
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
+from helpers import one_cell_suite
 
 from harness import api
 from harness.api import DataSplits
@@ -84,20 +84,7 @@ def plugin(loader: Loader | None = None, family: Family | None = None) -> Simple
 
 
 def suite(path: Path, model: str = "tiny", loader: str = "squares") -> Path:
-    path.write_text(f"""
-name = "contract"
-epochs = 1
-image_size = 16
-device = "cpu"
-recipe = {{ base = "default", batch_size = 8 }}
-
-[matrix]
-model = ["{model}"]
-loader = ["{loader}"]
-backend = ["torch"]
-precision = ["fp32"]
-""")
-    return path
+    return one_cell_suite(path, model, loader)
 
 
 def module(folder: Path, name: str, body: str) -> None:
@@ -128,37 +115,28 @@ def register_loaders(register):
 """
 
 
-@pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A folder on sys.path for fake distributions and plugin modules; its modules are forgotten afterwards."""
-    folder = tmp_path / "site"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    yield folder
-    for name in [n for n, m in sys.modules.items() if (getattr(m, "__file__", None) or "").startswith(str(folder))]:
-        del sys.modules[name]
-
-
 # -- 1 precedence --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["extras", "zz-extras"])
-def test_a_third_party_family_is_asked_before_timm_whatever_its_name(
+def test_a_builtin_family_keeps_a_name_it_knows_whatever_the_plugins_name(
         harness_plugin: Register, name: str) -> None:
-    """Guide: "third-party families are asked before built-in ones" (not entry-point name order)."""
-    assert "third-party families are asked before built-in ones" in guide()
-    manager = harness_plugin(plugin(family=Family(("efficientnet_b0",))), name=name)
-    assert manager.model_family("efficientnet_b0").plugin == name
-    assert manager.model_family("resnet18").plugin == "timm"
+    """Guide: "a built-in family first" (not entry-point name order); names only the plugin knows are its own."""
+    assert "a built-in family first" in guide()
+    manager = harness_plugin(plugin(family=Family(("efficientnet_b0", "my_net"))), name=name)
+    assert manager.model_family("efficientnet_b0").plugin == "timm"
+    assert manager.model_family("efficientnet_b0", "tiny-family").plugin == name  # a suite may pin it
+    assert manager.model_family("my_net").plugin == name
 
 
 def test_two_third_party_families_knowing_a_model_is_an_error_naming_both(harness_plugin: Register) -> None:
-    """Guide: "an error naming both families"."""
-    assert "an error naming both families" in guide()
-    harness_plugin(plugin(family=Family(("efficientnet_b0",))), name="extras")
-    other = SimpleNamespace(register_models=hookimpl(lambda register: register("more", Family(("efficientnet_b0",)))))
+    """Guide: a name only third-party families know refuses the suite, "naming both"."""
+    assert "refuse the suite, naming both" in guide()
+    harness_plugin(plugin(family=Family(("my_net",))), name="extras")
+    other = SimpleNamespace(register_models=hookimpl(lambda register: register("more", Family(("my_net",)))))
     manager = harness_plugin(other, name="more-extras")
-    with pytest.raises(PluginError, match=r"'efficientnet_b0' is known to 2 model families: model family "
+    with pytest.raises(PluginError, match=r"'my_net' is known to 2 model families: model family "
                                           r"'tiny-family' of plugin 'extras' .* and model family 'more' of plugin"):
-        manager.model_family("efficientnet_b0")
+        manager.model_family("my_net")
+    assert manager.model_family("my_net", "more").plugin == "more-extras"
 
 
 def test_the_family_that_built_the_model_is_recorded_with_the_result(harness_plugin: Register, tmp_path: Path) -> None:

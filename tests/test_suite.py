@@ -52,6 +52,9 @@ def test_overrides_and_only_filter(tmp_path: Path) -> None:
     assert {(c.epochs, c.device, c.data) for c in suite.cells} == {(3, "cpu", "/d")}
     chosen = select(suite.cells, ["model=resnet10t", "precision=bf16"])
     assert [c.id for c in chosen] == ["resnet10t-torchvision-torch-bf16", "resnet10t-torchvision-torch-ddp2-bf16"]
+    either = select(suite.cells, ["model=resnet10t", "model=vit_tiny_patch16_224", "precision=bf16", "backend=torch"])
+    assert [c.id for c in either] == ["resnet10t-torchvision-torch-bf16",  # one value of a repeated key, every key
+                                      "vit_tiny_patch16_224-torchvision-torch-bf16"]
     with pytest.raises(SuiteError, match="expected KEY=VALUE with KEY one of id, model"):
         select(suite.cells, ["colour=red"])
     forced = expand(suite_file(tmp_path, VALID), get_manager(), nproc=3).cells

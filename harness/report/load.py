@@ -36,7 +36,8 @@ class ReportError(ValueError):
 class Results:
     """One row per cell run (``cells``) and one row per completed epoch (``epochs``).
 
-    Both carry ``run`` (the cell directory), the key that joins them.
+    Both carry ``run`` (the cell directory), the key that joins them. Observers' numbers are the epochs'
+    ``extra.<plugin>.<field>`` columns and the cells' ``extra`` dicts (run-level, keyed the same way).
     """
 
     cells: pd.DataFrame

@@ -7,6 +7,8 @@ the fixtures ``tiny_photos`` and ``harness_plugin`` come from the harness's pyte
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -109,6 +111,19 @@ def test_run_start_records_the_generator_settings(tmp_path: Path) -> None:
     assert (written["seed"], written["classes"], written["train_size"]) == (3, 3, 1024)
 
 
+def test_the_observer_measures_cpu_use_per_epoch(tmp_path: Path) -> None:
+    cell = CellSpec(id="c", suite="s", model="tinycnn", loader="synthetic", backend="torch", precision="fp32",
+                    loader_plugin="synthetic", backend_plugin="torch", epochs=1, image_size=32, data="", seed=3,
+                    recipe=Recipe())
+    hooks.harness_run_start(cell, SimpleNamespace(out_dir=tmp_path, rank=0))
+    before = time.process_time()
+    sum(i * i for i in range(300_000))  # an epoch's work: one thread busy (as busy as the machine lets it be)
+    worked = time.process_time() - before
+    assert 0 < hooks.harness_epoch_metrics(cell)["cpu_util"] <= 1.1 * (os.cpu_count() or 1)
+    assert hooks.harness_run_metrics(cell)["cpu_s"] >= worked
+    assert hooks.harness_epoch_metrics(SimpleNamespace(loader_plugin="other")) is None  # not its cell
+
+
 @pytest.mark.slow
 def test_suite_cell_runs_end_to_end(tmp_path: Path) -> None:
     cell = "tinycnn-synthetic-torch-fp32"
@@ -120,3 +135,6 @@ def test_suite_cell_runs_end_to_end(tmp_path: Path) -> None:
     assert result["status"] == "ok" and result["env"]["harness_synthetic"] == "0.1.0"
     assert result["summary"]["best_val_acc"] > 0.5  # 4 classes: chance is 0.25
     assert (tmp_path / "out" / "cells" / cell / "synthetic.json").exists()
+    epochs = (tmp_path / "out" / "cells" / cell / "epochs.jsonl").read_text().splitlines()
+    assert all(json.loads(line)["extra"]["synthetic.cpu_util"] > 0 for line in epochs)  # the observer's field
+    assert result["summary"]["extra"]["synthetic.cpu_s"] > 0

@@ -19,11 +19,12 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.api import DataSpec, DataSplits, DeviceInfo
+
+if TYPE_CHECKING:  # torch is imported where it is used: `harness plugins` loads this module without it
+    import torch
 
 PARAMS: dict[str, type] = {"train_size": int, "validation_size": int, "classes": int, "noise": float,
                            "on_device": bool}
@@ -75,6 +76,8 @@ def check_params(params: Mapping[str, Any]) -> str | None:
 
 def class_styles(classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per class: stripe angle (radians, evenly spread, seeded offset) and frequency (cycles per image)."""
+    import torch
+
     offset = torch.rand(1, generator=torch.Generator().manual_seed(seed)) * math.pi / classes
     angles = offset + torch.arange(classes, dtype=torch.float32) * math.pi / classes
     frequencies = 2.0 + (torch.arange(classes, dtype=torch.float32) % 3) * 1.5
@@ -84,6 +87,8 @@ def class_styles(classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def generate(labels: torch.Tensor, size: int, styles: tuple[torch.Tensor, torch.Tensor], noise: float,
              seed: int) -> torch.Tensor:
     """uint8 NCHW images of ``labels`` in the classes' ``styles``: a pure function of its arguments."""
+    import torch
+
     angles, frequencies = styles
     generator = torch.Generator().manual_seed(seed)
     axis = torch.linspace(0.0, 1.0, size)
@@ -126,6 +131,8 @@ class Batches:
         return full if self.shuffle else math.ceil(self.shard_size / self.batch_size)  # training drops the last
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        import torch
+
         if self.shuffle:
             order = torch.randperm(len(self.labels), generator=torch.Generator().manual_seed(
                 self.seed * 7919 + self.epoch))
@@ -138,11 +145,15 @@ class Batches:
 
 
 def balanced_labels(count: int, classes: int) -> torch.Tensor:
+    import torch
+
     return torch.arange(count) % classes
 
 
 def storage_device(spec: DataSpec, settings: Settings) -> torch.device:
     """Where the images live: the training device when ``on_device`` is set and it is a GPU, else the CPU."""
+    import torch
+
     if settings.on_device and spec.device.type == "cuda":
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")

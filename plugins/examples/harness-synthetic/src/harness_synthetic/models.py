@@ -7,33 +7,13 @@ resolution and doubles the channels; default 3) and ``drop_rate`` (before the cl
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported in build(): `harness plugins` loads this module without it
+    from torch import nn
 
 WIDTHS = {"tinycnn": 16, "tinycnn-wide": 64}
 PARAMS = ("width", "depth", "drop_rate")
-
-
-class TinyCNN(nn.Module):
-    """``depth`` conv-BN-ReLU blocks, global average pooling, dropout, a linear classifier."""
-
-    def __init__(self, num_classes: int, width: int = 16, depth: int = 3, drop_rate: float = 0.0) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for block in range(depth):
-            out = width * 2**block
-            layers += [nn.Conv2d(channels, out, 3, stride=1 if block == 0 else 2, padding=1, bias=False),
-                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
-            channels = out
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(drop_rate),
-                                  nn.Linear(channels, num_classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
 
 
 class TinyCNNFamily:
@@ -46,5 +26,7 @@ class TinyCNNFamily:
         unknown = sorted(set(kwargs) - set(PARAMS))
         if unknown:
             raise TypeError(f"model {name!r}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(PARAMS)}")
+        from harness_synthetic.nets import TinyCNN
+
         kwargs.setdefault("width", WIDTHS[name])
         return TinyCNN(num_classes, **kwargs)  # fully convolutional: any image_size works
