@@ -39,8 +39,10 @@ CORRUPT_EPOCHS = "epochs.corrupt.jsonl"
 #: Suffix of a cell directory moved aside by ``--rerun-changed`` (``cells/<id>.old-<timestamp>``).
 ASIDE = re.compile(r"\.old-\d{8}-\d{6}(-\d+)?$")
 
-#: The metrics of an ``epochs.jsonl`` record and their types: :class:`harness.api.EpochRecord`'s fields.
-EPOCH_FIELDS: dict[str, type] = {f.name: typing.get_type_hints(EpochRecord)[f.name] for f in fields(EpochRecord)}
+#: The metrics of an ``epochs.jsonl`` record and their types: :class:`harness.api.EpochRecord`'s fields but ``extra``
+#: (the observers' numbers, read apart: :attr:`Epoch.extra`).
+EPOCH_FIELDS: dict[str, type] = {f.name: typing.get_type_hints(EpochRecord)[f.name] for f in fields(EpochRecord)
+                                 if f.name != "extra"}
 #: The metrics a record is warned about when it lacks them (the report's timings and accuracy need them).
 REQUIRED_EPOCH_FIELDS = ("epoch", "val_acc", "epoch_time_s", "train_time_s", "train_images", "wall_time_s")
 #: What ``result.json``'s ``summary`` holds (written by :meth:`harness.engine.Trainer.summary`).
