@@ -47,7 +47,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness import envinfo
+from harness import envinfo, runner
 from harness.api import CellSpec
 from harness.plugins import Manager
 from harness.runner import POLL_S, Interrupted, Outcome, nodes, recorded_epochs
@@ -205,13 +205,7 @@ def changes(root: Path, seen: dict[str, tuple[int, int]]) -> Iterator[tuple[str,
 def sweep(tmp: Path) -> None:
     """Remove node folders whose task's worker is gone: a force-cancelled task (Ctrl-C on the driver, a lost
     driver) is killed before its ``finally`` can."""
-    for folder in tmp.glob(NODE_FOLDER + "*"):
-        try:
-            os.kill(int((folder / ".pid").read_text()), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):  # not ours to judge (another user's, or being created)
-            continue
+    runner.sweep(tmp, NODE_FOLDER)
 
 
 def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: dict[str, bytes],

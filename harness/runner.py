@@ -32,6 +32,7 @@ from harness.store import CellStore, write_json
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 GRACE_S = 10.0  # a signalled cell's process group gets this long to exit before SIGKILL
 POLL_S = 0.5  # how often the runner reads the cell's progress and checks its time limit
+SCRATCH = "harness-cell-"  # prefix of the per-cell temporary folders (the cell's TMPDIR)
 
 
 class OutputExists(RuntimeError):
@@ -96,11 +97,13 @@ def recorded_epochs(store: CellStore) -> int:
         return 0
 
 
-def relay(stream: Iterable[str], tail: deque[str]) -> None:
-    """Echo the cell's output above the progress bar, keeping its last lines for a failure reason."""
-    for line in stream:
-        tail.append(line.rstrip())
-        tqdm.write(line.rstrip())
+def relay(stream: Iterable[bytes], tail: deque[str]) -> None:
+    """Echo the cell's output above the progress bar, keeping its last lines for a failure reason. Bytes that
+    are not UTF-8 are replaced, never fatal: a relay that died would leave the pipe to fill and the cell blocked."""
+    for raw in stream:
+        line = raw.decode("utf-8", "replace").rstrip()
+        tail.append(line)
+        tqdm.write(line)
 
 
 def stop(proc: subprocess.Popen, signum: int) -> None:
@@ -140,8 +143,42 @@ def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: 
         store.write_result(cell, env, *stopped)
     elif result is None and code == 0 and not expect_result:
         return
-    elif result is None or (result["status"] == "ok" and code != 0):
+    elif result is None:
         store.write_result(cell, env, "failed", f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:]))
+    elif result["status"] == "ok" and code != 0:  # it recorded every epoch and its result: it finished
+        warn_exit(store, result, code, tail)
+
+
+def warn_exit(store: CellStore, result: dict, code: int | None, tail: deque[str]) -> None:
+    """Keep a finished cell's ``ok``; what went wrong at its process's exit becomes the coded warning
+    ``exit-after-result`` (e.g. DataLoader workers killed at exit making the process exit 1)."""
+    said = " | ".join(list(tail)[-2:])
+    warning = {"code": "exit-after-result",
+               "message": f"the cell process exited with code {code} after recording its result" + (
+                   f": {said}" if said else "")}
+    summary = result.setdefault("summary", {})
+    summary["warnings"] = [*summary.get("warnings", []), warning]
+    write_json(store.result_path, result)
+
+
+def sweep(tmp: Path, prefix: str) -> None:
+    """Remove the folders ``tmp/PREFIX*`` whose owner process (the pid in their ``.pid``) is gone: a runner or a
+    Ray worker killed outright (SIGKILL) could not remove them itself."""
+    for folder in tmp.glob(prefix + "*"):
+        try:
+            os.kill(int((folder / ".pid").read_text()), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # not ours to judge (another user's, or being created)
+            continue
+
+
+def scratch_folder() -> str:
+    """A fresh per-cell temporary folder naming its owner (this process), after sweeping orphaned ones."""
+    sweep(Path(tempfile.gettempdir()), SCRATCH)
+    folder = tempfile.mkdtemp(prefix=SCRATCH)
+    Path(folder, ".pid").write_text(str(os.getpid()))
+    return folder
 
 
 def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable,
@@ -165,11 +202,10 @@ def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = s
     # /tmp/__autograph_generated_file*.py, ~50 per cell) go with it.
     # Short: DataLoader workers put Unix sockets under it (pymp-*/listener-*), whose paths may not exceed 107
     # bytes; a long name under a deep TMPDIR made workers fail and the cell hang.
-    scratch = tempfile.mkdtemp(prefix="harness-cell-")
+    scratch = scratch_folder()
     proc = subprocess.Popen(command(store.dir / "cell.json", out, cell.nproc, resume, python, launch),
                             env={**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch},
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
     reader.start()
     stopped = None
