@@ -10,10 +10,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from harness.api import CellSpec
+from harness.api import CellSpec, ExecutorError
 from harness.datasets import DataError, discover
 from harness.plugins import LABELS, Manager, PluginError, get_manager, suite_path
-from harness.store import CellStore, OutputLock, StoreError, show_warnings_briefly
+from harness.store import OutputLock, StoreError, show_warnings_briefly
 from harness.suite import SuiteError, check_count
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.
@@ -56,14 +56,6 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def kinds(text: str) -> list[str]:
-    """A comma-separated list of device kinds (``T4,P40``)."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct device kinds separated by commas, e.g. T4,P40")
-    return names
-
-
 def add_run(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run every cell of a suite")
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
@@ -91,20 +83,29 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="kill a cell running longer and record it failed (overrides the suite's timeout_s)")
     p.add_argument("--allow-emulated", action="store_true", default=None,
                    help="also run precisions this device only emulates (bf16 on AVX2 CPUs, ...), labelled 'emulated'")
-    fleet = p.add_argument_group("many machines (docs/many-machines.md)")
-    fleet.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="where cells run: this machine, one after another (default), or a Ray cluster")
-    fleet.add_argument("--address", metavar="auto|HOST:PORT",
-                       help="with --executor ray: the cluster to join (default: the running one, else a new local one)")
-    fleet.add_argument("--devices", type=kinds, metavar="KIND[,KIND...]",
-                       help="with --executor ray: run the suite once per device kind (Ray accelerator_type or custom "
-                            "node resource, e.g. T4,P40), in parallel across the fleet")
-    fleet.add_argument("--data-copy", action="store_true",
-                       help="with --executor ray: copy --data once to each node (checksummed) instead of reading a "
-                            "path every node shares")
-    fleet.add_argument("--retries", type=count(0), metavar="N",
-                       help="with --executor ray: run a cell whose node is lost again on another node up to N times "
-                            "(default 2)")
+    add_executors(p)
+
+
+def add_executors(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and each registered executor's own options (refused with another executor)."""
+    registered = get_manager().executors()
+    p.add_argument("--executor", choices=sorted(registered), default="local",
+                   help="where cells run: " + "; ".join(f"{name}: {reg.impl.help}" for name, reg in
+                                                       sorted(registered.items())))
+    options = {}
+    for name, reg in sorted(registered.items()):
+        group = p.add_argument_group(f"--executor {name}")
+        reg.impl.configure(group)
+        options[name] = list(group._group_actions)
+    p.set_defaults(executor_options=options)
+
+
+def misplaced_options(args: argparse.Namespace) -> None:
+    """Refuse options of an executor other than the chosen one."""
+    for name, actions in args.executor_options.items():
+        given = [a.option_strings[0] for a in actions if name != args.executor and getattr(args, a.dest) != a.default]
+        if given:
+            raise SuiteError(f"{', '.join(given)} go with --executor {name}")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
@@ -120,11 +121,10 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
 
 def cmd_run(args: argparse.Namespace) -> int:
     from harness import report
-    from harness.runner import Interrupted, OutputExists, run_suite
+    from harness.runner import Interrupted, OutputExists, executor_named, run_suite
     from harness.suite import expand, select
 
-    if args.executor != "ray" and (args.devices or args.address or args.data_copy or args.retries is not None):
-        raise SuiteError("--devices, --address, --data-copy and --retries go with --executor ray")
+    misplaced_options(args)
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
                    device=args.device, seed=args.seed, repeat=args.repeat, nproc=args.nproc,
@@ -134,27 +134,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not cells:
         raise SuiteError(f"--only {' '.join(args.only)}: no cell of suite {suite.name!r} matches")
     check_data(args.data, cells, manager)
-    executor = None
-    hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
-    if args.executor == "ray":
-        from harness import fleet
-
-        cells, kinds_of = fleet.per_kind(cells, args.devices or [])
-        try:  # before anything is written: without Ray, or without a cluster at --address, exit 2
-            executor = fleet.RayExecutor(manager, address=args.address, kinds=kinds_of,
-                                         retries=2 if args.retries is None else args.retries,
-                                         data_copy=args.data_copy, build=not args.no_build, hint=hint)
-            executor.connect()
-        except fleet.FleetError as exc:
-            print(f"harness: {exc}", file=sys.stderr)
-            return 2
+    args.build = not args.no_build
+    args.hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
+    executor = executor_named(manager, args.executor, args)  # before anything is written: an unusable one exits 2
+    cells = executor.expand(cells)
     out = args.out or Path("runs") / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
-    check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None
     try:
-        outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint,
-                             executor=executor)
+        outcomes = run_suite(cells, out, manager, resume=args.resume, build=args.build, hint=args.hint,
+                             executor=executor, rerun_changed=args.rerun_changed)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2
@@ -176,30 +165,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if interrupted:
         return 128 + interrupted.signum  # what a shell reports for a process the signal killed
     return 1 if counts["failed"] else 0
-
-
-def check_resume(cells: list[CellSpec], out: Path, resume: bool, rerun_changed: bool) -> None:
-    """Before a resumed run: refuse cells whose stored settings differ (or, with ``rerun_changed``, move them
-    aside), and repair the cells that will continue (unreadable epoch lines set aside, a checkpoint that the
-    epoch rows agree with)."""
-    if rerun_changed and not resume:
-        raise StoreError("--rerun-changed goes with --resume")
-    if not resume:
-        return
-    stores = {cell.id: CellStore(out, cell.id) for cell in cells}
-    changed = {cell.id: changes for cell in cells if (changes := stores[cell.id].spec_changes(cell))}
-    if changed and not rerun_changed:
-        listing = "; ".join(f"{cell_id}: {', '.join(changes)}" for cell_id, changes in changed.items())
-        raise StoreError(f"--resume {out}: {len(changed)} cell(s) were run with other settings ({listing}); pass "
-                         "--rerun-changed to move their results aside and run them again, or choose another --out")
-    for cell_id in changed:
-        print(f"harness: {cell_id}: settings changed; earlier results moved to {stores[cell_id].move_aside()}",
-              file=sys.stderr)
-    for cell_id, store in stores.items():
-        previous = store.result()
-        if cell_id not in changed and not (previous and previous["status"] in ("ok", "skipped")):
-            for message in store.prepare_resume():
-                print(f"harness: warning: {message}", file=sys.stderr)
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
@@ -260,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             return handlers[args.command](args)
         module = "harness.prepare" if args.command == "data" else COMMANDS[args.command][0]
         return importlib.import_module(module).command(args)
-    except (SuiteError, DataError, PluginError, StoreError) as exc:
+    except (SuiteError, DataError, PluginError, StoreError, ExecutorError) as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk, a read-only or vanished folder: one line, not a traceback

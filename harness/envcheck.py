@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 from collections import Counter
 from functools import partial
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import capability, devices, envinfo, environments
-from harness.api import DeviceInfo
+from harness.api import DeviceInfo, usable_cpus
 from harness.datasets import DataError
 from harness.plugins import Manager, get_manager, suite_path
 
@@ -53,7 +52,7 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
     placer = environments.Placer(cells, manager, build=False, hint=hint)
     statuses = {c.id: placer.place(c).blocker for c in cells}
     reasons = Counter(r for r in statuses.values() if r)
-    slots = device.count if device.type == "cuda" else os.cpu_count() or 1
+    slots = device.count if device.type == "cuda" else usable_cpus()
     return {"suite": name, "cells": len(cells), "run": sum(r is None for r in statuses.values()),
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",

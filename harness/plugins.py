@@ -29,15 +29,18 @@ from typing import Any, cast
 import pluggy
 
 from harness import contract, hookspecs
-from harness.api import API_VERSION, BackendPlugin, CellSpec, LoaderPlugin, ModelPlugin
+from harness.api import API_VERSION, BackendPlugin, CellSpec, ExecutorPlugin, LoaderPlugin, ModelPlugin
 
 ENTRY_POINT_GROUP = "harness"
 ALLOW_LIST_ENV = "HARNESS_PLUGINS"
 MODULES_ENV = "HARNESS_PLUGIN_MODULES"  # extra importable modules to register, comma-separated
-KINDS = ("loaders", "models", "backends", "suites")
-LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite"}
-PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin}
+KINDS = ("loaders", "models", "backends", "suites", "executors")
+LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite",
+          "executors": "executor"}
+PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin,
+                              "executors": ExecutorPlugin}
 BUILTIN = "harness"  # the distribution of the built-in plugins
+ALWAYS = ("local-executor",)  # built-in entry points loaded whatever HARNESS_PLUGINS says: harness run needs them
 IN_PROCESS = "(registered in-process)"
 #: Why a plugin of each precedence tier keeps a contested name.
 TIERS = ("built-in", "installed first", "loaded first", "registered first")
@@ -94,6 +97,9 @@ class Manager:
 
     def suites(self) -> dict[str, Registration]:
         return self.registries["suites"]
+
+    def executors(self) -> dict[str, Registration]:
+        return self.registries["executors"]
 
     def model_family(self, model: str) -> Registration | None:
         """The family that builds ``model``: the one registered under exactly that name, else the one whose
@@ -208,7 +214,7 @@ def _entry_points() -> Iterator[metadata.EntryPoint]:
     allowed = os.environ.get(ALLOW_LIST_ENV)
     names = {n.strip() for n in allowed.split(",")} if allowed else None
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if names is None or ep.name in names:
+        if names is None or ep.name in names or (ep.name in ALWAYS and ep.dist is not None and ep.dist.name == BUILTIN):
             yield ep
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 
@@ -81,3 +82,17 @@ def register_loaders(register):
 def register_models(register):
     register("tiny", Tiny())
 '''
+
+
+def processes_of(folder: Path) -> dict[int, str]:
+    """Live processes (not zombies) whose command line names ``folder``: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # not a process, or gone
+        if str(folder) in cmdline and state != "Z" and int(entry.name) != os.getpid():
+            found[int(entry.name)] = cmdline
+    return found

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from helpers import TINY_PLUGIN as PLUGIN
+from helpers import processes_of
 
 from harness import cli
 from harness.plugins import ALLOW_LIST_ENV, MODULES_ENV
@@ -80,20 +81,6 @@ def start(work: Path, *args: str | os.PathLike[str]) -> subprocess.Popen:
 def run(work: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     return run_harness("run", *args, plugin_modules=["signals_plugin"], pythonpath=[work],
                        env={ALLOW_LIST_ENV: ONLY_TORCH}, timeout=120)
-
-
-def processes_of(folder: Path) -> dict[int, str]:
-    """Live processes (not zombies) whose command line names ``folder``: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue  # not a process, or gone
-        if str(folder) in cmdline and state != "Z" and int(entry.name) != os.getpid():
-            found[int(entry.name)] = cmdline
-    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, runner: subprocess.Popen) -> None:
