@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness import store
+from harness.exitcode import ExitCode, unforeseen_input
 
 #: Harness per-epoch metrics compared by default, with their good direction.
 HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": False}
@@ -49,7 +50,6 @@ MACHINE_KEYS = frozenset(
     }
 )
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
-EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 Value = TypeVar("Value")
 
 
@@ -561,8 +561,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         return _command(args)
     except Exception as exc:  # any input this module does not foresee is still an input error, not a crash
-        print(f"harness compare: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return unforeseen_input("harness compare", exc, args)
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -580,7 +579,7 @@ def _command(args: argparse.Namespace) -> int:
             baseline, candidate = calibrate_pair(baseline, candidate, args.reference)
     except (CompareError, store.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     rows = compare_sides(baseline, candidate, options)
     _warn_env(baseline, candidate)
     print(table(rows))
@@ -593,7 +592,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(to_json(rows, baseline, candidate, options), indent=2) + "\n")
     failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
-    return EXIT_REGRESSED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def _warn_env(baseline: Side, candidate: Side) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 from harness import capability, devices, envinfo, environments
 from harness.api import DeviceInfo, usable_cpus
 from harness.datasets import DataError
+from harness.exitcode import ExitCode
 from harness.plugins import Manager, get_manager, suite_path
 
 
@@ -90,7 +91,7 @@ def command(args: argparse.Namespace) -> int:
                                      None if args.device == "auto" else args.device)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     blocked = args.suite and report["suite"]["skipped"]
-    return 1 if args.strict and blocked else 0
+    return ExitCode.FAILED if args.strict and blocked else ExitCode.OK
 
 
 def render(report: dict[str, Any]) -> str:

@@ -44,6 +44,7 @@ from packaging.utils import canonicalize_name
 
 from harness import capability, envinfo
 from harness.api import CellSpec, DeviceInfo
+from harness.exitcode import ExitCode
 from harness.plugins import Manager, PluginError, Registration, get_manager, suite_path
 from harness.prepare.sources import cache_dir
 from harness.store import now, write_json
@@ -649,7 +650,8 @@ def gigabytes(size: int | None) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="envs_command", required=True)
-    sub.add_parser("list", help="the environments built so far, with their size and build time")
+    listing = sub.add_parser("list", help="the environments built so far, with their size and build time")
+    listing.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     build_parser = sub.add_parser("build", help="build the environments a suite's cells need (without --suite: "
                                                 "those plugins declare)")
     build_parser.add_argument("names", nargs="*", help="only these environments")
@@ -677,6 +679,9 @@ def built() -> list[dict[str, Any]]:
 
 def list_command(args: argparse.Namespace) -> int:
     rows = built()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return ExitCode.OK
     for row in rows:
         over = row["layer_over"] and f", a layer over {row['layer_over']['prefix']}"
         state = (f"built {row['built_at']} in {row['build_s']:.0f} s with {row['tool']}{over or ''}" if row["built"]
@@ -714,7 +719,7 @@ def build_command(args: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(sorted({s.environment.name for s in specs})) or "none"
         print(f"harness: no environment {unknown[0]!r} to build here (needed: {known})", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     failed = 0
     for spec in specs:
         if args.names and spec.environment.name not in args.names:
@@ -727,7 +732,7 @@ def build_command(args: argparse.Namespace) -> int:
         except BuildError as exc:
             print(f"harness: {exc}", file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def remove_command(args: argparse.Namespace) -> int:
@@ -740,5 +745,5 @@ def remove_command(args: argparse.Namespace) -> int:
         print(f"removed {path}")
     if missing:
         print(f"harness: no environment {missing[0]!r} in {root()} (see harness envs list)", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK

@@ -6,9 +6,9 @@ plugin: this machine one cell at a time, a local pool, a Ray cluster) only launc
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import signal
-import sys
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -30,6 +30,7 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 POLL_S = 0.5  # how often the runner reads the cells' progress and checks their time limits
 STOP_WAIT_S = 60.0  # how long stopped cells get to end (an executor SIGKILLs local ones after its grace)
 DEFAULT_HINT = "harness envs build --suite SUITE"
+log = logging.getLogger(__name__)
 
 
 class OutputExists(RuntimeError):
@@ -98,12 +99,11 @@ def prepare_resume(cells: Sequence[CellSpec], out: Path, rerun_changed: bool) ->
         raise StoreError(f"--resume {out}: {len(changed)} cell(s) were run with other settings ({listing}); pass "
                          "--rerun-changed to move their results aside and run them again, or choose another --out")
     for cell_id in changed:
-        print(f"harness: {cell_id}: settings changed; earlier results moved to {stores[cell_id].move_aside()}",
-              file=sys.stderr)
+        log.info("%s: settings changed; earlier results moved to %s", cell_id, stores[cell_id].move_aside())
     for cell_id, store in stores.items():
         if cell_id not in changed and not finished(store):
             for message in store.prepare_resume():
-                print(f"harness: warning: {message}", file=sys.stderr)
+                log.warning(message)
 
 
 def finished(store: CellStore) -> dict[str, Any] | None:
@@ -302,7 +302,7 @@ class Runner:
         tries = f"{running.attempt}/{self.executor.retries}"
         tqdm.write(f"[{cell.id}] {ended.lost}; retrying on {ended.retry_on} ({tries})")
         for message in store.prepare_resume():
-            tqdm.write(f"harness: warning: {message}")
+            log.warning(message)
         store.result_path.unlink(missing_ok=True)
         self.submit(cell, store, running.env, running.python, True, running.attempt + 1, lost_on)
         return True
