@@ -57,11 +57,11 @@ def usable_cpus() -> int:
     cgroup's CPU quota (a container's ``--cpus``), never less than 1. Size workers and threads with this, not
     ``os.cpu_count()`` (the machine's)."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    quota = cgroup_quota()
+    quota = _cgroup_quota()
     return max(1, min(count, math.ceil(quota) if quota else count))
 
 
-def cgroup_quota() -> float | None:
+def _cgroup_quota() -> float | None:
     """This process's cgroup CPU limit in CPUs (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), or None."""
     try:
         own = next((line.split(":", 2)[2].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()

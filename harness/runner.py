@@ -268,10 +268,10 @@ class Runner:
         ended = self.executor.poll(running.job)
         if ended is None:
             return
-        self.running.remove(running)
         running.bar.close()
-        try:
+        try:  # until recorded, the cell stays in ``running``: a signal meanwhile has stop_all() record it
             if ended.lost and running.stopped is None and running.signal is None and self.retry(running, ended):
+                self.running.remove(running)
                 return
             if running.signal is not None:
                 done = f"after {recorded_epochs(store)} of {cell.epochs} epochs"
@@ -279,8 +279,10 @@ class Runner:
                                    else f"interrupted by {signal.Signals(running.signal).name} {done}")
             record(store, cell, running.env, ended, running.stopped)
         except OSError as exc:
+            self.running.remove(running)
             self.failed_recording(cell, store, running.env, exc)
             return
+        self.running.remove(running)
         result = store.result()
         if result:
             self.outcomes.append(Outcome(cell, result["status"], result["reason"]))
@@ -319,8 +321,10 @@ class Runner:
                 self.watch(running)
             time.sleep(0.1)
         for running in self.running:  # not even stopped: say so rather than leave it unrecorded
-            record(running.store, running.cell, running.env, CellExit(None), (
-                "interrupted", f"interrupted by {signal.Signals(signum).name}; its executor did not confirm the stop"))
+            reason = f"interrupted by {signal.Signals(signum).name}; its executor did not confirm the stop"
+            with suppress(OSError):
+                record(running.store, running.cell, running.env, CellExit(None), ("interrupted", reason))
+            self.outcomes.append(Outcome(running.cell, "interrupted", reason))
 
     def failed_recording(self, cell: CellSpec, store: CellStore, env: dict[str, Any], exc: OSError) -> None:
         failure = f"{type(exc).__name__} while recording the cell: {exc}"

@@ -48,8 +48,9 @@ def test_an_inline_plugin_registers_for_one_block() -> None:
 def test_allow_list_loads_only_named_plugins(monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_PLUGINS", "torch,timm")
     manager = build_manager()
-    assert {p.name for p in manager.plugins} == {"torch", "timm"}
-    assert set(manager.loaders()) == set()
+    # and the built-in local executor, without which harness run cannot run anything
+    assert {p.name for p in manager.plugins} == {"torch", "timm", "local-executor"}
+    assert set(manager.loaders()) == set() and set(manager.executors()) == {"local", "pool"}
 
 
 def test_harness_plugins_lists_distribution_version_and_hooks(tmp_path: Path) -> None:
