@@ -8,12 +8,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.api import CellExit, CellSpec, ExecutorError, usable_cpus
 from harness.hookspecs import hookimpl
-from harness.launch import CellProcess
 from harness.store import CellStore
+
+if TYPE_CHECKING:
+    from harness.launch import CellProcess
 
 
 @dataclass
@@ -33,6 +35,8 @@ class LocalExecutor:
         return None  # the runner places cells in their environments on this machine
 
     def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> Any:
+        from harness.launch import CellProcess  # imported here: cell processes load this plugin too
+
         assert python is not None, "the runner places local cells"
         return CellProcess.start(cell, CellStore(out, cell.id).dir / "cell.json", out, resume, python)
 
@@ -77,6 +81,8 @@ class PoolExecutor(LocalExecutor):
         self.free = list(range(self.slots))
 
     def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> PoolJob:
+        from harness.launch import CellProcess
+
         assert python is not None, "the runner places local cells"
         worker = self.free.pop(0)
         env = {"OMP_NUM_THREADS": str(len(self.cpus[worker]))}

@@ -6,6 +6,7 @@ The cells train the inline 8 px ``tiny-net`` on generated batches (tests/helpers
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,9 +111,11 @@ def test_scratch_folders_of_a_killed_runner_are_removed_by_the_next_run(work: Pa
     (orphan / ".pid").write_text(str(dead.pid))
     (alive / ".pid").write_text(str(os.getpid()))
     try:
-        done = run(work, "--suite", suite(work), "--out", work / "out")
+        done = run(work, "--suite", suite(work), "--out", work / "out", "--json")
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert not orphan.exists() and alive.exists()
+        summary = json.loads(done.stdout)  # --json: the summary alone on stdout, the cells' output on stderr
+        assert summary["ok"] == summary["cells"] == 1 and summary["outcomes"][0]["id"] == "tiny-net-tiny-torch-fp32"
     finally:
         for folder in (orphan, alive):
             subprocess.run(["rm", "-rf", str(folder)], check=True)
@@ -206,3 +209,10 @@ def test_options_of_another_executor_are_refused(work: Path, capsys: pytest.Capt
 def test_the_pool_splits_cpus_and_gpus_into_contiguous_shares() -> None:
     assert split([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
     assert split(range(4), 4) == [[0], [1], [2], [3]]
+
+
+def test_usable_cpus_follows_the_affinity_mask() -> None:
+    one = sorted(os.sched_getaffinity(0))[:1]
+    done = subprocess.run([sys.executable, "-c", "from harness.api import usable_cpus; print(usable_cpus())"],
+                          capture_output=True, text=True, timeout=60, preexec_fn=lambda: os.sched_setaffinity(0, one))
+    assert done.stdout.strip() == "1", done.stderr
