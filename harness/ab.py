@@ -37,9 +37,6 @@ from typing import Any
 from harness import compare
 from harness.compare import (
     BENCH_METRIC,
-    EXIT_OK,
-    EXIT_REGRESSED,
-    EXIT_USAGE,
     CompareError,
     Options,
     Series,
@@ -49,6 +46,7 @@ from harness.compare import (
     find_reference,
     shift,
 )
+from harness.exitcode import ExitCode, unforeseen_input
 from harness.paths import AB_SIDE
 
 #: Where each run writes its pytest-benchmark JSON, in COMMAND.
@@ -384,13 +382,12 @@ def command(args: argparse.Namespace) -> int:
             return _command(args)
     except Interrupted as exc:
         print(f"harness ab: interrupted by {exc}; worktrees removed", file=sys.stderr)
-        return 128 + exc.signum
+        return ExitCode.signalled(exc.signum)
     except (CompareError, OSError) as exc:
         print(f"harness ab: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except Exception as exc:  # an input nobody foresaw is still an input error, as in harness compare
-        print(f"harness ab: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return unforeseen_input("harness ab", exc, args)
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -423,4 +420,4 @@ def _command(args: argparse.Namespace) -> int:
     (out / "ab.json").write_text(json.dumps(report, indent=2) + "\n")
     counts = report["summary"]
     failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
-    return EXIT_REGRESSED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK

@@ -7,7 +7,10 @@ notice. Heavy libraries (torch, DALI, Colossal-AI) are never imported at module 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import argparse
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,13 +23,68 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = [
-    "API_VERSION", "IMAGENET_MEAN_255", "IMAGENET_STD_255", "Backend", "BackendPlugin", "CannotRun", "CellSpec",
-    "DataError", "DataSpec", "DataSplits", "Dataset", "DeviceInfo", "EpochRecord", "LoaderPlugin", "ModelPlugin",
-    "Recipe", "RunContext", "Sample", "UnsafeCheckpoint", "discover", "load_weights", "select", "weights_only",
+    "API_VERSION",
+    "IMAGENET_MEAN_255",
+    "IMAGENET_STD_255",
+    "Backend",
+    "BackendPlugin",
+    "CannotRun",
+    "CellExit",
+    "CellSpec",
+    "DataError",
+    "DataSpec",
+    "DataSplits",
+    "Dataset",
+    "DeviceInfo",
+    "EpochRecord",
+    "Executor",
+    "ExecutorError",
+    "ExecutorPlugin",
+    "LoaderPlugin",
+    "ModelPlugin",
+    "Recipe",
+    "RunContext",
+    "Sample",
+    "UnsafeCheckpoint",
+    "discover",
+    "load_weights",
+    "select",
+    "usable_cpus",
+    "weights_only",
 ]
 
 #: Version of the hook API. Plugins may declare ``HARNESS_API = ">=1,<2"``.
 API_VERSION = 1
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask (``taskset``, a pool worker's share, Ray), bounded by its
+    cgroup's CPU quota (a container's ``--cpus``), never less than 1. Size workers and threads with this, not
+    ``os.cpu_count()`` (the machine's)."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_quota()
+    return max(1, min(count, math.ceil(quota) if quota else count))
+
+
+def _cgroup_quota() -> float | None:
+    """This process's cgroup CPU limit in CPUs (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``), or None."""
+    try:
+        own = next((line.split(":", 2)[2].strip() for line in Path("/proc/self/cgroup").read_text().splitlines()
+                    if line.startswith("0::")), "/")
+    except OSError:
+        return None
+    for folder in (Path("/sys/fs/cgroup") / own.lstrip("/"), Path("/sys/fs/cgroup")):
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()
+            return None if quota == "max" else int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    try:
+        quota_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period_us = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 else None
+
 
 #: Per-channel ImageNet statistics on the 0..255 scale, shared by every loader.
 IMAGENET_MEAN_255 = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -282,3 +340,64 @@ class RunContext(Protocol):
     def save_checkpoint(self, directory: Path) -> None:
         """Save the training state (model, optimizer, scaler) into ``directory``; call on every rank."""
 
+
+
+@dataclass
+class CellExit:
+    """How a launched cell's processes ended, as its executor saw them. The runner decides the cell's outcome
+    from what the cell recorded, and from this only where it recorded nothing."""
+
+    code: int | None  # the exit code (negative: the signal that killed it); None when unknown
+    tail: Sequence[str] = ()  # its last output lines, for the reason of a cell that left no result
+    error: str | None = None  # why the executor could not run it (e.g. no result came home from its nodes)
+    lost: str | None = None  # the machine under it was lost: the runner may run it again (``retries``)
+    nodes: Sequence[str] = ()  # the machines it ran on, named in reasons
+    retry_on: str = "another node"  # where a retry after ``lost`` goes, for the message
+
+
+class Executor(Protocol):
+    """Where a suite's cells run. It only launches and watches: the runner (:mod:`harness.runner`) decides which
+    cells run, places them, records every outcome, retries, keeps time limits and handles signals."""
+
+    slots: int  # cells run at once
+    retries: int  # a cell whose machine was lost is run again up to this many times
+
+    def expand(self, cells: list[CellSpec]) -> list[CellSpec]:
+        """The cells to run for the suite's ``cells`` (e.g. each once per device kind); most return them as is."""
+
+    def open(self, cells: list[CellSpec], out: Path) -> None:
+        """Get ready to run ``cells`` into ``out`` (nothing is written yet)."""
+
+    def place(self, cell: CellSpec) -> tuple[str | None, dict[str, Any]] | None:
+        """None: the runner places the cell in its environment on this machine. Else the executor's own verdict:
+        why the cell cannot run (None: it can) and the fingerprint a result written now carries."""
+
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> Any:
+        """Start the cell (its ``cell.json`` is written) under ``python`` (None: the executor places it); a job."""
+
+    def poll(self, job: Any) -> CellExit | None:
+        """None while the job runs, else how it ended."""
+
+    def cancel(self, job: Any, signum: int) -> None:
+        """Stop the job (``signum``: the runner's signal, or SIGTERM at a time limit); do not wait for it."""
+
+    def close(self) -> None:
+        """Release what :meth:`open` took."""
+
+
+@runtime_checkable
+class ExecutorPlugin(Protocol):
+    """An executor as registered through ``register_executors``: its ``harness run`` options and a factory."""
+
+    help: str  # one line for ``harness run --help``
+
+    def configure(self, group: argparse._ArgumentGroup) -> None:
+        """Add this executor's options to ``harness run`` (they are refused with another ``--executor``)."""
+
+    def create(self, args: argparse.Namespace, manager: Any) -> Executor:
+        """The executor for a run with ``args`` (``args.build``, ``args.hint``: build environments as reached, and
+        the command that builds them). Raise :class:`ExecutorError` when it cannot be used as asked."""
+
+
+class ExecutorError(RuntimeError):
+    """An executor cannot be used as asked (a missing library, no cluster at an address): one line, exit 2."""

@@ -3,13 +3,45 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from harness import devices
 from harness.api import CellSpec, DeviceInfo, Recipe
 from harness.plugins import Manager, Registration
+
+T = TypeVar("T")
+#: A plugin's answer to a question asked in the runner's process (``can_run``, ``check_params``, ``check_model``, a
+#: model built on the meta device) must come within this many seconds: a plugin that hangs must not hang the run.
+PLUGIN_TIMEOUT_S = 60.0
+
+
+class PluginTimeout(Exception):
+    """A plugin call did not return within :data:`PLUGIN_TIMEOUT_S`."""
+
+
+def bounded(call: Callable[[], T]) -> T:
+    """``call()``, or :class:`PluginTimeout` after :data:`PLUGIN_TIMEOUT_S` (the call goes on in a daemon thread,
+    which does not keep the process alive)."""
+    answer: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            answer.append((True, call()))
+        except BaseException as exc:  # handed to the caller's thread below
+            answer.append((False, exc))
+
+    thread = threading.Thread(target=target, daemon=True, name="harness-plugin-call")
+    thread.start()
+    thread.join(PLUGIN_TIMEOUT_S)
+    if not answer:
+        raise PluginTimeout(f"no answer within {PLUGIN_TIMEOUT_S:g} s")
+    returned, value = answer[0]
+    if not returned:
+        raise value
+    return value
 
 
 def blocker(cell: CellSpec, manager: Manager, device: DeviceInfo) -> str | None:
@@ -45,7 +77,8 @@ def model_blocker(cell: CellSpec, manager: Manager, backend: Registration, devic
     if check is None or family is None:
         return None
     try:
-        model = meta_model(family.impl, cell.model, cell.image_size, json.dumps(cell.model_params, sort_keys=True))
+        model = bounded(lambda: meta_model(family.impl, cell.model, cell.image_size,
+                                           json.dumps(cell.model_params, sort_keys=True)))
     except Exception:
         return None  # not buildable on the meta device: the cell process builds it for real and reports
     return ask(backend, lambda: check(model, device, cell.precision), "check_model")
@@ -55,7 +88,7 @@ def model_arguments_problem(family: Registration, name: str, image_size: int, pa
     """What is wrong with a suite's arguments for model ``name``: the ``TypeError`` of building it on the meta
     device (no memory, no weights), or None."""
     try:
-        meta_model(family.impl, name, image_size, json.dumps(params, sort_keys=True))
+        bounded(lambda: meta_model(family.impl, name, image_size, json.dumps(params, sort_keys=True)))
     except TypeError as exc:
         return str(exc)
     except Exception:
@@ -76,8 +109,11 @@ def meta_model(family: Any, name: str, image_size: int, params_json: str) -> Any
 
 
 def ask(registration: Registration, call: Callable[[], str | None], method: str = "can_run") -> str | None:
-    """A plugin's answer to ``call`` (its ``method``); one that raises says no, and the reason names the plugin."""
+    """A plugin's answer to ``call`` (its ``method``), within :data:`PLUGIN_TIMEOUT_S`; one that raises or hangs
+    says no, and the reason names the plugin."""
     try:
-        return call()
+        return bounded(call)
+    except PluginTimeout:
+        return f"plugin {registration.plugin!r} did not answer {method} within {PLUGIN_TIMEOUT_S:g} s"
     except Exception as exc:
         return f"plugin {registration.plugin!r} raised in {method}: {exc!r}"

@@ -1,21 +1,27 @@
-"""The ``harness`` command line."""
+"""The ``harness`` command line. Only the subcommand being run is imported (``harness --help`` imports none of
+pandas, scipy or torch); every command exits with a :class:`harness.exitcode.ExitCode`."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import logging
 import shlex
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import redirect_stdout
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from harness.api import CellSpec
-from harness.datasets import DataError, check_apart, discover
-from harness.plugins import LABELS, Manager, PluginError, get_manager, suite_path
-from harness.results import show_warnings_briefly
-from harness.store import CellStore, OutputLock, StoreError
-from harness.suite import SuiteError, check_count
+from harness import __version__
+from harness.exitcode import ExitCode
+
+if TYPE_CHECKING:
+    from harness.api import CellSpec
+    from harness.plugins import Manager
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.
 COMMANDS = {
@@ -25,7 +31,9 @@ COMMANDS = {
     "env": ("harness.envcheck", "this machine's fingerprint and which cells can run here"),
     "envs": ("harness.envs.cli", "list, build or remove the environments cells run in"),
     "history": ("harness.history.cli", "benchmark results per commit: record, change points, page, bisect"),
+    "data": ("harness.prepare", "data preparation: harness data prepare flowers ..."),
 }
+log = logging.getLogger("harness")
 
 
 def fraction(text: str) -> float:
@@ -47,6 +55,8 @@ def seconds(text: str) -> float:
 def count(minimum: int) -> Callable[[str], int]:
     """An argparse type: an integer of at least ``minimum`` (0 is an error where it would mean 'none')."""
     def parse(text: str) -> int:
+        from harness.suite import check_count
+
         try:
             value = int(text)
         except ValueError:
@@ -58,16 +68,7 @@ def count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def kinds(text: str) -> list[str]:
-    """A comma-separated list of device kinds (``T4,P40``)."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names or len(set(names)) != len(names):
-        raise argparse.ArgumentTypeError(f"{text!r}: give distinct device kinds separated by commas, e.g. T4,P40")
-    return names
-
-
-def add_run(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("run", help="run every cell of a suite")
+def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", required=True, help="a registered suite name or a path to a suite TOML file")
     p.add_argument("--data", type=Path,
                    help="prepared train/+validation/ folders or raw class folders (required unless no loader reads it)")
@@ -93,24 +94,42 @@ def add_run(sub: argparse._SubParsersAction) -> None:
                    help="kill a cell running longer and record it failed (overrides the suite's timeout_s)")
     p.add_argument("--allow-emulated", action="store_true", default=None,
                    help="also run precisions this device only emulates (bf16 on AVX2 CPUs, ...), labelled 'emulated'")
-    fleet = p.add_argument_group("many machines (docs/many-machines.md)")
-    fleet.add_argument("--executor", choices=("local", "ray"), default="local",
-                       help="where cells run: this machine, one after another (default), or a Ray cluster")
-    fleet.add_argument("--address", metavar="auto|HOST:PORT",
-                       help="with --executor ray: the cluster to join (default: the running one, else a new local one)")
-    fleet.add_argument("--devices", type=kinds, metavar="KIND[,KIND...]",
-                       help="with --executor ray: run the suite once per device kind (Ray accelerator_type or custom "
-                            "node resource, e.g. T4,P40), in parallel across the fleet")
-    fleet.add_argument("--data-copy", action="store_true",
-                       help="with --executor ray: copy --data once to each node (checksummed) instead of reading a "
-                            "path every node shares")
-    fleet.add_argument("--retries", type=count(0), metavar="N",
-                       help="with --executor ray: run a cell whose node is lost again on another node up to N times "
-                            "(default 2)")
+    p.add_argument("--json", action="store_true",
+                   help="print the run's summary as JSON on stdout (cells' output and progress go to stderr)")
+    add_executors(p)
+
+
+def add_executors(p: argparse.ArgumentParser) -> None:
+    """``--executor`` and each registered executor's own options (refused with another executor)."""
+    from harness.plugins import get_manager
+
+    registered = get_manager().executors()
+    p.add_argument("--executor", choices=sorted(registered), default="local",
+                   help="where cells run: " + "; ".join(f"{name}: {reg.impl.help}" for name, reg in
+                                                       sorted(registered.items())))
+    options = {}
+    for name, reg in sorted(registered.items()):
+        group = p.add_argument_group(f"--executor {name}")
+        reg.impl.configure(group)
+        options[name] = list(group._group_actions)
+    p.set_defaults(executor_options=options)
+
+
+def misplaced_options(args: argparse.Namespace) -> None:
+    """Refuse options of an executor other than the chosen one."""
+    from harness.suite import SuiteError
+
+    for name, actions in args.executor_options.items():
+        given = [a.option_strings[0] for a in actions if name != args.executor and getattr(args, a.dest) != a.default]
+        if given:
+            raise SuiteError(f"{', '.join(given)} go with --executor {name}")
 
 
 def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> None:
     """Fail before any cell starts if ``--data`` is missing, empty, or absent while some loader reads it."""
+    from harness.datasets import discover
+    from harness.suite import SuiteError
+
     if data is not None:
         discover(data)
         return
@@ -121,12 +140,24 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from harness import report
-    from harness.runner import Interrupted, OutputExists, run_suite
-    from harness.suite import expand, select, shared_names
+    """``harness run``; with ``--json`` everything but the summary goes to stderr."""
+    if not args.json:
+        return run(args)
+    with redirect_stdout(sys.stderr):
+        code = run(args)
+    print(json.dumps(args.summary, indent=2, default=str))
+    return code
 
-    if args.executor != "ray" and (args.devices or args.address or args.data_copy or args.retries is not None):
-        raise SuiteError("--devices, --address, --data-copy and --retries go with --executor ray")
+
+def run(args: argparse.Namespace) -> int:
+    from harness import report
+    from harness.datasets import check_apart
+    from harness.plugins import get_manager, suite_path
+    from harness.runner import Interrupted, OutputExists, executor_named, run_suite
+    from harness.store import OutputLock
+    from harness.suite import SuiteError, expand, select, shared_names
+
+    misplaced_options(args)
     manager = get_manager()
     suite = expand(suite_path(args.suite), manager, data=args.data and args.data.resolve(), epochs=args.epochs,
                    device=args.device, seed=args.seed, repeat=args.repeat, nproc=args.nproc,
@@ -141,34 +172,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_data(args.data, cells, manager)
     for line in shared_names(cells, manager):  # before any cell starts: who builds a name others know too
         print(f"harness: warning: {line}", file=sys.stderr)
-    executor = None
-    hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
-    if args.executor == "ray":
-        from harness import fleet
-
-        cells, kinds_of = fleet.per_kind(cells, args.devices or [])
-        try:  # before anything is written: without Ray, or without a cluster at --address, exit 2
-            executor = fleet.RayExecutor(manager, address=args.address, kinds=kinds_of,
-                                         retries=2 if args.retries is None else args.retries,
-                                         data_copy=args.data_copy, build=not args.no_build, hint=hint)
-            executor.connect()
-        except fleet.FleetError as exc:
-            print(f"harness: {exc}", file=sys.stderr)
-            return 2
+    args.build = not args.no_build
+    args.hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
+    executor = executor_named(manager, args.executor, args)  # before anything is written: an unusable one exits 2
+    cells = executor.expand(cells)
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
-    check_resume(cells, out, args.resume, args.rerun_changed)
     interrupted = None
     try:
-        outcomes = run_suite(cells, out, manager, resume=args.resume, build=not args.no_build, hint=hint,
-                             executor=executor)
+        outcomes = run_suite(cells, out, manager, resume=args.resume, build=args.build, hint=args.hint,
+                             executor=executor, rerun_changed=args.rerun_changed)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except Interrupted as exc:
         interrupted, outcomes = exc, exc.outcomes
         print(f"\nharness: interrupted by {exc}; finished cells are kept. Continue with --resume --out {out}",
               file=sys.stderr)
     counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "interrupted")}
+    args.summary = {"out": str(out), "cells": len(outcomes), **counts,
+                    "interrupted_by": interrupted and str(interrupted),
+                    "outcomes": [{"id": o.cell.id, "status": o.status, "reason": o.reason} for o in outcomes]}
     print(f"{len(outcomes)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
     if outcomes:  # none when interrupted before the first cell
         try:
@@ -176,109 +199,180 @@ def cmd_run(args: argparse.Namespace) -> int:
         except OSError as exc:  # e.g. a full disk: the cells' results are written, the report can be made later
             print(f"harness: could not write the report into {out}: {exc}; once fixed: harness report {out} "
                   f"--out {out}", file=sys.stderr)
-            return 1
+            return ExitCode.FAILED
         print(report.console_table(table))
         print(f"results and report in {out}")
     if interrupted:
-        return 128 + interrupted.signum  # what a shell reports for a process the signal killed
-    return 1 if counts["failed"] else 0
+        return ExitCode.signalled(interrupted.signum)  # what a shell reports for a process the signal killed
+    return ExitCode.FAILED if counts["failed"] else ExitCode.OK
 
 
-def check_resume(cells: list[CellSpec], out: Path, resume: bool, rerun_changed: bool) -> None:
-    """Before a resumed run: refuse cells whose stored settings differ (or, with ``rerun_changed``, move them
-    aside), and repair the cells that will continue (unreadable epoch lines set aside, a checkpoint that the
-    epoch rows agree with)."""
-    if rerun_changed and not resume:
-        raise StoreError("--rerun-changed goes with --resume")
-    if not resume:
-        return
-    stores = {cell.id: CellStore(out, cell.id) for cell in cells}
-    changed = {cell.id: changes for cell in cells if (changes := stores[cell.id].spec_changes(cell))}
-    if changed and not rerun_changed:
-        listing = "; ".join(f"{cell_id}: {', '.join(changes)}" for cell_id, changes in changed.items())
-        raise StoreError(f"--resume {out}: {len(changed)} cell(s) were run with other settings ({listing}); pass "
-                         "--rerun-changed to move their results aside and run them again, or choose another --out")
-    for cell_id in changed:
-        print(f"harness: {cell_id}: settings changed; earlier results moved to {stores[cell_id].move_aside()}",
-              file=sys.stderr)
-    for cell_id, store in stores.items():
-        previous = store.result()
-        if cell_id not in changed and not (previous and previous["status"] in ("ok", "skipped")):
-            for message in store.prepare_resume():
-                print(f"harness: warning: {message}", file=sys.stderr)
+def configure_listing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
 
 
 def cmd_suites(args: argparse.Namespace) -> int:
-    from harness.suite import expand
+    from harness.plugins import PluginError, get_manager
+    from harness.suite import SuiteError, expand
 
     manager = get_manager()
+    rows: list[dict[str, Any]] = []
     for name, registration in sorted(manager.suites().items()):
         try:
             suite = expand(Path(registration.impl), manager)
-            print(f"{name:24} {len(suite.cells):4} cells  {suite.description}")
+            rows.append({"name": name, "cells": len(suite.cells), "description": suite.description, "error": None})
         except (SuiteError, PluginError) as exc:
-            print(f"{name:24} invalid: {exc}")
-    return 0
+            rows.append({"name": name, "cells": None, "description": None, "error": str(exc)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    for row in [] if args.json else rows:
+        print(f"{row['name']:24} invalid: {row['error']}" if row["error"] else
+              f"{row['name']:24} {row['cells']:4} cells  {row['description']}")
+    return ExitCode.OK
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from harness.plugins import KINDS, LABELS, get_manager
     from harness.suite import registered_models
 
     manager = get_manager()
     environment = manager.environment_by_plugin()
     provided: dict[str, list[str]] = {}
-    for kind in ("loaders", "models", "backends", "suites"):
+    for kind in KINDS:
         for name, reg in manager.registries[kind].items():
             provided.setdefault(reg.plugin, []).append(f"{LABELS[kind]} {name}")
     shadowing = manager.shadowing(registered_models(manager))
-    for info in manager.plugins:
-        version = f" {info.version}" if info.version else ""
-        if info.error:
-            print(f"{info.name:14} {info.distribution}{version}  BROKEN: {info.error}")
+    rows: list[dict[str, Any]] = [
+        {"name": info.name, "distribution": info.distribution, "version": info.version or None, "error": info.error,
+         "hooks": info.hooks, "provides": provided.get(info.name, []), "environment": environment.get(info.name) or {},
+         "warnings": info.warnings, "shadows": shadowing.get(info.name, [])} for info in manager.plugins]
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return ExitCode.OK
+    for row in rows:
+        version = f" {row['version']}" if row["version"] else ""
+        if row["error"]:
+            print(f"{row['name']:14} {row['distribution']}{version}  BROKEN: {row['error']}")
             continue
-        print(f"{info.name:14} {info.distribution}{version}")
-        print(f"{'':14} hooks: {', '.join(info.hooks)}")
-        if provided.get(info.name):
-            print(f"{'':14} provides: {', '.join(provided[info.name])}")
-        if fields := environment.get(info.name):
-            print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in fields.items())}")
-        for warning in info.warnings:
+        print(f"{row['name']:14} {row['distribution']}{version}")
+        print(f"{'':14} hooks: {', '.join(row['hooks'])}")
+        if row["provides"]:
+            print(f"{'':14} provides: {', '.join(row['provides'])}")
+        if row["environment"]:
+            print(f"{'':14} environment: {', '.join(f'{k}={v}' for k, v in row['environment'].items())}")
+        for warning in row["warnings"]:
             print(f"{'':14} warning: {warning}")
-        if names := shadowing.get(info.name):
+        if names := row["shadows"]:
             shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
             print(f"{'':14} warning: its model families know {len(names)} name(s) another family knows too: {shown}; "
                   'a built-in family keeps such a name unless a suite pins another ([models.NAME] family = "F")')
-    return 0
+    return ExitCode.OK
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Benchmark image-classifier training, cell by cell.")
-    sub = p.add_subparsers(dest="command", required=True)
-    add_run(sub)
-    sub.add_parser("suites", help="list suites with their cell counts")
-    sub.add_parser("plugins", help="list plugins, their distributions, versions and hooks")
-    for name, (module, help_text) in COMMANDS.items():
-        importlib.import_module(module).configure(sub.add_parser(name, help=help_text))
-    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+def configure_data(p: argparse.ArgumentParser) -> None:
+    data = p.add_subparsers(dest="data_command", required=True)
     importlib.import_module("harness.prepare").configure(data.add_parser("prepare", help="download, verify, split"))
+
+
+#: The subcommands of this module: configure, handler, help.
+BUILTIN: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "run": (configure_run, cmd_run, "run every cell of a suite"),
+    "suites": (configure_listing, cmd_suites, "list suites with their cell counts"),
+    "plugins": (configure_listing, cmd_plugins, "list plugins, their distributions, versions and hooks"),
+}
+
+
+def versions() -> str:
+    """``harness --version``: the harness, torch, and every plugin distribution, from package metadata (nothing is
+    imported)."""
+    from importlib import metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    plugins = sorted({f"{ep.dist.name} {ep.dist.version}" for ep in metadata.entry_points(group="harness")
+                      if ep.dist is not None and ep.dist.name != "harness"})
+    return "\n".join([f"harness {__version__} (Python {sys.version.split()[0]})", f"torch {version('torch')}",
+                      f"plugins: {', '.join(plugins) or 'built-in only'}"])
+
+
+class Versions(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(versions())
+        parser.exit()
+
+
+def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command line; only the subcommand ``argv`` names is configured (its module imported)."""
+    p = argparse.ArgumentParser(prog="harness", description="Benchmark image-classifier training, cell by cell.",
+                                epilog="exit codes: 0 ok, 1 a cell failed / a regression, 2 bad input, 3 internal "
+                                       "error, 130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP")
+    p.add_argument("--version", action=Versions, nargs=0, help="show the harness's, torch's and plugins' versions")
+    p.add_argument("--traceback", action="store_true", help="show the stack of an internal error")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: debug)")
+    p.add_argument("-q", "--quiet", action="count", default=0, dest="quietness",
+                   help="fewer messages (warnings and errors only)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = next((arg for arg in argv if not arg.startswith("-")), None)
+    for name, (configure, _, help_text) in BUILTIN.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            configure(command)
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            (configure_data if name == "data" else importlib.import_module(module).configure)(command)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+class Formatter(logging.Formatter):
+    """``harness: warning: ...`` for warnings and errors, ``harness: ...`` for the rest."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = f"{record.levelname.lower()}: " if record.levelno >= logging.WARNING else ""
+        return f"harness: {level}{record.getMessage()}"
+
+
+def configure_logging(verbosity: int) -> None:
+    """Messages of the ``harness`` logger on stderr: warnings and up with ``-q``, info by default, debug with
+    ``-vv``."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(Formatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG)
+    log.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parser(argv).parse_args(argv)
+    configure_logging(args.verbose - args.quietness)
+    from harness.api import ExecutorError
+    from harness.datasets import DataError
+    from harness.plugins import PluginError
+    from harness.results import StoreError, show_warnings_briefly
+    from harness.suite import SuiteError
+
     show_warnings_briefly()
-    handlers = {"run": cmd_run, "suites": cmd_suites, "plugins": cmd_plugins}
     try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        module = "harness.prepare" if args.command == "data" else COMMANDS[args.command][0]
-        return importlib.import_module(module).command(args)
-    except (SuiteError, DataError, PluginError, StoreError) as exc:
+        if args.command in BUILTIN:
+            return int(BUILTIN[args.command][1](args))
+        return int(importlib.import_module(COMMANDS[args.command][0]).command(args))
+    except (SuiteError, DataError, PluginError, StoreError, ExecutorError) as exc:
         print(f"harness: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except OSError as exc:  # a full disk, a read-only or vanished folder: one line, not a traceback
         print(f"harness: {exc}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
+    except Exception as exc:
+        if args.traceback:
+            traceback.print_exc()
+        print(f"harness: internal error: {type(exc).__name__}: {exc}" + (
+            "" if args.traceback else " (harness --traceback ... shows where)"), file=sys.stderr)
+        return ExitCode.INTERNAL
 
 
 if __name__ == "__main__":

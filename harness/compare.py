@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from harness import results
+from harness.exitcode import ExitCode, unforeseen_input
 from harness.store import spec_changes
 
 #: Harness per-epoch metrics compared by default, with their good direction.
@@ -41,7 +42,6 @@ MACHINE_KEYS = frozenset({"hostname", results.CPU_MODEL, "cpu_count", "memory_gb
 #: Cell settings that make two cells different experiments; paired cells must agree on them (``--allow-different``).
 SETTINGS = ("suite", "image_size", "recipe", "epochs", "subset", "data", "data_fingerprint")
 VERDICTS = ("regressed", "improved", "unchanged", "new", "missing")
-EXIT_OK, EXIT_REGRESSED, EXIT_USAGE = 0, 1, 2
 Value = TypeVar("Value")
 
 
@@ -596,8 +596,7 @@ def command(args: argparse.Namespace) -> int:
     try:
         return _command(args)
     except Exception as exc:  # any input this module does not foresee is still an input error, not a crash
-        print(f"harness compare: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return unforeseen_input("harness compare", exc, args)
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -614,7 +613,7 @@ def _command(args: argparse.Namespace) -> int:
         rows = compare_sides(baseline, candidate, options)
     except (CompareError, results.StoreError, OSError, UnicodeError) as exc:
         print(f"harness compare: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     _warn_env(baseline, candidate)
     print(table(rows))
     counts = summary(rows)
@@ -626,7 +625,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(to_json(rows, baseline, candidate, options), indent=2) + "\n")
     failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
-    return EXIT_REGRESSED if failed else EXIT_OK
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def _warn_env(baseline: Side, candidate: Side) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 from collections import Counter
 from functools import partial
@@ -12,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from harness import capability, devices, envinfo
-from harness.api import DeviceInfo
+from harness.api import DeviceInfo, usable_cpus
 from harness.datasets import DataError
 from harness.envs.placement import Placer, gigabytes, overview
+from harness.exitcode import ExitCode
 from harness.plugins import Manager, get_manager, suite_path
 
 
@@ -55,7 +55,7 @@ def suite_plan(name: str, manager: Manager, device: DeviceInfo, results: list[Pa
     placer = Placer(cells, manager, build=False, hint=hint)
     statuses = {c.id: placer.place(c).blocker for c in cells}
     reasons = Counter(r for r in statuses.values() if r)
-    slots = device.count if device.type == "cuda" else os.cpu_count() or 1
+    slots = device.count if device.type == "cuda" else usable_cpus()
     return {"suite": name, "cells": len(cells), "run": sum(r is None for r in statuses.values()),
             "skipped": sum(reasons.values()), "reasons": dict(reasons.most_common()),
             "oversized": sum(c.nproc > slots for c in cells), "slots": f"{slots} {device.type.upper()}s",
@@ -95,7 +95,7 @@ def command(args: argparse.Namespace) -> int:
                                      None if args.device == "auto" else args.device)
     print(json.dumps(report, indent=2, default=str) if args.json else render(report))
     blocked = args.suite and report["suite"]["skipped"]
-    return 1 if args.strict and blocked else 0
+    return ExitCode.FAILED if args.strict and blocked else ExitCode.OK
 
 
 def render(report: dict[str, Any]) -> str:

@@ -4,16 +4,17 @@ Each cell becomes one task (one per node for a multi-node cell) that asks for wh
 CPUs, ``nproc`` GPUs when it trains on CUDA, and a sliver of the device kind's resource
 (``accelerator_type:T4``, which Ray detects on GPU nodes, or a custom node resource such as ``T4``). On the
 node the task does what the local executor does, with the same code: it places the cell in its environment
-(:class:`harness.envs.placement.Placer`, so capability is judged on the node) and runs the same cell process
-(:func:`harness.runner.run_cell`) into a node-local folder. It is a streaming generator: it yields the cell's
+(:class:`harness.envs.placement.Placer`, so capability is judged on the node) and starts the same cell process
+(:class:`harness.launch.CellProcess`) into a node-local folder. It is a streaming generator: it yields the cell's
 files as they change, and the driver writes them into ``OUT/cells/<id>/``, the layout of a local run, so
-``harness report``, ``compare`` and ``--resume`` work unchanged. The cell process records the node in its
-fingerprint (``fleet_kind``, ``fleet_node``; :func:`harness.envinfo.fleet`).
+``harness report``, ``compare`` and ``--resume`` work unchanged. The runner (:mod:`harness.runner`) decides and
+records every outcome, retries and time limits; this module only launches and watches. The cell process records
+the node in its fingerprint (``fleet_kind``, ``fleet_node``; :func:`harness.envinfo.fleet`).
 
-A cell whose node is lost is retried on another node of its kind (from its last checkpoint when one came
-home), up to ``retries`` times, then recorded ``failed`` naming the node. A kind no node offers is reported
-(its cells skipped), never waited for. On Ctrl-C / SIGTERM every task in flight is cancelled (its worker is
-killed, and the cell process and its ranks die with it); finished cells keep their results.
+A cell whose node is lost is reported lost; the runner runs it again on another node of its kind (from its last
+checkpoint when one came home), up to ``retries`` times, then records it ``failed`` naming the nodes. A kind no
+node offers is reported (its cells skipped), never waited for. A cancelled cell (Ctrl-C / SIGTERM, a time limit)
+has its tasks cancelled: the worker is killed, and the cell process and its ranks die with it.
 
 A multi-node cell (backend parameter ``nnodes``) reserves its nodes together, a placement group with one
 bundle per node (STRICT_SPREAD), and each node's torchrun joins a c10d rendezvous hosted by node 0; whichever
@@ -30,7 +31,6 @@ import fcntl
 import hashlib
 import io
 import os
-import queue
 import re
 import shutil
 import socket
@@ -46,10 +46,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from harness import envinfo, paths, results
-from harness.api import CellSpec
+from harness import envinfo, launch, paths, results
+from harness.api import CellExit, CellSpec, ExecutorError
+from harness.launch import CellProcess, nodes
 from harness.plugins import Manager
-from harness.runner import POLL_S, Interrupted, Outcome, nodes, recorded_epochs
 from harness.store import CellStore, write_bytes
 
 INSTALL_HINT = "the Ray executor needs Ray: pip install 'harness[ray]' (or pip install 'ray>=2.9')"
@@ -57,9 +57,15 @@ KIND_SLIVER = 0.001  # of a kind's resource per task: the kind selects nodes, CP
 MIRRORED_SKIP = ("cell.json",)  # the driver writes its own (a node may see another data path)
 CHECKPOINT = "checkpoint.pt"
 NODE_FOLDER = "harness-fleet-"  # the node-local folder a task runs its cell into, in the node's temp dir
+POLL_S = 0.5  # how often a node sends its cell's changed files home
+SLOTS = 1 << 20  # cells submitted at once: all of them; Ray queues each task until a node has its resources
 
 
-class FleetError(RuntimeError):
+class Cancelled(Exception):
+    """The runner cancelled the cell (a signal, a time limit) while it was being launched or ran."""
+
+
+class FleetError(ExecutorError):
     """The fleet cannot be used as asked (Ray missing, no cluster at the address); exit code 2."""
 
 
@@ -203,28 +209,21 @@ def changes(root: Path, seen: dict[str, tuple[int, int]]) -> Iterator[tuple[str,
 def sweep(tmp: Path) -> None:
     """Remove node folders whose task's worker is gone: a force-cancelled task (Ctrl-C on the driver, a lost
     driver) is killed before its ``finally`` can."""
-    for folder in tmp.glob(NODE_FOLDER + "*"):
-        try:
-            os.kill(int((folder / ".pid").read_text()), 0)
-        except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):  # not ours to judge (another user's, or being created)
-            continue
+    launch.sweep(tmp, NODE_FOLDER)
 
 
 def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: dict[str, bytes],
-              launch: list[str], expect_result: bool, data: DataCopy | None, build: bool,
-              hint: str) -> Iterator[tuple[str, Any]]:
-    """The Ray task: place and run one cell (or one node's share of it) here, yielding its files as they change.
+              options: list[str], data: DataCopy | None, build: bool, hint: str) -> Iterator[tuple[str, Any]]:
+    """The Ray task: place and run one cell (or one node's share of it, ``options``: its multi-node options)
+    here, yielding its files as they change.
 
     Yields ``("node", identity)`` first, ``("env", fingerprint)``, then ``("files" | "checkpoint",
-    {path: bytes})`` as they change, and last ``("exit", code)``.
+    {path: bytes})`` as they change, and last ``("exit", {"code": int, "tail": [lines]})``.
     """
     import ray
 
     from harness.envs.placement import Placer
     from harness.plugins import get_manager
-    from harness.runner import run_cell
 
     identity = node_identity(ray)
     yield "node", identity
@@ -246,35 +245,23 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
         store = CellStore(root, cell.id)
         for rel, blob in seed.items():
             write_bytes(store.dir / rel, blob)
+        store.write_cell(cell)
         reason = place.blocker
         if not reason and cell.data and not Path(cell.data).exists():
             reason = (f"--data {cell.data} does not exist on node {identity['ip']}: use a shared filesystem "
                       "mounted at the same path on every node, or --data-copy")
         if reason or place.python is None:
-            store.write_cell(cell)
             store.write_result(cell, env, "skipped", reason)
             yield from changes(store.dir, {})
-            yield "exit", 0
+            yield "exit", {"code": 0, "tail": []}
             return
+        process = CellProcess.start(cell, store.dir / "cell.json", root, resume, place.python, options)
         seen: dict[str, tuple[int, int]] = {}
-        outcome: list[int | BaseException | None] = []
-        python = place.python
-
-        def run() -> None:
-            try:
-                outcome.append(run_cell(cell, root, resume, env, python, launch=launch, expect_result=expect_result))
-            except BaseException as exc:  # raised again below, so that Ray reports it as the task's error
-                outcome.append(exc)
-
-        runner = threading.Thread(target=run, daemon=True)
-        runner.start()
-        while runner.is_alive():
-            runner.join(POLL_S)
+        while (ended := process.poll()) is None:
+            time.sleep(POLL_S)
             yield from changes(store.dir, seen)
         yield from changes(store.dir, seen)
-        if outcome and isinstance(outcome[0], BaseException):
-            raise outcome[0]
-        yield "exit", outcome[0] if outcome else None
+        yield "exit", {"code": ended.code, "tail": list(ended.tail)}
     finally:
         for key, value in saved.items():
             if value is None:
@@ -297,50 +284,52 @@ class NodeLost(Exception):
 
 @dataclass
 class Attempt:
-    """One try of a cell: the nodes it ran on and whether rank 0's result arrived."""
+    """One try of a cell: the nodes it ran on, whether rank 0's result arrived, and its tasks (to cancel)."""
 
     nodes: list[str] = field(default_factory=list)
     env: dict[str, Any] | None = None
     ok_from: str | None = None
     codes: list[int | None] = field(default_factory=list)
+    tail: list[str] = field(default_factory=list)
+    stopping: threading.Event = field(default_factory=threading.Event)
+    tasks: set[Any] = field(default_factory=set)
+
+
+@dataclass
+class RayJob:
+    """A submitted cell: its attempt, followed by a driver thread of its own, and how it ended."""
+
+    cell: CellSpec
+    attempt: Attempt
+    thread: threading.Thread | None = None
+    ended: CellExit | None = None
 
 
 @dataclass
 class RayExecutor:
-    """Runs cells as Ray tasks (see the module docstring); ``kinds`` maps cell ids to device kinds."""
+    """Runs cells as Ray tasks (see the module docstring); ``devices`` are the device kinds to run the suite on."""
 
     manager: Manager
     address: str | None = None
-    kinds: Mapping[str, str] = field(default_factory=dict)
+    devices: Sequence[str] = ()
     retries: int = 2
     data_copy: bool = False
     build: bool = True  # a node builds a missing environment; without, the cell is skipped naming ``hint``
     hint: str = "harness envs build --suite SUITE"
+    kinds: dict[str, str] = field(default_factory=dict)  # cell id -> device kind
+    slots: int = SLOTS
 
     def __post_init__(self) -> None:
         self.ray = require_ray()
-        self.stopping = threading.Event()
         self.lock = threading.Lock()
-        self.inflight: set[Any] = set()
         self.data: DataCopy | None = None
         self._driver_env: dict[str, Any] | None = None
         self._remote: Any = None
         self.started_ray = False
 
-    # -- the run
-
-    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
-        self.connect()
-        try:
-            self._run(cells, out, resume, outcomes)
-        finally:
-            if self.started_ray:
-                self.ray.shutdown()
-                self.started_ray = False
-
     def connect(self) -> None:
         """Join the cluster at ``address`` (``auto``: the running one; None: it, or a new local one), unless this
-        process already has; a Ray this call started is shut down when the run ends."""
+        process already has; a Ray this call started is shut down by :meth:`close`."""
         if self.ray.is_initialized():
             return
         try:
@@ -349,52 +338,45 @@ class RayExecutor:
             raise FleetError(f"cannot join the Ray cluster at {self.address or 'auto'}: {exc}") from exc
         self.started_ray = True
 
-    def _run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
-        done: queue.Queue[tuple[CellSpec, BaseException | None]] = queue.Queue()
-        todo = []
-        for cell in cells:
-            previous = CellStore(out, cell.id).result()
-            if resume and previous and previous["status"] in ("ok", "skipped"):
-                outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
-            else:
-                todo.append(cell)
-        if todo and self.data_copy and any(c.data for c in todo):
-            self.data = self.pack(Path(next(c.data for c in todo if c.data)))
-        for cell in todo:
-            threading.Thread(target=self.watch, args=(cell, out, resume, done), daemon=True,
-                             name=f"harness-fleet-{cell.id}").start()
-        left = len(todo)
-        try:
-            while left:
-                with suppress(queue.Empty):
-                    cell, error = done.get(timeout=POLL_S)
-                    left -= 1
-                    self.collect(cell, out, outcomes, error)
-        except Interrupted:
-            self.cancel()
-            deadline = time.monotonic() + 60
-            while left and time.monotonic() < deadline:
-                with suppress(queue.Empty):
-                    cell, error = done.get(timeout=POLL_S)
-                    left -= 1
-                    self.collect(cell, out, outcomes, error)
-            raise
+    # -- the executor protocol (harness.api.Executor)
 
-    def collect(self, cell: CellSpec, out: Path, outcomes: list[Outcome], error: BaseException | None) -> None:
-        result = CellStore(out, cell.id).result()
-        if result:
-            outcomes.append(Outcome(cell, result["status"], result["reason"]))
-        elif error is not None:
-            outcomes.append(Outcome(cell, "failed", f"{type(error).__name__}: {error}"))
+    def expand(self, cells: list[CellSpec]) -> list[CellSpec]:
+        """The suite once per device kind (``--devices``)."""
+        cells, self.kinds = per_kind(cells, self.devices)
+        return cells
 
-    def cancel(self) -> None:
-        """Stop every cell in flight: its task is cancelled, its worker killed, its cell process dies with it."""
-        self.stopping.set()
-        with self.lock:
-            refs = list(self.inflight)
-        for ref in refs:
+    def open(self, cells: list[CellSpec], out: Path) -> None:
+        if self.data_copy and any(c.data for c in cells):
+            self.data = self.pack(Path(next(c.data for c in cells if c.data)))
+
+    def place(self, cell: CellSpec) -> tuple[str | None, dict[str, Any]]:
+        """Whether some node of the cluster can take the cell (the node places it in its environment)."""
+        kind = self.kinds.get(cell.id)
+        return self.request(cell, kind)[0], self.driver_env(kind)
+
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> RayJob:
+        job = RayJob(cell, Attempt())
+        job.thread = threading.Thread(target=self.follow_job, args=(job, CellStore(out, cell.id), resume),
+                                      daemon=True, name=f"harness-fleet-{cell.id}")
+        job.thread.start()
+        return job
+
+    def poll(self, job: RayJob) -> CellExit | None:
+        return None if job.thread is None or job.thread.is_alive() else job.ended
+
+    def cancel(self, job: RayJob, signum: int) -> None:
+        """Stop the cell: its tasks are cancelled, their workers killed, the cell process dies with them."""
+        job.attempt.stopping.set()
+        with self.lock:  # _task() checks ``stopping`` under the lock: no task starts after this looked
+            tasks = list(job.attempt.tasks)
+        for task in tasks:
             with suppress(Exception):
-                self.ray.cancel(ref, force=True)
+                self.ray.cancel(task, force=True)
+
+    def close(self) -> None:
+        if self.started_ray:
+            self.ray.shutdown()
+            self.started_ray = False
 
     def pack(self, root: Path) -> DataCopy:
         tqdm.write(f"harness: packing {root} to copy once to every node")
@@ -403,72 +385,36 @@ class RayExecutor:
 
     # -- one cell, in a driver thread of its own
 
-    def watch(self, cell: CellSpec, out: Path, resume: bool, done: queue.Queue) -> None:
-        error: BaseException | None = None
-        try:
-            self.run_one(cell, out, resume)
-        except BaseException as exc:  # recorded by collect(); the thread must always report back
-            error = exc
-        done.put((cell, error))
-
-    def run_one(self, cell: CellSpec, out: Path, resume: bool) -> None:
-        store = CellStore(out, cell.id)
+    def follow_job(self, job: RayJob, store: CellStore, resume: bool) -> None:
+        """Run one attempt of the cell and say how it ended (``job.ended``, always set)."""
+        cell, attempt = job.cell, job.attempt
         kind = self.kinds.get(cell.id)
-        problem, request = self.request(cell, kind)
-        if problem:
-            store.write_cell(cell)
-            store.write_result(cell, self.driver_env(kind), "skipped", problem)
-            tqdm.write(f"[{cell.id}] skipped: {problem}")
-            return
-        lost: list[str] = []
-        attempt = Attempt()
-        for number in range(1, self.retries + 2):
-            seed, again = self.seed(store, resume or number > 1)
-            attempt = Attempt()
-            try:
-                self.attempt(cell, kind, request, store, attempt, seed, again)
-                if store.result() is None:
-                    codes = ", ".join(map(str, attempt.codes))
-                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed",
-                                       f"no result came home from node(s) {', '.join(attempt.nodes)} (exit {codes})")
-                return
-            except NodeLost as exc:
-                lost.append(exc.node)
-                if self.stopping.is_set():
-                    break
-                left = self.request(cell, kind)[0]
-                if number > self.retries or left:
-                    why = f"; no other node can take it: {left}" if left else ""
-                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed",
-                                       f"{exc} after {recorded_epochs(store)} of {cell.epochs} epochs; tried "
-                                       f"{number} time(s), on node(s) {', '.join(lost)}{why}")
-                    tqdm.write(f"[{cell.id}] failed: {exc}")
-                    return
-                tqdm.write(f"[{cell.id}] {exc}; retrying on another {kind or 'node'} ({number}/{self.retries})")
-            except Interrupted:
-                break
-            except Exception as exc:
-                if not self.stopping.is_set():
-                    where = f" on node {', '.join(attempt.nodes)}" if attempt.nodes else ""
-                    reason = f"{type(exc).__name__}{where}: {str(exc).strip().splitlines()[-1][:500]}"
-                    store.write_result(cell, attempt.env or self.driver_env(kind), "failed", reason)
-                    tqdm.write(f"[{cell.id}] failed: {reason}")
-                    return
-                break  # stopping: no further attempt (it would prepare a resume that is not coming)
-        if self.stopping.is_set() and attempt.nodes:  # it had started: recorded interrupted, as a local run does
-            result = store.result()
-            if result is None or result["status"] == "failed":
-                store.write_result(cell, attempt.env or self.driver_env(kind), "interrupted",
-                                   f"interrupted on node {', '.join(attempt.nodes)} after {recorded_epochs(store)} "
-                                   f"of {cell.epochs} epochs")
+        ended = CellExit(None, nodes=attempt.nodes)
+        try:
+            seed, again = self.seed(store, resume)
+            self.attempt(cell, kind, self.request(cell, kind)[1], store, attempt, seed, again)
+            code = next((c for c in attempt.codes if c), 0)
+            error = None if store.result() else (f"no result came home from node(s) {', '.join(attempt.nodes)} "
+                                                 f"(exit {', '.join(map(str, attempt.codes))})")
+            ended = CellExit(code, attempt.tail, error=error, nodes=attempt.nodes)
+        except NodeLost as exc:
+            ended = CellExit(None, lost=str(exc), nodes=[exc.node], retry_on=f"another {kind or 'node'}")
+        except Cancelled:
+            pass
+        except Exception as exc:
+            if not attempt.stopping.is_set():
+                where = f" on node {', '.join(attempt.nodes)}" if attempt.nodes else ""
+                reason = f"{type(exc).__name__}{where}: {str(exc).strip().splitlines()[-1][:500]}"
+                tqdm.write(f"[{cell.id}] failed: {reason}")
+                ended = CellExit(None, error=reason, nodes=attempt.nodes)
+        finally:
+            job.ended = ended
 
     def seed(self, store: CellStore, again: bool) -> tuple[dict[str, bytes], bool]:
         """The files a resumed or retried cell starts from on its node (its rows and checkpoint), and whether
         it resumes; without a checkpoint it starts over."""
         if not again:
             return {}, False
-        for message in store.prepare_resume():
-            tqdm.write(f"harness: warning: {message}")
         if not (store.checkpoint_path / "trainer.pt").exists():
             store.epochs_path.unlink(missing_ok=True)
             store.result_path.unlink(missing_ok=True)
@@ -503,31 +449,25 @@ class RayExecutor:
     def attempt(self, cell: CellSpec, kind: str | None, request: dict[str, Any], store: CellStore,
                 attempt: Attempt, seed: dict[str, bytes], resume: bool) -> None:
         """Run the cell once: one task, or one per node in a placement group; write what comes home."""
-        options = {"num_returns": "streaming", "max_retries": 0, **request}  # retries are ours: on another node
-        bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
-                   dynamic_ncols=True, disable=None)
-        try:
-            if nodes(cell) == 1:
-                gen = self.submit(options, cell, kind, resume, seed, [], True)
-                self.follow(gen, cell, store, attempt, bar)
-                return
-            self.gang(options, cell, kind, request, store, attempt, bar, seed, resume)
-        finally:
-            bar.close()
+        options = {"num_returns": "streaming", "max_retries": 0, **request}  # retries are the runner's: elsewhere
+        if nodes(cell) == 1:
+            self.follow(self.task(options, cell, kind, resume, seed, [], attempt), store, attempt)
+            return
+        self.gang(options, cell, kind, request, store, attempt, seed, resume)
 
-    def submit(self, options: dict[str, Any], cell: CellSpec, kind: str | None, resume: bool, seed: dict[str, bytes],
-               launch: list[str], expect_result: bool) -> Any:
+    def task(self, options: dict[str, Any], cell: CellSpec, kind: str | None, resume: bool, seed: dict[str, bytes],
+             launch: list[str], attempt: Attempt) -> Any:
         with self.lock:  # cancel() sets stopping, then takes the lock: no task starts after it looked
-            if self.stopping.is_set():
-                raise Interrupted(2)
+            if attempt.stopping.is_set():
+                raise Cancelled
             if self._remote is None:
                 self._remote = self.ray.remote(node_cell)
-            gen = self._remote.options(**options).remote(cell.describe(), kind, resume, seed, launch, expect_result,
-                                                         self.data, self.build, self.hint)
-            self.inflight.add(gen)
+            gen = self._remote.options(**options).remote(cell.describe(), kind, resume, seed, launch, self.data,
+                                                         self.build, self.hint)
+            attempt.tasks.add(gen)
         return gen
 
-    def follow(self, gen: Any, cell: CellSpec, store: CellStore, attempt: Attempt, bar: tqdm) -> None:
+    def follow(self, gen: Any, store: CellStore, attempt: Attempt) -> None:
         """Write each of the task's messages into ``store`` until it ends; system failures raise NodeLost."""
         ray, node = self.ray, "(not yet placed)"
         try:
@@ -536,31 +476,28 @@ class RayExecutor:
                 if message == "node":
                     node = f"{payload['ip']} ({payload['hostname']}, Ray node {payload['node_id'][:12]})"
                     with self.lock:
-                        if not attempt.nodes:
-                            store.write_cell(cell)
-                            store.result_path.unlink(missing_ok=True)
                         attempt.nodes.append(node)
                 elif message == "env":
                     attempt.env = attempt.env or payload
                 elif message == "exit":
-                    attempt.codes.append(payload)
+                    attempt.codes.append(payload["code"])
+                    attempt.tail = payload["tail"] if payload["code"] or not attempt.tail else attempt.tail
                 else:
                     with self.lock:
                         self.write(store, message, payload, attempt, node)
-                    bar.update(recorded_epochs(store) - bar.n)
         except ray.exceptions.TaskCancelledError:
-            raise Interrupted(2) from None
+            raise Cancelled from None
         except ray.exceptions.RayTaskError as exc:
-            if self.stopping.is_set():
-                raise Interrupted(2) from None
+            if attempt.stopping.is_set():
+                raise Cancelled from None
             raise RuntimeError(str(exc.cause) if exc.cause else str(exc)) from None
         except ray.exceptions.RayError as exc:
-            if self.stopping.is_set():
-                raise Interrupted(2) from None
+            if attempt.stopping.is_set():
+                raise Cancelled from None
             raise NodeLost(node, exc) from None
         finally:
             with self.lock:
-                self.inflight.discard(gen)
+                attempt.tasks.discard(gen)
 
     def write(self, store: CellStore, message: str, files: dict[str, bytes], attempt: Attempt, node: str) -> None:
         """Mirror a node's files into the driver's cell folder; a checkpoint rotates in whole (as on the node).
@@ -579,7 +516,7 @@ class RayExecutor:
             write_bytes(store.dir / safe(rel), blob)
 
     def gang(self, options: dict[str, Any], cell: CellSpec, kind: str | None, request: dict[str, Any], store: CellStore,
-             attempt: Attempt, bar: tqdm, seed: dict[str, bytes], resume: bool) -> None:
+             attempt: Attempt, seed: dict[str, bytes], resume: bool) -> None:
         """A multi-node cell: reserve its nodes together, then start one task per node around one rendezvous."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -590,20 +527,20 @@ class RayExecutor:
         group = placement_group([bundle] * count, strategy="STRICT_SPREAD")
         try:
             while not ray.wait([group.ready()], timeout=POLL_S)[0]:
-                if self.stopping.is_set():
-                    raise Interrupted(2)
+                if attempt.stopping.is_set():
+                    raise Cancelled
             on = [PlacementGroupSchedulingStrategy(placement_group=group, placement_group_bundle_index=i)
                   for i in range(count)]
             host, port = ray.get(ray.remote(endpoint).options(num_cpus=0, scheduling_strategy=on[0]).remote())
             rdzv = f"{cell.id[:40]}-{os.urandom(4).hex()}"
-            gens = [self.submit({**options, "scheduling_strategy": on[i]}, cell, kind, resume, seed,
-                                [f"--nnodes={count}", f"--node-rank={i}", f"--rdzv-endpoint={host}:{port}",
-                                 f"--rdzv-id={rdzv}"], False) for i in range(count)]
+            gens = [self.task({**options, "scheduling_strategy": on[i]}, cell, kind, resume, seed,
+                              [f"--nnodes={count}", f"--node-rank={i}", f"--rdzv-endpoint={host}:{port}",
+                               f"--rdzv-id={rdzv}"], attempt) for i in range(count)]
             errors: list[BaseException] = []
 
             def follow(gen: Any) -> None:
                 try:
-                    self.follow(gen, cell, store, attempt, bar)
+                    self.follow(gen, store, attempt)
                 except BaseException as exc:
                     errors.append(exc)
                     for other in gens:  # one node lost: the others' ranks would wait for it until timeout

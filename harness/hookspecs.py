@@ -56,6 +56,16 @@ def register_suites(register: Callable[..., None]) -> None:
 
 
 @hookspec
+def register_executors(register: Callable[..., None]) -> None:
+    """Register executors, where ``harness run`` runs cells: ``register(name, executor)``.
+
+    ``executor`` (an instance) implements :class:`harness.api.ExecutorPlugin`: its ``configure(group)`` adds
+    its options to ``harness run`` and ``create(args, manager)`` returns the :class:`harness.api.Executor`
+    that launches and watches cells (``submit / poll / cancel``) for ``harness run --executor NAME``.
+    """
+
+
+@hookspec
 def harness_environment() -> dict[str, Any] | None:
     """Return extra fields for the environment fingerprint (e.g. a library version)."""
 

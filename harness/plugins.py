@@ -30,14 +30,17 @@ from typing import Any, cast
 import pluggy
 
 from harness import contract, hookspecs
-from harness.api import API_VERSION, BackendPlugin, CellSpec, LoaderPlugin, ModelPlugin
+from harness.api import API_VERSION, BackendPlugin, CellSpec, ExecutorPlugin, LoaderPlugin, ModelPlugin
 from harness.paths import ALLOW_LIST_ENV, MODULES_ENV, setting
 
 ENTRY_POINT_GROUP = "harness"
-KINDS = ("loaders", "models", "backends", "suites")
-LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite"}
-PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin}
+KINDS = ("loaders", "models", "backends", "suites", "executors")
+LABELS = {"loaders": "loader", "models": "model family", "backends": "backend", "suites": "suite",
+          "executors": "executor"}
+PROTOCOLS: dict[str, type] = {"loaders": LoaderPlugin, "models": ModelPlugin, "backends": BackendPlugin,
+                              "executors": ExecutorPlugin}
 BUILTIN = "harness"  # the distribution of the built-in plugins
+ALWAYS = ("local-executor",)  # built-in entry points loaded whatever HARNESS_PLUGINS says: harness run needs them
 IN_PROCESS = "(registered in-process)"
 #: Why a plugin of each precedence tier keeps a contested name.
 TIERS = ("built-in", "installed first", "loaded first", "registered first")
@@ -94,6 +97,9 @@ class Manager:
 
     def suites(self) -> dict[str, Registration]:
         return self.registries["suites"]
+
+    def executors(self) -> dict[str, Registration]:
+        return self.registries["executors"]
 
     def model_family(self, model: str, family: str | None = None) -> Registration | None:
         """The family that builds ``model``: ``family`` when the suite pins one (``[models.NAME] family``; it must
@@ -290,7 +296,7 @@ def _entry_points() -> Iterator[metadata.EntryPoint]:
     allowed = setting(ALLOW_LIST_ENV)
     names = {n.strip() for n in allowed.split(",")} if allowed else None
     for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        if names is None or ep.name in names:
+        if names is None or ep.name in names or (ep.name in ALWAYS and ep.dist is not None and ep.dist.name == BUILTIN):
             yield ep
 
 

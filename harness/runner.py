@@ -1,39 +1,36 @@
-"""Runs a suite's cells, each in its own process group under its environment's interpreter, and records ok /
-skipped / failed / interrupted."""
+"""Runs a suite's cells and owns each cell's life: which cells run (``--resume`` keeps finished ones), where
+(placed in their environment), and what came of each (ok / skipped / failed / interrupted, recorded here and
+nowhere else), with retries, time limits, progress and signals. An executor (:class:`harness.api.Executor`, a
+plugin: this machine one cell at a time, a local pool, a Ray cluster) only launches and watches."""
 
 from __future__ import annotations
 
+import argparse
+import logging
 import math
-import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 from tqdm import tqdm
 
-from harness import warm
-from harness.api import CellSpec
-from harness.envs.layers import activated
+from harness.api import CellExit, CellSpec, Executor
 from harness.envs.placement import Placer
-from harness.paths import PARENT_ENV
-from harness.plugins import Manager
-from harness.store import CellStore, write_json
+from harness.launch import nodes
+from harness.plugins import Manager, PluginError
+from harness.store import CellStore, StoreError, write_json
 
-#: Handled like Ctrl-C: forwarded to the running cell, which is recorded ``interrupted``.
+#: Handled like Ctrl-C: forwarded to the running cells, which are recorded ``interrupted``.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-GRACE_S = 10.0  # a signalled cell's process group gets this long to exit before SIGKILL
-POLL_S = 0.5  # how often the runner reads the cell's progress and checks its time limit
+POLL_S = 0.5  # how often the runner reads the cells' progress and checks their time limits
+STOP_WAIT_S = 60.0  # how long stopped cells get to end (an executor SIGKILLs local ones after its grace)
+DEFAULT_HINT = "harness envs build --suite SUITE"
+log = logging.getLogger(__name__)
 
 
 class OutputExists(RuntimeError):
@@ -56,40 +53,6 @@ class Outcome:
     reason: str | None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def command(cell_json: Path, out: Path, nproc: int, resume: bool, python: str = sys.executable,
-            launch: Sequence[str] = ()) -> list[str]:
-    """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process;
-    ``launch`` adds :mod:`harness.cell`'s multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``)."""
-    return [python, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch,
-            *(["--resume"] if resume else [])]
-
-
-def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
-    """The cell's process environment: ``python``'s environment activated when it is not the runner's, and for
-    single-process cells the rendezvous variables torchrun would set, so backends need no special case."""
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_ENV: str(os.getpid())})
-    if python != sys.executable:
-        env = activated(Path(python).parent.parent, env)
-    # Loader threads and workers share the CPU with torch's OpenMP threads; spinning OpenMP threads
-    # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    if nproc == 1:
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    return env
-
-
-def nodes(cell: CellSpec) -> int:
-    """How many nodes the cell spans: its backend table's ``nnodes`` (``nproc`` ranks on each), 1 by default."""
-    return int(cell.backend_params.get("nnodes", 1))
-
-
 def recorded_epochs(store: CellStore) -> int:
     """The cell's progress as data: complete records in its ``epochs.jsonl`` (a torn last line is not one)."""
     try:
@@ -98,144 +61,92 @@ def recorded_epochs(store: CellStore) -> int:
         return 0
 
 
-def relay(stream: Iterable[str], tail: deque[str]) -> None:
-    """Echo the cell's output above the progress bar, keeping its last lines for a failure reason."""
-    for line in stream:
-        tail.append(line.rstrip())
-        tqdm.write(line.rstrip())
-
-
-def stop(proc: subprocess.Popen | warm.WarmProcess, signum: int) -> None:
-    """Send ``signum`` to the cell's process group; SIGKILL what is left of the group after ``GRACE_S``."""
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signum)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=GRACE_S)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def watch(proc: subprocess.Popen | warm.WarmProcess, store: CellStore, cell: CellSpec,
-          bar: tqdm) -> tuple[str, str] | None:
-    """Wait for the cell's process, moving ``bar`` with its epoch records; stop it past ``cell.timeout_s``.
-
-    Returns the status and reason to record when the runner stopped the cell, else None.
-    """
-    deadline = time.monotonic() + (cell.timeout_s or math.inf)
-    while proc.poll() is None:
-        bar.update(recorded_epochs(store) - bar.n)
-        if time.monotonic() > deadline:
-            stop(proc, signal.SIGTERM)
-            done = recorded_epochs(store)
-            return "failed", f"timeout after {cell.timeout_s:g} s ({done} of {cell.epochs} epochs done)"
-        time.sleep(POLL_S)
-    return None
-
-
-def record(store: CellStore, cell: CellSpec, env: dict, code: int | None, tail: deque[str],
-           stopped: tuple[str, str] | None, expect_result: bool = True) -> None:
-    """Record what the cell's process could not: why the runner stopped it, or how it died. Without
-    ``expect_result`` (one node of a multi-node cell, which may not hold global rank 0) a clean exit that wrote
-    no result is not a failure."""
+def record(store: CellStore, cell: CellSpec, env: dict[str, Any], ended: CellExit,
+           stopped: tuple[str, str] | None) -> None:
+    """Decide the cell's outcome from what it recorded: a result it wrote stands (an ``ok`` one whatever its exit
+    code: the exit problem becomes a warning), unless the runner stopped a cell that had not finished; a cell that
+    left no result failed, with its executor's reason or its exit code and last lines."""
     result = store.result()
     if stopped and (result is None or result["status"] == "failed"):  # a cell that finished first keeps its result
         store.write_result(cell, env, *stopped)
-    elif result is None and code == 0 and not expect_result:
-        return
-    elif result is None or (result["status"] == "ok" and code != 0):
-        store.write_result(cell, env, "failed", f"cell process exited with code {code}: " + " | ".join(list(tail)[-5:]))
+    elif result is None:
+        store.write_result(cell, env, "failed", ended.error or f"cell process exited with code {ended.code}: "
+                           + " | ".join(list(ended.tail)[-5:]))
+    elif result["status"] == "ok" and ended.code not in (0, None):
+        warn_exit(store, result, ended)
 
 
-def run_cell(cell: CellSpec, out: Path, resume: bool, env: dict, python: str = sys.executable,
-             launch: Sequence[str] = (), expect_result: bool = True,
-             launcher: warm.Launcher | None = None) -> int | None:
-    """Run the cell in its own process group, relay its output, and record what its process could not; return
-    the process's exit code. ``launch`` and ``expect_result``: one node's share of a multi-node cell
-    (:mod:`harness.fleet`). ``launcher`` starts the process (default: cold, ``python -m harness.cell``).
+def warn_exit(store: CellStore, result: dict[str, Any], ended: CellExit) -> None:
+    """Keep a finished cell's ``ok``; what went wrong at its process's exit becomes the coded warning
+    ``exit-after-result`` (e.g. DataLoader workers killed at exit making the process exit 1)."""
+    said = " | ".join(list(ended.tail)[-2:])
+    warning = {"code": "exit-after-result",
+               "message": f"the cell process exited with code {ended.code} after recording its result" + (
+                   f": {said}" if said else "")}
+    summary = result.setdefault("summary", {})
+    summary["warnings"] = [*summary.get("warnings", []), warning]
+    write_json(store.result_path, result)
 
-    On :class:`Interrupted` the group gets the runner's signal, the cell is recorded interrupted and the
-    exception goes on.
-    """
-    store = CellStore(out, cell.id)
-    store.write_cell(cell)
-    store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
-    tail: deque[str] = deque(maxlen=20)
-    bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
-               dynamic_ncols=True, disable=None)
-    # A session of its own: the runner's signals reach the whole group (cell or torchrun, loader workers), the
-    # terminal's Ctrl-C only the runner, which forwards it.
-    # A temporary folder of its own, removed afterwards: libraries' leftovers (DALI's autograph writes
-    # /tmp/__autograph_generated_file*.py, ~50 per cell) go with it.
-    # Short: DataLoader workers put Unix sockets under it (pymp-*/listener-*), whose paths may not exceed 107
-    # bytes; a long name under a deep TMPDIR made workers fail and the cell hang.
-    scratch = tempfile.mkdtemp(prefix="harness-cell-")
-    argv = command(store.dir / "cell.json", out, cell.nproc, resume, python, launch)[3:]
-    proc = (launcher or warm.Launcher(warm=False)).start(
-        python, argv, {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch})
-    reader = threading.Thread(target=relay, args=(proc.stdout, tail), daemon=True)
-    reader.start()
-    stopped = None
-    try:
-        stopped = watch(proc, store, cell, bar)
-    except Interrupted as exc:
-        stop(proc, exc.signum)
-        stopped = "interrupted", f"interrupted by {exc} after {recorded_epochs(store)} of {cell.epochs} epochs"
-        raise
-    finally:
-        bar.close()
-        reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
-        shutil.rmtree(scratch, ignore_errors=True)
-        record(store, cell, env, proc.returncode, tail, stopped, expect_result)
-    return proc.returncode
+
+def prepare_resume(cells: Sequence[CellSpec], out: Path, rerun_changed: bool) -> None:
+    """Before a resumed run: refuse cells whose stored settings differ (or, with ``rerun_changed``, move them
+    aside), and repair the cells that will continue (unreadable epoch lines set aside, a checkpoint that the
+    epoch rows agree with)."""
+    stores = {cell.id: CellStore(out, cell.id) for cell in cells}
+    changed = {cell.id: changes for cell in cells if (changes := stores[cell.id].spec_changes(cell))}
+    if changed and not rerun_changed:
+        listing = "; ".join(f"{cell_id}: {', '.join(changes)}" for cell_id, changes in changed.items())
+        raise StoreError(f"--resume {out}: {len(changed)} cell(s) were run with other settings ({listing}); pass "
+                         "--rerun-changed to move their results aside and run them again, or choose another --out")
+    for cell_id in changed:
+        log.info("%s: settings changed; earlier results moved to %s", cell_id, stores[cell_id].move_aside())
+    for cell_id, store in stores.items():
+        if cell_id not in changed and not finished(store):
+            for message in store.prepare_resume():
+                log.warning(message)
+
+
+def finished(store: CellStore) -> dict[str, Any] | None:
+    """The cell's result when a resumed run keeps it (``ok`` or ``skipped``), else None."""
+    result = store.result()
+    return result if result and result["status"] in ("ok", "skipped") else None
 
 
 def interrupt(signum: int, frame: object) -> None:
-    """Signal handler: stop the run; a second signal must not cut the running cell's shutdown short."""
+    """Signal handler: stop the run; a second signal must not cut the running cells' shutdown short."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     raise Interrupted(signum)
 
 
-class Executor(Protocol):
-    """Where cells run: :class:`LocalExecutor` (this machine, one cell at a time) or
-    :class:`harness.fleet.RayExecutor` (a Ray cluster). Both write the same result layout into ``out``."""
-
-    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
-        """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted ones' too)."""
-
-
-@dataclass
-class LocalExecutor:
-    """Each cell in a process of its own on this machine, one after another, under its environment's
-    interpreter (built as reached with ``build``; without, skipped naming ``hint``)."""
-
-    manager: Manager
-    build: bool = True
-    hint: str = "harness envs build --suite SUITE"
-
-    def run(self, cells: list[CellSpec], out: Path, resume: bool, outcomes: list[Outcome]) -> None:
-        placer = Placer(cells, self.manager, self.build, self.hint, log=tqdm.write)
-        launcher = warm.Launcher(tag=str(out))
-        try:
-            run_cells(cells, out, placer, resume, outcomes, launcher)
-        finally:
-            launcher.close()
+def executor_named(manager: Manager, name: str, args: argparse.Namespace) -> Executor:
+    """The executor plugin ``name``'s executor for a run with ``args``."""
+    registered = manager.executors()
+    if name not in registered:
+        raise PluginError(f"unknown executor {name!r}; registered: {', '.join(sorted(registered)) or 'none'}")
+    executor: Executor = registered[name].impl.create(args, manager)
+    return executor
 
 
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False, build: bool = True,
-              hint: str = "harness envs build --suite SUITE", executor: Executor | None = None) -> list[Outcome]:
-    """Run every cell with ``executor`` (default: :class:`LocalExecutor` with ``build`` and ``hint``); finished
-    cells of an earlier run are kept when resuming. Environments the cells need are built as they are reached
-    (with ``build``; without, their cells are skipped naming ``hint``, the command that builds them).
+              hint: str = DEFAULT_HINT, executor: Executor | None = None, rerun_changed: bool = False) -> list[Outcome]:
+    """Run every cell with ``executor`` (default: the ``local`` one, one cell after another); finished cells of an
+    earlier run are kept when resuming (``rerun_changed``: cells whose settings changed are moved aside and run
+    again). Environments the cells need are built as they are reached (with ``build``; without, their cells are
+    skipped naming ``hint``, the command that builds them).
 
     SIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) raise :class:`Interrupted` once the running
-    cell is stopped and recorded.
+    cells are stopped and recorded.
     """
     out = Path(out)
     cells_dir = out / "cells"
     if not resume and cells_dir.exists() and any(cells_dir.iterdir()):
         raise OutputExists(f"{out} already holds results: pass --resume to continue it, or choose a new --out")
+    if rerun_changed and not resume:
+        raise StoreError("--rerun-changed goes with --resume")
+    if resume:
+        prepare_resume(cells, out, rerun_changed)
+    executor = executor or executor_named(manager, "local", argparse.Namespace(build=build, hint=hint))
     write_json(out / "run.json", {"cells": [c.id for c in cells]})
     outcomes: list[Outcome] = []
     previous_handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
@@ -243,7 +154,7 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
         if handler != signal.SIG_IGN:
             signal.signal(sig, interrupt)
     try:
-        (executor or LocalExecutor(manager, build, hint)).run(cells, out, resume, outcomes)
+        Runner(cells, out, manager, executor, resume, build, hint, outcomes).run()
     except Interrupted as exc:
         exc.outcomes = outcomes
         raise
@@ -253,35 +164,171 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
     return outcomes
 
 
-def run_cells(cells: list[CellSpec], out: Path, placer: Placer, resume: bool,
-              outcomes: list[Outcome], launcher: warm.Launcher | None = None) -> None:
-    """Run or skip each cell, appending its outcome to ``outcomes`` (the interrupted one's too)."""
-    for cell in cells:
-        store = CellStore(out, cell.id)
-        previous = store.result()
-        if resume and previous and previous["status"] in ("ok", "skipped"):
-            outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
-            continue
-        place = placer.place(cell)
-        env, reason = place.env, place.blocker
-        if not reason and nodes(cell) > 1:
-            reason = f"spans {nodes(cell)} nodes (backend parameter nnodes): run it with harness run --executor ray"
-        failure = None
+@dataclass
+class Running:
+    """A cell the executor is running: its job, where its outcome goes, and how it is going."""
+
+    cell: CellSpec
+    job: Any
+    store: CellStore
+    env: dict[str, Any]
+    python: str | None
+    bar: tqdm
+    deadline: float
+    attempt: int = 1
+    lost_on: list[str] = field(default_factory=list)
+    stopped: tuple[str, str] | None = None  # the status and reason to record when the runner stopped it
+    signal: int | None = None  # the runner's signal that stopped it
+
+
+@dataclass
+class Runner:
+    """One run's loop: up to ``executor.slots`` cells at a time; each cell is placed, submitted, watched, and
+    its outcome recorded when it ends (a strategy could stop a cell in :meth:`watch` as a time limit does)."""
+
+    cells: list[CellSpec]
+    out: Path
+    manager: Manager
+    executor: Executor
+    resume: bool
+    build: bool
+    hint: str
+    outcomes: list[Outcome]
+    running: list[Running] = field(default_factory=list)
+    placer: Placer | None = None
+
+    def run(self) -> None:
+        pending = deque(self.cells)
+        self.executor.open([c for c in self.cells if not (self.resume and finished(CellStore(self.out, c.id)))],
+                           self.out)
         try:
-            if reason or place.python is None:
+            while pending or self.running:
+                while pending and len(self.running) < max(1, self.executor.slots):
+                    self.start(pending.popleft())
+                for running in list(self.running):
+                    self.watch(running)
+                if self.running:
+                    time.sleep(POLL_S)
+        except Interrupted as exc:
+            self.stop_all(exc.signum)
+            raise
+        finally:
+            self.executor.close()
+
+    def start(self, cell: CellSpec) -> None:
+        """Keep the cell's earlier result (resuming), record it skipped, or submit it."""
+        store = CellStore(self.out, cell.id)
+        if self.resume and (previous := finished(store)):
+            self.outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
+            return
+        env: dict[str, Any] = {}
+        try:
+            reason, env, python = self.place(cell)
+            if reason:
                 store.write_cell(cell)
                 store.write_result(cell, env, "skipped", reason)
                 tqdm.write(f"[{cell.id}] skipped: {reason}")
-            else:
-                run_cell(cell, out, resume, env, place.python, launcher=launcher)
+                self.outcomes.append(Outcome(cell, "skipped", reason))
+                return
+            store.write_cell(cell)
+            store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
+            self.submit(cell, store, env, python, self.resume)
         except OSError as exc:  # e.g. the disk filled up: this cell fails, the suite goes on
-            failure = f"{type(exc).__name__} while recording the cell: {exc}"
-            tqdm.write(f"[{cell.id}] failed: {failure}")
+            self.failed_recording(cell, store, env, exc)
+
+    def place(self, cell: CellSpec) -> tuple[str | None, dict[str, Any], str | None]:
+        """Why the cell cannot run (None: it can), the fingerprint its result carries, and its interpreter."""
+        verdict = self.executor.place(cell)
+        if verdict is not None:
+            return verdict[0], verdict[1], None
+        if self.placer is None:
+            self.placer = Placer(self.cells, self.manager, self.build, self.hint, log=tqdm.write)
+        place = self.placer.place(cell)
+        reason = place.blocker
+        if not reason and nodes(cell) > 1:
+            reason = f"spans {nodes(cell)} nodes (backend parameter nnodes): run it with harness run --executor ray"
+        return reason or (None if place.python else "no environment to run it in"), place.env, place.python
+
+    def submit(self, cell: CellSpec, store: CellStore, env: dict[str, Any], python: str | None, resume: bool,
+               attempt: int = 1, lost_on: Sequence[str] = ()) -> None:
+        bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
+                   dynamic_ncols=True, disable=None)
+        deadline = time.monotonic() + (cell.timeout_s or math.inf)
+        job = self.executor.submit(cell, self.out, resume, python)
+        self.running.append(Running(cell, job, store, env, python, bar, deadline, attempt, list(lost_on)))
+
+    def watch(self, running: Running) -> None:
+        """Move the cell's bar, stop it past its time limit, and record it once it has ended."""
+        cell, store = running.cell, running.store
+        running.bar.update(recorded_epochs(store) - running.bar.n)
+        if running.stopped is None and time.monotonic() > running.deadline:
+            self.executor.cancel(running.job, signal.SIGTERM)
+            running.stopped = ("failed", f"timeout after {cell.timeout_s:g} s ({recorded_epochs(store)} of "
+                                         f"{cell.epochs} epochs done)")
+        ended = self.executor.poll(running.job)
+        if ended is None:
+            return
+        running.bar.close()
+        try:  # until recorded, the cell stays in ``running``: a signal meanwhile has stop_all() record it
+            if ended.lost and running.stopped is None and running.signal is None and self.retry(running, ended):
+                self.running.remove(running)
+                return
+            if running.signal is not None:
+                done = f"after {recorded_epochs(store)} of {cell.epochs} epochs"
+                running.stopped = ("interrupted", f"interrupted on node {', '.join(ended.nodes)} {done}" if ended.nodes
+                                   else f"interrupted by {signal.Signals(running.signal).name} {done}")
+            record(store, cell, running.env, ended, running.stopped)
+        except OSError as exc:
+            self.running.remove(running)
+            self.failed_recording(cell, store, running.env, exc)
+            return
+        self.running.remove(running)
+        result = store.result()
+        if result:
+            self.outcomes.append(Outcome(cell, result["status"], result["reason"]))
+
+    def retry(self, running: Running, ended: CellExit) -> bool:
+        """After a lost machine: run the cell again (from its checkpoint) while retries are left and a machine
+        can take it; else record it failed naming the machines. Whether it was run again."""
+        cell, store = running.cell, running.store
+        lost_on = [*running.lost_on, *ended.nodes]
+        verdict = self.executor.place(cell)
+        left = verdict[0] if verdict else None
+        if running.attempt > self.executor.retries or left:
+            why = f"; no other node can take it: {left}" if left else ""
+            store.write_result(cell, running.env, "failed",
+                               f"{ended.lost} after {recorded_epochs(store)} of {cell.epochs} epochs; tried "
+                               f"{running.attempt} time(s), on node(s) {', '.join(lost_on)}{why}")
+            tqdm.write(f"[{cell.id}] failed: {ended.lost}")
+            return False
+        tries = f"{running.attempt}/{self.executor.retries}"
+        tqdm.write(f"[{cell.id}] {ended.lost}; retrying on {ended.retry_on} ({tries})")
+        for message in store.prepare_resume():
+            log.warning(message)
+        store.result_path.unlink(missing_ok=True)
+        self.submit(cell, store, running.env, running.python, True, running.attempt + 1, lost_on)
+        return True
+
+    def stop_all(self, signum: int) -> None:
+        """Forward the runner's signal to every running cell and record each as it ends."""
+        for running in self.running:
+            running.signal = signum
+            with suppress(Exception):  # one executor's trouble must not leave the other cells running
+                self.executor.cancel(running.job, signum)
+        deadline = time.monotonic() + STOP_WAIT_S
+        while self.running and time.monotonic() < deadline:
+            for running in list(self.running):
+                self.watch(running)
+            time.sleep(0.1)
+        for running in self.running:  # not even stopped: say so rather than leave it unrecorded
+            reason = f"interrupted by {signal.Signals(signum).name}; its executor did not confirm the stop"
             with suppress(OSError):
-                store.write_result(cell, env, "failed", failure)
-        finally:
-            result = store.result()
-            if failure and not (result and result["status"] == "failed"):
-                outcomes.append(Outcome(cell, "failed", failure))  # not even the failure could be written
-            elif result:
-                outcomes.append(Outcome(cell, result["status"], result["reason"]))
+                record(running.store, running.cell, running.env, CellExit(None), ("interrupted", reason))
+            self.outcomes.append(Outcome(running.cell, "interrupted", reason))
+
+    def failed_recording(self, cell: CellSpec, store: CellStore, env: dict[str, Any], exc: OSError) -> None:
+        failure = f"{type(exc).__name__} while recording the cell: {exc}"
+        tqdm.write(f"[{cell.id}] failed: {failure}")
+        with suppress(OSError):
+            store.write_result(cell, env, "failed", failure)
+        self.outcomes.append(Outcome(cell, "failed", failure))

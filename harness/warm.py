@@ -32,7 +32,7 @@ import subprocess
 import sys
 import threading
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import IO, Any
@@ -51,7 +51,7 @@ IMPORT_TIME = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "PYTHONHASHSEED", "
 #: Environment variables that may differ between the zygote and the cells it forks (set per cell by the runner;
 #: read by libraries only after the cell starts, never at import).
 PER_CELL = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TMPDIR",
-                      PARENT_ENV, "CUDA_VISIBLE_DEVICES"})
+                      PARENT_ENV, "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"})  # the thread count: fresh_process_state
 READY = b"ready\n"
 ZYGOTE_PATH: list[str] = []  # the zygote's sys.path without what its working folder and PYTHONPATH put first
 REAP_S = 0.1  # how often the zygote looks for finished cells while no request comes
@@ -95,14 +95,14 @@ class Zygote:
         return not shadowed and imported(env) == imported(self.env)
 
     def spawn(self, argv: Sequence[str], env: Mapping[str, str], module: str = "harness.cell",
-              separate_stderr: bool = False) -> WarmProcess:
-        """Fork a process that runs ``MODULE.main(argv)`` (:data:`MODULES`), output on its ``stdout`` (and
-        ``stderr`` with ``separate_stderr``), as text decoded with replacement."""
+              separate_stderr: bool = False, text: bool = True, cpus: Collection[int] = ()) -> WarmProcess:
+        """Fork a process that runs ``MODULE.main(argv)`` (:data:`MODULES`), pinned to ``cpus`` if given, output
+        on its ``stdout`` (and ``stderr`` with ``separate_stderr``): bytes, or text decoded with replacement."""
         pipes = [os.pipe() for _ in range(2 if separate_stderr else 1)]
         try:
             with self.lock:
                 request = json.dumps({"module": module, "argv": list(argv), "env": dict(env), "cwd": os.getcwd(),
-                                      "fds": len(pipes)})
+                                      "fds": len(pipes), "cpus": sorted(cpus)})
                 socket.send_fds(self.sock, [request.encode() + b"\n"], [write for _, write in pipes])
                 process = self.started.get()
         finally:
@@ -112,7 +112,8 @@ class Zygote:
             for read, _ in pipes:
                 os.close(read)
             raise OSError("the warm interpreter exited")
-        process.stdout, *rest = (os.fdopen(read, "r", encoding="utf-8", errors="replace") for read, _ in pipes)
+        process.stdout, *rest = (os.fdopen(read, "r", encoding="utf-8", errors="replace") if text else
+                                 os.fdopen(read, "rb") for read, _ in pipes)
         process.stderr = rest[0] if rest else None
         return process
 
@@ -145,8 +146,8 @@ class WarmProcess:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.returncode: int | None = None
-        self.stdout: IO[str] | None = None
-        self.stderr: IO[str] | None = None
+        self.stdout: IO[Any] | None = None
+        self.stderr: IO[Any] | None = None
         self.done = threading.Event()
 
     def finish(self, code: int) -> None:
@@ -187,16 +188,18 @@ class Launcher:
         self.lock = threading.Lock()
 
     def start(self, python: str, argv: Sequence[str], env: Mapping[str, str], module: str = "harness.cell",
-              separate_stderr: bool = False) -> subprocess.Popen | WarmProcess:
-        """``python -m MODULE ARGV`` in a session of its own; its output (stdout and stderr together, or apart with
-        ``separate_stderr``) on ``.stdout`` (and ``.stderr``), as text."""
+              separate_stderr: bool = False, text: bool = True, cpus: Collection[int] = ()) -> Any:
+        """``python -m MODULE ARGV`` in a session of its own, pinned to ``cpus`` if given; its output (stdout and
+        stderr together, or apart with ``separate_stderr``) on ``.stdout`` (and ``.stderr``): text decoded with
+        replacement, or bytes. A :class:`subprocess.Popen` or a :class:`WarmProcess`."""
         zygote = self.zygote(python, env, module) if self.warm else None
         if zygote is not None:
             with suppress(OSError):
-                return zygote.spawn(argv, env, module, separate_stderr)
+                return zygote.spawn(argv, env, module, separate_stderr, text, cpus)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         return subprocess.Popen([python, "-m", module, *argv], env=dict(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE if separate_stderr else subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1, start_new_session=True)
+                                stderr=subprocess.PIPE if separate_stderr else subprocess.STDOUT, text=text,
+                                errors="replace" if text else None, start_new_session=True, preexec_fn=pin)
 
     def zygote(self, python: str, env: Mapping[str, str], module: str) -> Zygote | None:
         with self.lock:
@@ -270,6 +273,8 @@ def run_main(request: dict[str, Any], outputs: list[int]) -> None:
     code = 1
     try:
         os.setsid()
+        if request.get("cpus"):
+            os.sched_setaffinity(0, request["cpus"])
         os.dup2(outputs[0], 1)
         os.dup2(outputs[-1], 2)
         for fd in outputs:

@@ -3,7 +3,7 @@
 Registered names: ``colossalai-ddp``, ``colossalai-zero1``, ``colossalai-zero2``, ``colossalai-gemini``.
 Colossal-AI is imported only when a backend is created, so the harness works without it. Colossal-AI 0.5.0
 pins torch<=2.5.1, so the backends declare the environment their cells run in (:data:`ENVIRONMENT`, built by
-the harness from ``constraints/colossalai.txt``, shipped with this package; docs/environments.md).
+the harness from ``plugins/constraints/colossalai.txt``, shipped with this package; docs/environments.md).
 
 What Colossal-AI 0.5.0 cannot do is decided in :meth:`ColossalAI.can_run`, before a cell starts, with
 the reason measured here (see the README's capability matrix):
@@ -39,8 +39,8 @@ CONSTRAINTS = Path(__file__).parent / "constraints" / "colossalai.txt"
 #: The environment the backends' cells run in, unless the harness's own already has this Colossal-AI.
 ENVIRONMENT = {"name": "colossalai", "requires": [f"colossalai=={MEASURED_VERSION}"], "constraints": str(CONSTRAINTS)}
 INSTALL_HINT = ("its cells run in the environment 'colossalai', which harness run builds (docs/environments.md); "
-                "by hand: pip install -e '.[colossalai]' -c constraints/colossalai.txt in a separate environment "
-                "(it pins torch 2.5.1)")
+                "by hand: pip install -e '.[colossalai]' -c plugins/constraints/colossalai.txt in a separate "
+                "environment (it pins torch 2.5.1)")
 AUTOCAST_BF16 = "bf16-autocast"
 
 #: backend params each variant accepts, with what they set

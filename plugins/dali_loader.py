@@ -48,7 +48,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.api import DataSpec, DataSplits, DeviceInfo
+from harness.api import DataSpec, DataSplits, DeviceInfo, usable_cpus
 from harness.datasets import DataError, Dataset, Sample, discover, select, subset
 from harness.hookspecs import hookimpl
 
@@ -73,7 +73,7 @@ class DaliParams:
 
     reader: str = "file"
     decode: str = "cpu"
-    num_threads: int = 0  # 0: os.cpu_count() // LOCAL_WORLD_SIZE
+    num_threads: int = 0  # 0: usable_cpus() // LOCAL_WORLD_SIZE
     prefetch: int = 2
     last_batch: str = "drop"
     initial_fill: int = 1024
@@ -101,7 +101,7 @@ class DaliParams:
         """These params with defaults that depend on the machine filled in."""
         from dataclasses import replace
 
-        per_process = (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        per_process = usable_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return replace(self, num_threads=self.num_threads or max(1, per_process))
 
 

@@ -18,7 +18,7 @@ import torchvision.io as tvio
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
-from harness.api import DataSpec, DataSplits, DeviceInfo
+from harness.api import DataSpec, DataSplits, DeviceInfo, usable_cpus
 from harness.datasets import Sample, discover, select
 from harness.hookspecs import hookimpl
 
@@ -133,7 +133,7 @@ class TorchvisionLoader:
     def build(self, spec: DataSpec) -> DataSplits:
         dataset = discover(spec.data_dir)
         splits = select(dataset, spec.subset, spec.seed)
-        workers = spec.params.get("workers", min(os.cpu_count() or 1, 8))
+        workers = spec.params.get("workers", min(usable_cpus(), 8))
         short_side = round(spec.image_size / CROP_RATIO)
         caches = {s: build_cache(splits[s], short_side, workers) if spec.params.get("cache", True) else None
                   for s in splits}

@@ -8,7 +8,8 @@ from harness.hookspecs import hookimpl
 from harness.plugins import build_manager, get_manager, registered
 from harness.testing import run_harness
 
-BUILTINS = {"torchvision", "timm", "torch", "dali", "colossalai", "suites", "tensorboard", "best-checkpoint"}
+BUILTINS = {"torchvision", "timm", "torch", "dali", "colossalai", "suites", "tensorboard", "best-checkpoint",
+            "local-executor", "ray-executor"}
 
 
 def test_builtins_load_through_the_entry_point_group() -> None:
@@ -20,6 +21,7 @@ def test_builtins_load_through_the_entry_point_group() -> None:
     assert manager.model_family("vit_tiny_patch16_224").plugin == "timm"
     assert manager.model_family("no_such_model") is None
     assert {"flowers", "flowers-smoke"} <= set(manager.suites())
+    assert set(manager.executors()) >= {"local", "pool", "ray"}
 
 
 class SquaresLoader:
@@ -46,8 +48,9 @@ def test_an_inline_plugin_registers_for_one_block() -> None:
 def test_allow_list_loads_only_named_plugins(monkeypatch) -> None:
     monkeypatch.setenv("HARNESS_PLUGINS", "torch,timm")
     manager = build_manager()
-    assert {p.name for p in manager.plugins} == {"torch", "timm"}
-    assert set(manager.loaders()) == set()
+    # and the built-in local executor, without which harness run cannot run anything
+    assert {p.name for p in manager.plugins} == {"torch", "timm", "local-executor"}
+    assert set(manager.loaders()) == set() and set(manager.executors()) == {"local", "pool"}
 
 
 def test_harness_plugins_lists_distribution_version_and_hooks(tmp_path: Path) -> None:

@@ -211,6 +211,7 @@ def test_a_cell_whose_nodes_keep_dying_is_failed_naming_them(tmp_path: Path, gen
     # The retry bookkeeping without a cluster: every attempt's node dies (the cluster test kills a real one).
     from harness import fleet
     from harness.plugins import get_manager
+    from harness.runner import run_suite
     from harness.testing import suite_cells
 
     tries: list[str] = []
@@ -226,7 +227,7 @@ def test_a_cell_whose_nodes_keep_dying_is_failed_naming_them(tmp_path: Path, gen
     monkeypatch.setattr(fleet.RayExecutor, "request", lambda self, cell, kind: (None, {}))
     cells, kinds = fleet.per_kind(suite_cells(suite(tmp_path, 1, '["torch"]')), ["T4"])
     executor = fleet.RayExecutor(get_manager(), kinds=kinds, retries=2)
-    executor.run_one(cells[0], tmp_path / "out", resume=False)
+    run_suite(cells[:1], tmp_path / "out", get_manager(), executor=executor)
     result = CellStore(tmp_path / "out", cells[0].id).result()
     assert result["status"] == "failed" and len(tries) == 3
     assert result["reason"].startswith(f"node {tries[-1]} lost (NodeDiedError: the raylet is gone) after 0 of 1 "

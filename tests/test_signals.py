@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import TINY_PLUGIN as PLUGIN
+from helpers import processes_of
 
 from harness import cli
 from harness.plugins import ALLOW_LIST_ENV, MODULES_ENV
@@ -25,65 +27,6 @@ from harness.testing import results, run_harness
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups, /proc, pdeathsig")
 
-PLUGIN = '''
-import os, time
-import torch
-from harness.api import DataSplits
-from harness.hookspecs import hookimpl
-
-
-def batch(generator):
-    return torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8, generator=generator), torch.randint(0, 2, (8,))
-
-
-class Batches:
-    def __init__(self, params):
-        self.hold, self.hold_epoch, self.epoch = params.get("hold"), params.get("hold_epoch", 1), 1
-
-    def set_epoch(self, epoch):
-        self.epoch = epoch
-
-    def __len__(self):
-        return 2
-
-    def __iter__(self):
-        while self.hold and self.epoch >= self.hold_epoch and os.path.exists(self.hold):
-            time.sleep(0.1)
-        generator = torch.Generator().manual_seed(self.epoch)
-        return iter([batch(generator), batch(generator)])
-
-
-class Loader:
-    reads_data = False
-
-    def can_run(self, device, params):
-        return None
-
-    def build(self, spec):
-        held = spec.world_size >= spec.params.get("hold_processes", 1)
-        return DataSplits(train=Batches(spec.params if held else {}),
-                          validation=[batch(torch.Generator().manual_seed(0))], classes=["a", "b"], train_size=16,
-                          validation_size=8)
-
-
-class Tiny:
-    def knows(self, name):
-        return name == "tiny-net"
-
-    def build(self, name, num_classes, image_size, **kwargs):
-        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                                   torch.nn.Linear(4, num_classes))
-
-
-@hookimpl
-def register_loaders(register):
-    register("tiny", Loader())
-
-
-@hookimpl
-def register_models(register):
-    register("tiny", Tiny())
-'''
 
 ONLY_TORCH = "torch"  # of the built-in plugins only the backend: the processes start faster without the rest
 
@@ -138,20 +81,6 @@ def start(work: Path, *args: str | os.PathLike[str]) -> subprocess.Popen:
 def run(work: Path, *args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     return run_harness("run", *args, plugin_modules=["signals_plugin"], pythonpath=[work],
                        env={ALLOW_LIST_ENV: ONLY_TORCH}, timeout=120)
-
-
-def processes_of(folder: Path) -> dict[int, str]:
-    """Live processes (not zombies) whose command line names ``folder``: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue  # not a process, or gone
-        if str(folder) in cmdline and state != "Z" and int(entry.name) != os.getpid():
-            found[int(entry.name)] = cmdline
-    return found
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str, runner: subprocess.Popen) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from harness.envs.build import build, locked
 from harness.envs.layers import marker, problem, ready
 from harness.envs.placement import disk_usage, gigabytes, groups
 from harness.envs.spec import BuildError, Environment, Spec, declared_by, extras_of, satisfied
+from harness.exitcode import ExitCode
 from harness.plugins import Manager, get_manager, suite_path
 from harness.redact import redact
 from harness.suite import expand, select
@@ -20,7 +22,8 @@ from harness.suite import expand, select
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="envs_command", required=True)
-    sub.add_parser("list", help="the environments built so far, with their size and build time")
+    listing = sub.add_parser("list", help="the environments built so far, with their size and build time")
+    listing.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     build_parser = sub.add_parser("build", help="build the environments a suite's cells need (without --suite: "
                                                 "those plugins declare)")
     build_parser.add_argument("names", nargs="*", help="only these environments")
@@ -49,6 +52,9 @@ def built() -> list[dict[str, Any]]:
 
 def list_command(args: argparse.Namespace) -> int:
     rows = built()
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return ExitCode.OK
     for row in rows:
         over = row["layer_over"] and f", a layer over {row['layer_over']['prefix']}"
         state = (f"built {row['built_at']} in {row['build_s']:.0f} s with {row['tool']}{over or ''}"
@@ -56,7 +62,7 @@ def list_command(args: argparse.Namespace) -> int:
         print(f"{row['folder']:32} {gigabytes(row['size_bytes']):>8}  {state}  {' '.join(row.get('requires', []))}")
     print(f"{len(rows)} environments in {paths.envs_dir()}, {gigabytes(disk_usage(paths.envs_dir()) if rows else 0)} "
           "on disk (files hard-linked from uv's cache are shared with it)")
-    return 0
+    return ExitCode.OK
 
 
 def declared_specs(manager: Manager) -> list[Spec]:
@@ -84,7 +90,7 @@ def build_command(args: argparse.Namespace) -> int:
     if unknown:
         known = ", ".join(sorted({s.environment.name for s in specs})) or "none"
         print(f"harness: no environment {unknown[0]!r} to build here (needed: {known})", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     failed = 0
     for spec in specs:
         if args.names and spec.environment.name not in args.names:
@@ -97,7 +103,7 @@ def build_command(args: argparse.Namespace) -> int:
         except BuildError as exc:
             print(redact(f"harness: {exc}"), file=sys.stderr)
             failed += 1
-    return 1 if failed else 0
+    return ExitCode.FAILED if failed else ExitCode.OK
 
 
 def remove_command(args: argparse.Namespace) -> int:
@@ -110,5 +116,5 @@ def remove_command(args: argparse.Namespace) -> int:
         print(f"removed {path}")
     if missing:
         print(f"harness: no environment {missing[0]!r} in {paths.envs_dir()} (see harness envs list)", file=sys.stderr)
-        return 1
-    return 0
+        return ExitCode.USAGE
+    return ExitCode.OK

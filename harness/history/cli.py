@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from harness import compare
-from harness.compare import EXIT_OK, EXIT_REGRESSED, EXIT_USAGE, CompareError
+from harness.compare import CompareError
+from harness.exitcode import ExitCode
 from harness.history import bisect, changes, page, records
 from harness.history.changes import Change, Series
 
@@ -52,14 +53,14 @@ def command(args: argparse.Namespace) -> int:
         return {"record": _record, "check": _check, "page": _page, "bisect": bisect.command}[args.history_command](args)
     except (CompareError, OSError) as exc:
         print(f"harness history {args.history_command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
 
 
 def _record(args: argparse.Namespace) -> int:
     for run in args.runs:
         path = records.record(args.history, run, args.repo, args.commit, args.machine, args.report)
         print(f"recorded {run} as {path}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def selected(args: argparse.Namespace) -> list[Series]:
@@ -95,11 +96,11 @@ def _check(args: argparse.Namespace) -> int:
              "last_before": c.before.commit, "first_after": c.first.commit, "change": c.change,
              "mean_before": c.mean_before, "mean_after": c.mean_after, "p_value": c.p_value,
              "regression": c.regression, "fails": c in fail} for c in found]}, indent=2) + "\n")
-    return EXIT_REGRESSED if fail else EXIT_OK
+    return ExitCode.FAILED if fail else ExitCode.OK
 
 
 def _page(args: argparse.Namespace) -> int:
     series = selected(args)
     path = page.write(args.history, args.out, series, found_changes(args, series), args.title)
     print(f"wrote {path}")
-    return EXIT_OK
+    return ExitCode.OK

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from harness.datasets import SPLITS, DataError
+from harness.exitcode import ExitCode
 from harness.prepare.build import DATASETS, Options, Result, prepare
 from harness.prepare.sources import DownloadError, Limits
 
@@ -42,7 +43,7 @@ def command(args: argparse.Namespace) -> int:
                         ("--max-members", args.max_members)):
         if value < 1:
             print(f"harness data prepare: error: {flag} {value}: expected a positive integer", file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
     options = Options(dataset=args.dataset, source=args.source, seed=args.seed, scale=args.scale, copy=args.copy,
                       tfrecord=args.tfrecord, strict=args.strict, drop_duplicates=args.drop_duplicates,
                       verify=args.verify, max_shard_bytes=args.shard_mb << 20)
@@ -51,14 +52,14 @@ def command(args: argparse.Namespace) -> int:
         result = prepare(args.out, options, progress=not args.quiet, force=args.force, limits=limits)
     except DataError as e:
         print(f"harness data prepare: error: {printable(str(e))}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except (DownloadError, OSError) as e:
         print(f"harness data prepare: error: {printable(str(e))}", file=sys.stderr)
-        return 1
+        return ExitCode.FAILED
     print(summary(result))
     if result.kept:
         print(printable(f"  the previous {result.out.name} held files prepare did not write: kept as {result.kept}"))
-    return 0
+    return ExitCode.OK
 
 
 def printable(text: str) -> str:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.api import usable_cpus
 from harness.datasets import IMAGE_SUFFIXES, SPLITS, DataError, class_folders, is_image
 
 DECODABLE = ("JPEG", "PNG")
@@ -181,7 +181,7 @@ def _read_one(path: Path) -> tuple[str, int, str | None]:
 def _read_all(paths: list[Path], progress: bool) -> list[tuple[str, int, str | None]]:
     from tqdm import tqdm
 
-    workers = max(1, min(8, os.cpu_count() or 1))
+    workers = min(8, usable_cpus())
     with ThreadPoolExecutor(workers) as pool:
         return list(tqdm(pool.map(_read_one, paths), total=len(paths), desc="checking photos", unit="img",
                          disable=None if progress else True))

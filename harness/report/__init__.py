@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.exitcode import ExitCode, unforeseen_input
 from harness.report.aggregate import SUMMARY_COLUMNS, aggregate
 from harness.report.compare_devices import compare, group_column, ordered_groups
 from harness.report.decision import accuracy_step, caveats, decide, effects, with_accuracy_intervals
@@ -155,9 +156,8 @@ def command(args: argparse.Namespace) -> int:
         summary = write_report(args.dirs, args.out, args.format.split(","), args.target_acc, args.by, args.baseline)
     except (ReportError, OSError) as exc:
         print(f"harness report: error: {exc}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     except Exception as exc:  # input nothing foresaw: still a one-line error, never a traceback
-        print(f"harness report: error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+        return unforeseen_input("harness report", exc, args)
     print(f"harness report: {len(summary)} cell(s), {int(summary['runs'].sum())} run(s) -> {args.out}")
-    return 0
+    return ExitCode.OK
