@@ -281,12 +281,13 @@ def run_main(request: dict[str, Any], outputs: list[int]) -> None:
             os.close(fd)
         os.environ.clear()
         os.environ.update(request["env"])
-        os.environ[PARENT_ENV] = str(os.getppid())  # the zygote: it dies with the runner, and the child with it
-        os.chdir(request["cwd"])
-        fresh_process_state()
         module = request["module"]
         if module not in MODULES:
             raise ValueError(f"the warm interpreter runs {', '.join(MODULES)}, not {module}")
+        if module == "harness.cell":  # a cell dies with its parent: the zygote, which dies with the runner
+            os.environ[PARENT_ENV] = str(os.getppid())
+        os.chdir(request["cwd"])
+        fresh_process_state()
         sys.argv = [sys.executable, "-m", module, *request["argv"]]
         if "setproctitle" in sys.modules:  # ps and /proc show the command line a cold start would have
             sys.modules["setproctitle"].setproctitle(" ".join(sys.argv))

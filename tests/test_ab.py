@@ -176,8 +176,8 @@ def test_bad_input_exits_2(repo: Path, argv: list[str], message: str, capsys: py
 
 
 def test_options_after_the_revisions_and_a_command_with_its_own_double_dash() -> None:
-    args = cli.parser().parse_args(
-        ["ab", "main", "HEAD", "--rounds", "4", "--", "tox", "-e", "bench", "--", "--benchmark-json", "{json}"])
+    argv = ["ab", "main", "HEAD", "--rounds", "4", "--", "tox", "-e", "bench", "--", "--benchmark-json", "{json}"]
+    args = cli.parser(argv).parse_args(argv)  # only the command named is configured
     assert ab.benchmark_command(args) == ["tox", "-e", "bench", "--", "--benchmark-json", "{json}"]
     assert (args.base, args.candidate, args.rounds) == ("main", "HEAD", 4)
 

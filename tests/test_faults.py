@@ -225,9 +225,9 @@ def bad_suite(tmp_path: Path, old: str, new: str) -> Path:
 
 @pytest.mark.parametrize("old,new,message", [
     ("epochs = 2", "epochs = 0", "key 'epochs': expected a positive integer, got 0"),
-    ("image_size = 32", "image_size = 0", "key 'image_size': expected a positive integer, got 0"),
+    ("image_size = 32", "image_size = 0", "key 'image_size': expected an integer from 1 to 4096, got 0"),
     ("image_size = 32", "image_size = 32\nsubset = 0", "key 'subset': expected a positive integer, got 0"),
-    ("image_size = 32", "image_size = 32\nseed = -1", "key 'seed': expected a non-negative integer, got -1"),
+    ("image_size = 32", "image_size = 32\nseed = -1", "key 'seed': expected an integer from 0 to 4294967295, got -1"),
     ("image_size = 32", "image_size = 32\nnproc = 0", "key 'nproc': expected a positive integer, got 0"),
     ("image_size = 32", "image_size = 32\ntimeout_s = 0", "key 'timeout_s': expected a positive number"),
     ("batch_size = 8", "batch_size = 0", "key 'recipe.batch_size': expected a positive integer, got 0"),
