@@ -301,6 +301,7 @@ def _train_step_json(path: Path, slowdown: float) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.quiet
 def test_gate_ignores_a_a_and_5_percent_and_catches_20_percent(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """The CI gate (``--select time_vs_reference``, default 10 % threshold) on real benchmark runs."""

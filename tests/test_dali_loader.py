@@ -203,6 +203,7 @@ def test_raw_folder_gets_tfrecords_written_once_into_the_cache(photos: Path, tmp
     assert sorted((tmp_path / "cache" / "tfrecord").glob("*/tfrecord/*.idx")) == written  # reused
 
 
+@pytest.mark.slow
 @needs_dali
 @pytest.mark.parametrize("reader", ["file", "tfrecord"])
 def test_shards_under_torchrun_are_disjoint_and_cover(prepared: Path, tmp_path: Path, reader: str) -> None:

@@ -46,6 +46,7 @@ def metrics(rows: list[dict]) -> list[tuple]:
     return [(r["epoch"], r["train_loss"], r["train_acc"], r["val_loss"], r["val_acc"], r["lr"]) for r in rows]
 
 
+@pytest.mark.slow
 def test_small_real_run_learns(photos: Path, tmp_path: Path) -> None:
     cell = small_cell(photos)
     assert run(cell, tmp_path, resume=False) == 0

@@ -24,6 +24,7 @@ def smoke_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_env_suite_agrees_row_by_row_with_a_real_run(smoke_run: Path) -> None:
     env = run_harness("env", "--suite", "flowers-smoke", "--json")
     assert env.returncode == 0, env.stderr
@@ -36,6 +37,7 @@ def test_env_suite_agrees_row_by_row_with_a_real_run(smoke_run: Path) -> None:
     assert sum(r["status"] == "ok" for r in recorded.values()) > 0
 
 
+@pytest.mark.slow
 def test_env_reports_fingerprint_capabilities_and_estimate(smoke_run: Path) -> None:
     result = run_harness("env", "--suite", "flowers-smoke", "--results", smoke_run, "--json")
     report = json.loads(result.stdout)

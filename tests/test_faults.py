@@ -146,6 +146,7 @@ def test_logs_with_undecodable_names_are_written(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 2. --resume on a corrupt line
 
 
+@pytest.mark.slow
 def test_resume_keeps_valid_rows_after_a_corrupt_line(killed: Path, photos: Path, copy_of) -> None:
     out = copy_of(killed)
     cell = CellStore(out, CELL)
@@ -263,6 +264,7 @@ def test_zero_overrides_are_errors_not_the_suite_value(manager, tmp_path: Path) 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_cell_that_trains_nothing_fails(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     done = run_harness("run", "--suite", suite(tmp_path, epochs=1, batch=32), "--data", photos, "--out", out)
@@ -276,6 +278,7 @@ def test_a_cell_that_trains_nothing_fails(photos: Path, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 5. --resume compares the settings
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings_unless_rerun_changed(killed: Path, photos: Path, copy_of) -> None:
     out = copy_of(killed)
     before = CellStore(out, CELL).epochs_path.read_bytes()
@@ -499,6 +502,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     yield from tmpfs(tmp_path / "disk", "size=192m")
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_the_cell_the_run_says_so_and_resume_finishes(photos: Path, tmp_path: Path,
                                                                         small_disk: Path) -> None:
     (tmp_path / "fill_plugin.py").write_text(FILL_PLUGIN)
@@ -555,6 +559,7 @@ precision = ["fp32"]
 """
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="nvidia-dali is not installed")
 def test_a_dali_cell_leaves_nothing_in_the_temporary_folder(photos: Path, tmp_path: Path) -> None:
     """DALI's conditionals (RandAugment) write autograph files into the temporary folder: the cell's own."""
@@ -584,6 +589,7 @@ def test_bad_paths_get_one_line_errors(photos: Path, tmp_path: Path) -> None:
         assert message in done.stderr.strip().splitlines()[-1], (args, done.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None, reason="nvidia-dali is not installed")
 def test_a_photo_dali_cannot_decode_is_named(photos: Path, tmp_path: Path) -> None:
     broken = shutil.copytree(photos, tmp_path / "photos")
@@ -597,6 +603,7 @@ def test_a_photo_dali_cannot_decode_is_named(photos: Path, tmp_path: Path) -> No
     assert f"{victim}: " in reason, reason
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("nvidia.dali") is None or importlib.util.find_spec("tfrecord") is None,
                     reason="nvidia-dali or tfrecord is not installed")
 @pytest.mark.parametrize("layout", ["prepared", "raw"])

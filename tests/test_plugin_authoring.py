@@ -135,6 +135,7 @@ def test_harness_plugins_lists_the_installed_example(installed: Path) -> None:
     assert lines[line + 3].split() == ["environment:", "harness_synthetic=0.1.0"]
 
 
+@pytest.mark.slow
 def test_example_suite_cell_runs_and_learns(installed: Path, tmp_path: Path) -> None:
     done = run_harness("run", "--suite", "synthetic-smoke", "--out", tmp_path / "out",  # reads_data = False: no --data
                        "--only", f"id={CELL}", "--device", "cpu", pythonpath=[installed])
@@ -150,6 +151,7 @@ def test_example_suite_cell_runs_and_learns(installed: Path, tmp_path: Path) -> 
     assert result["summary"]["extra"]["synthetic.cpu_s"] > 0
 
 
+@pytest.mark.slow
 def test_example_package_tests_pass_with_the_harness_fixtures(installed: Path) -> None:
     """The example's own tests use the ``harness.testing`` helpers, as an external package would."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(installed), os.environ.get("PYTHONPATH")]))}
@@ -166,6 +168,7 @@ def plugin_module(folder: Path, name: str, body: str) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_plugin_raising_on_import_is_listed_broken_and_the_harness_runs(
         installed: Path, photos_dir: Path, tmp_path: Path) -> None:
     mods = plugin_module(tmp_path / "mods", "broken_on_import", "raise RuntimeError('deliberately broken')\n")
@@ -181,6 +184,7 @@ def test_plugin_raising_on_import_is_listed_broken_and_the_harness_runs(
     assert results(tmp_path / "out")[CELL]["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_plugin_raising_in_a_lifecycle_hook_fails_that_cell_and_the_suite_goes_on(
         installed: Path, photos_dir: Path, tmp_path: Path) -> None:
     # Takes fewer arguments than the spec (no ``context``): pluggy passes only the ones named.

@@ -127,6 +127,7 @@ def test_existing_output_needs_resume(tmp_path: Path, photos: Path) -> None:
     assert again.returncode == 2 and "pass --resume" in again.stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_then_resume_finishes_without_duplicate_rows(tmp_path: Path, photos: Path) -> None:
     path, out = suite(tmp_path, epochs=3, subset=96, models='["resnet10t", "vit_tiny_patch16_224"]'), tmp_path / "o"
     # SIG_DFL first: a background job of a non-interactive shell (as CI may run us) inherits SIGINT ignored.

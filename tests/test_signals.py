@@ -98,6 +98,7 @@ def assert_all_gone(folder: Path, within: float) -> None:
     assert not left, f"still alive: {left}"
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_ddp_cell_records_it_interrupted_and_resume_finishes_it(work: Path) -> None:
     path, out = suite(work, '["held"]', '["torch", "torch-ddp2"]', hold_epoch=2, hold_processes=2), work / "out"
     done, held = CellStore(out, "tiny-net-held-torch-fp32"), CellStore(out, "tiny-net-held-torch-ddp2-fp32")
