@@ -114,11 +114,14 @@ class CellProcess:
               launch: Sequence[str] = (), cpus: Collection[int] = (), env: Mapping[str, str] | None = None,
               prefix: str = "", launcher: warm.Launcher | None = None) -> CellProcess:
         """Start ``cell`` (``cpus``: pin it to these CPUs; ``env``: variables to add; ``prefix``: before each
-        line it prints; ``launcher``: fork it from a warm interpreter where it can, else a cold start)."""
+        line it prints; ``launcher``: fork a single-process cell from a warm interpreter where it can, else a cold
+        start)."""
         scratch = scratch_folder()
         environ = {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch, **(env or {})}
         argv = command(cell_json, out, cell.nproc, resume, python, launch)[3:]
-        proc = (launcher or warm.Launcher(warm=False)).start(python, argv, environ, text=False, cpus=cpus)
+        if launcher is None or cell.nproc * nodes(cell) > 1:  # torchrun's agent and its ranks start cold
+            launcher = warm.Launcher(warm=False)
+        proc = launcher.start(python, argv, environ, text=False, cpus=cpus)
         tail: deque[str] = deque(maxlen=20)
         reader = threading.Thread(target=relay, args=(proc.stdout, tail, prefix), daemon=True)
         reader.start()

@@ -1,5 +1,6 @@
 """Warm processes: one interpreter per environment imports torch, torchvision, timm and the harness once, then
-forks each cell's process from that state, so a cell starts in milliseconds instead of seconds of imports. The
+forks each single-process cell's process from that state, so a cell starts in milliseconds instead of seconds of
+imports (a multi-process cell's torchrun agent and ranks start cold). The
 same fork server starts ``harness`` commands for :func:`harness.testing.run_harness` (a test suite's hundred
 command lines would otherwise spend most of their time importing).
 
