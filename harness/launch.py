@@ -41,12 +41,10 @@ def nodes(cell: CellSpec) -> int:
     return int(cell.backend_params.get("nnodes", 1))
 
 
-def command(cell_json: Path, out: Path, nproc: int, resume: bool, python: str = sys.executable,
-            launch: Sequence[str] = ()) -> list[str]:
-    """The cell process command line (with ``nproc > 1`` it starts the ranks through torchrun, in-process;
-    ``launch`` adds :mod:`harness.cell`'s multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``)."""
-    return [python, "-m", "harness.cell", str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch,
-            *(["--resume"] if resume else [])]
+def cell_args(cell_json: Path, out: Path, nproc: int, resume: bool, launch: Sequence[str] = ()) -> list[str]:
+    """The arguments of ``python -m harness.cell`` (with ``nproc > 1`` it starts the ranks through torchrun,
+    in-process; ``launch`` adds its multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``)."""
+    return [str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch, *(["--resume"] if resume else [])]
 
 
 def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
@@ -118,10 +116,11 @@ class CellProcess:
         start)."""
         scratch = scratch_folder()
         environ = {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch, **(env or {})}
-        argv = command(cell_json, out, cell.nproc, resume, python, launch)[3:]
+        argv = cell_args(cell_json, out, cell.nproc, resume, launch)
         if launcher is None or cell.nproc * nodes(cell) > 1:  # torchrun's agent and its ranks start cold
-            launcher = warm.Launcher(warm=False)
-        proc = launcher.start(python, argv, environ, text=False, cpus=cpus)
+            proc = warm.start_cold(python, argv, environ, text=False, cpus=cpus)
+        else:
+            proc = launcher.start(python, argv, environ, text=False, cpus=cpus)
         tail: deque[str] = deque(maxlen=20)
         reader = threading.Thread(target=relay, args=(proc.stdout, tail, prefix), daemon=True)
         reader.start()

@@ -197,10 +197,7 @@ class Launcher:
         if zygote is not None:
             with suppress(OSError):
                 return zygote.spawn(argv, env, module, separate_stderr, text, cpus)
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        return subprocess.Popen([python, "-m", module, *argv], env=dict(env), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE if separate_stderr else subprocess.STDOUT, text=text,
-                                errors="replace" if text else None, start_new_session=True, preexec_fn=pin)
+        return start_cold(python, argv, env, module, separate_stderr, text, cpus)
 
     def zygote(self, python: str, env: Mapping[str, str], module: str) -> Zygote | None:
         with self.lock:
@@ -217,6 +214,15 @@ class Launcher:
             for zygote in self.zygotes.values():
                 zygote.close()
             self.zygotes.clear()
+
+
+def start_cold(python: str, argv: Sequence[str], env: Mapping[str, str], module: str = "harness.cell",
+               separate_stderr: bool = False, text: bool = True, cpus: Collection[int] = ()) -> subprocess.Popen:
+    """:meth:`Launcher.start` without a zygote: a fresh ``python -m MODULE ARGV``."""
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen([python, "-m", module, *argv], env=dict(env), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE if separate_stderr else subprocess.STDOUT, text=text,
+                            errors="replace" if text else None, start_new_session=True, preexec_fn=pin)
 
 
 # -- the zygote's side ---------------------------------------------------------------------------------------------
