@@ -159,9 +159,10 @@ def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_runnin
         cluster: Any, tmp_path: Path, generated_photos: Path) -> None:
     out = tmp_path / "out"
     t4, p40 = (CELL.format(backend="torch", kind=kind) for kind in ("T4", "P40"))
-    # 40 epochs: far more than the test waits for (it interrupts the run), so the retried cell, which resumes
-    # from its checkpoint, is surely still training when the test looks for its process and presses Ctrl-C.
-    proc = subprocess.Popen(harness_cli(cluster, "--suite", suite(tmp_path, 40, '["torch"]'), "--data",
+    # 1000 epochs: far more than the test waits for (it interrupts the run), so both cells, the retried one resumed
+    # from its checkpoint and the P40 one on its 2 CPUs (which once finished 40 epochs first, in CI), are surely
+    # still training when the test presses Ctrl-C. The test's length is set by its waits, not by the epochs.
+    proc = subprocess.Popen(harness_cli(cluster, "--suite", suite(tmp_path, 1000, '["torch"]'), "--data",
                                         generated_photos, "--out", out, "--devices", "T4,P40", "--retries", "1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
