@@ -326,6 +326,7 @@ class EpochRecord:
     optimizer_steps: int
     train_images: int
     wall_time_s: float  # since the cell's training started, for time-to-accuracy
+    val_images: int = 0  # validation images evaluated, all processes (0: not counted)
     extra: dict[str, float] = field(default_factory=dict)  # observers' fields, "<plugin>.<field>": number
 
 
@@ -372,8 +373,9 @@ class Executor(Protocol):
         """None: the runner places the cell in its environment on this machine. Else the executor's own verdict:
         why the cell cannot run (None: it can) and the fingerprint a result written now carries."""
 
-    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> Any:
-        """Start the cell (its ``cell.json`` is written) under ``python`` (None: the executor places it); a job."""
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None, until: int | None = None) -> Any:
+        """Start the cell (its ``cell.json`` is written) under ``python`` (None: the executor places it); a job.
+        ``until``: the cell stops after that epoch (``python -m harness.cell --until``), a race's rung."""
 
     def poll(self, job: Any) -> CellExit | None:
         """None while the job runs, else how it ended."""

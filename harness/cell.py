@@ -1,4 +1,4 @@
-"""The cell process: ``python -m harness.cell CELL_JSON --out OUT [--nproc N] [--resume]``.
+"""The cell process: ``python -m harness.cell CELL_JSON --out OUT [--nproc N] [--resume] [--until EPOCH]``.
 
 Started by the runner, once per cell, under the interpreter of the cell's environment
 (:mod:`harness.envs`), so CUDA, DALI and Colossal-AI global state, crashes and
@@ -48,8 +48,8 @@ def die_with_parent() -> None:
         os._exit(1)
 
 
-def launch(cell_json: Path, out: Path, nproc: int, resume: bool, nnodes: int = 1, node_rank: int = 0,
-           endpoint: str | None = None, rdzv_id: str = "harness") -> int:
+def launch(cell_json: Path, out: Path, nproc: int, resume: bool, until: int | None = None, nnodes: int = 1,
+           node_rank: int = 0, endpoint: str | None = None, rdzv_id: str = "harness") -> int:
     """Start ``nproc`` ranks of the cell with torchrun, in this process; they die with it. With ``nnodes > 1``
     this node's torchrun joins a c10d rendezvous at ``endpoint`` (HOST:PORT, hosted by node 0's torchrun) with
     the other nodes' (:mod:`harness.fleet` starts one per node). The rendezvous, not ``node_rank``, assigns
@@ -61,12 +61,13 @@ def launch(cell_json: Path, out: Path, nproc: int, resume: bool, nnodes: int = 1
         f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={endpoint}",
         f"--rdzv_id={rdzv_id}", f"--rdzv_conf=is_host={int(node_rank == 0)}"]
     torchrun([*where, f"--nproc_per_node={nproc}", "-m", "harness.cell", str(cell_json), "--out", str(out),
-              *(["--resume"] if resume else [])])
+              *(["--resume"] if resume else []), *([f"--until={until}"] if until else [])])
     return 0
 
 
-def run(cell: CellSpec, out: Path, resume: bool) -> int:
-    """Train ``cell`` and record its result; return the process exit code."""
+def run(cell: CellSpec, out: Path, resume: bool, until: int | None = None) -> int:
+    """Train ``cell`` and record its result (``until``: stop after that epoch, recorded ``paused``: a race's
+    rung); return the process exit code."""
     manager = get_manager()
     device = envinfo.device_info(cell.device)
     env = envinfo.fingerprint(device, manager.environment())
@@ -91,7 +92,7 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
         model = family.impl.build(cell.model, num_classes=len(data.classes), image_size=cell.image_size,
                                   **cell.model_params)
         contract.check_model(model, manager.owner("models", family), cell.model)
-        summary = Trainer.create(cell, model, data, backend, store, manager, env).run(resume=resume)
+        summary = Trainer.create(cell, model, data, backend, store, manager, env).run(resume=resume, until=until)
     except CannotRun as exc:
         if rank == 0:
             store.write_result(cell, env, "skipped", str(exc), started_at=started)
@@ -107,7 +108,10 @@ def run(cell: CellSpec, out: Path, resume: bool) -> int:
     finally:
         if backend is not None:
             backend.close()
-    if rank == 0:
+    if rank == 0 and summary["epochs"] < cell.epochs:
+        store.write_result(cell, env, "paused", f"paused after {summary['epochs']} of {cell.epochs} epochs (a race's "
+                           "rung)", summary=summary, started_at=started)
+    elif rank == 0:
         store.write_result(cell, env, "ok", summary=summary, started_at=started)
     return 0
 
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rdzv-endpoint", metavar="HOST:PORT", help="with --nnodes > 1: the c10d rendezvous")
     parser.add_argument("--rdzv-id", default="harness", help="with --nnodes > 1: the rendezvous id, one per cell")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--until", type=int, metavar="EPOCH", help="stop after this epoch, recorded paused (a race)")
     parser.add_argument("--check", action="store_true",
                         help="CELL_JSON lists cells: print whether each can run in this environment, as JSON")
     args = parser.parse_args(argv)
@@ -165,10 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.nnodes > 1 and not args.rdzv_endpoint:
         parser.error("--nnodes > 1 needs --rdzv-endpoint")
     if args.nproc > 1 or args.nnodes > 1:
-        return launch(args.cell_json, args.out, args.nproc, args.resume, args.nnodes, args.node_rank,
+        return launch(args.cell_json, args.out, args.nproc, args.resume, args.until, args.nnodes, args.node_rank,
                       args.rdzv_endpoint, args.rdzv_id)
     cell = CellSpec.from_dict(json.loads(args.cell_json.read_text()))
-    return run(cell, args.out, args.resume)
+    return run(cell, args.out, args.resume, args.until)
 
 
 def exit_now(code: int) -> None:

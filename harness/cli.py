@@ -13,6 +13,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import redirect_stdout
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,8 @@ from harness.exitcode import ExitCode
 if TYPE_CHECKING:
     from harness.api import CellSpec
     from harness.plugins import Manager
+    from harness.race import RaceSettings
+    from harness.suite import Suite
 
 # Subcommands implemented in their own modules as ``configure(parser)`` + ``command(args) -> int``.
 COMMANDS = {
@@ -96,6 +99,14 @@ def configure_run(p: argparse.ArgumentParser) -> None:
                    help="also run precisions this device only emulates (bf16 on AVX2 CPUs, ...), labelled 'emulated'")
     p.add_argument("--json", action="store_true",
                    help="print the run's summary as JSON on stdout (cells' output and progress go to stderr)")
+    strategy = p.add_mutually_exclusive_group()
+    strategy.add_argument("--race", action="store_true",
+                          help="race the cells: after each rung, stop those that another beats with 95 %% confidence "
+                               "(docs/race.md); the suite's [race] settings")
+    strategy.add_argument("--full-matrix", action="store_true",
+                          help="run every cell to the end, also where the suite says strategy = \"race\"")
+    p.add_argument("--keep", action="append", default=[], metavar="KEY=VALUE",
+                   help="in a race: run matching cells to the end whatever the race shows (filters as --only)")
     add_executors(p)
 
 
@@ -139,6 +150,19 @@ def check_data(data: Path | None, cells: list[CellSpec], manager: Manager) -> No
         raise SuiteError(f"--data is required: the cells' loaders read photos ({', '.join(readers)})")
 
 
+def chosen_race(args: argparse.Namespace, suite: Suite, out: Path) -> RaceSettings | None:
+    """The race to run, if any: a resumed race goes on as it began; else ``--race`` or the suite's ``strategy``,
+    unless ``--full-matrix``; ``--keep`` adds kept cells."""
+    from harness.race import RaceSettings
+    from harness.suite import SuiteError
+
+    recorded = RaceSettings.recorded(out) if args.resume else None
+    race = None if args.full_matrix else recorded or (suite.race if args.race or suite.strategy == "race" else None)
+    if args.keep and race is None:
+        raise SuiteError("--keep goes with a race: --race, or a suite with strategy = \"race\"")
+    return replace(race, keep=(*race.keep, *args.keep)) if race and args.keep else race
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """``harness run``; with ``--json`` everything but the summary goes to stderr."""
     if not args.json:
@@ -175,12 +199,15 @@ def run(args: argparse.Namespace) -> int:
     args.build = not args.no_build
     args.hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     executor = executor_named(manager, args.executor, args)  # before anything is written: an unusable one exits 2
+    race = chosen_race(args, suite, out)
+    if race and race.keep:
+        select(cells, list(race.keep))  # a bad filter exits 2 before anything runs
     cells = executor.expand(cells)
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
     interrupted = None
     try:
         outcomes = run_suite(cells, out, manager, resume=args.resume, build=args.build, hint=args.hint,
-                             executor=executor, rerun_changed=args.rerun_changed)
+                             executor=executor, rerun_changed=args.rerun_changed, race=race)
     except OutputExists as exc:
         print(f"harness: {exc}", file=sys.stderr)
         return ExitCode.USAGE
@@ -188,11 +215,13 @@ def run(args: argparse.Namespace) -> int:
         interrupted, outcomes = exc, exc.outcomes
         print(f"\nharness: interrupted by {exc}; finished cells are kept. Continue with --resume --out {out}",
               file=sys.stderr)
-    counts = {s: sum(o.status == s for o in outcomes) for s in ("ok", "skipped", "failed", "interrupted")}
+    counts = {s: sum(o.status == s for o in outcomes)
+              for s in ("ok", "skipped", "failed", "interrupted", "eliminated", "paused")}
     args.summary = {"out": str(out), "cells": len(outcomes), **counts,
                     "interrupted_by": interrupted and str(interrupted),
                     "outcomes": [{"id": o.cell.id, "status": o.status, "reason": o.reason} for o in outcomes]}
-    print(f"{len(outcomes)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    print(f"{len(outcomes)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()
+                                                 if n or s not in ("eliminated", "paused")))
     if outcomes:  # none when interrupted before the first cell
         try:
             table = report.write_report([out], out, target_acc=args.target_acc)

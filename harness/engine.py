@@ -420,8 +420,9 @@ class Trainer:
         return loss, acc
 
     # -- the run -------------------------------------------------------------------------------
-    def run(self, resume: bool = False) -> dict[str, Any]:
-        """Train the cell's epochs (with ``resume``, those after its checkpoint); return the summary."""
+    def run(self, resume: bool = False, until: int | None = None) -> dict[str, Any]:
+        """Train the cell's epochs (with ``resume``, those after its checkpoint; with ``until``, up to that epoch:
+        a race's rung, where the run-end checks and hooks wait for the real end); return the summary."""
         if resume:
             first = self.restore() + 1
         else:
@@ -431,8 +432,11 @@ class Trainer:
         self.manager.call("harness_run_start", cell=self.cell, context=self.context)
         self.checks.start(self.model)
         wall_start = time.perf_counter() - self.restored_wall
-        for epoch in range(first, self.cell.epochs + 1):
+        last = min(until or self.cell.epochs, self.cell.epochs)
+        for epoch in range(first, last + 1):
             self.end_epoch(self.run_epoch(epoch, wall_start))
+        if last < self.cell.epochs:
+            return self.summary(last)
         self.flag(self.checks.run_end(self.best_acc, self.val_images, self.cell.epochs))
         summary = self.summary()
         summary["extra"] = self.manager.metrics("harness_run_metrics", cell=self.cell, summary=summary,
@@ -452,7 +456,7 @@ class Trainer:
             self.best_acc, self.best_epoch = val_acc, epoch
         return EpochRecord(epoch=epoch, val_loss=val_loss, val_acc=val_acc, lr=lr,
                            epoch_time_s=time.perf_counter() - start, peak_mem_gb=peak_memory_gb(self.device),
-                           wall_time_s=time.perf_counter() - wall_start, **train)
+                           wall_time_s=time.perf_counter() - wall_start, val_images=self.val_images, **train)
 
     def end_epoch(self, record: EpochRecord) -> None:
         """Add the observers' fields, write the epoch's row, checkpoint, check, fire ``harness_epoch_end``."""
@@ -496,8 +500,10 @@ class Trainer:
             self.store.truncate_epochs(epoch)
         return epoch
 
-    def summary(self) -> dict[str, Any]:
-        return {"epochs": self.cell.epochs, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
-                "optimizer_steps_per_epoch": self.steps / max(self.cell.epochs, 1),
+    def summary(self, epochs: int | None = None) -> dict[str, Any]:
+        """What ``result.json`` records of the run after ``epochs`` (default: all the cell's)."""
+        epochs = epochs or self.cell.epochs
+        return {"epochs": epochs, "best_val_acc": self.best_acc, "best_epoch": self.best_epoch,
+                "optimizer_steps_per_epoch": self.steps / max(epochs, 1),
                 "nominal_optimizer_steps_per_epoch": self.nominal_steps,
                 "train_flops_per_image": self.flops, "warnings": self.warnings, "loader_info": self.data.info}

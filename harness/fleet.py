@@ -213,7 +213,8 @@ def sweep(tmp: Path) -> None:
 
 
 def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: dict[str, bytes],
-              options: list[str], data: DataCopy | None, build: bool, hint: str) -> Iterator[tuple[str, Any]]:
+              options: list[str], data: DataCopy | None, build: bool, hint: str,
+              until: int | None = None) -> Iterator[tuple[str, Any]]:
     """The Ray task: place and run one cell (or one node's share of it, ``options``: its multi-node options)
     here, yielding its files as they change.
 
@@ -255,7 +256,7 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
             yield from changes(store.dir, {})
             yield "exit", {"code": 0, "tail": []}
             return
-        process = CellProcess.start(cell, store.dir / "cell.json", root, resume, place.python, options)
+        process = CellProcess.start(cell, store.dir / "cell.json", root, resume, place.python, options, until=until)
         seen: dict[str, tuple[int, int]] = {}
         while (ended := process.poll()) is None:
             time.sleep(POLL_S)
@@ -284,8 +285,10 @@ class NodeLost(Exception):
 
 @dataclass
 class Attempt:
-    """One try of a cell: the nodes it ran on, whether rank 0's result arrived, and its tasks (to cancel)."""
+    """One try of a cell (up to epoch ``until``: a race's rung): the nodes it ran on, whether rank 0's result
+    arrived, and its tasks (to cancel)."""
 
+    until: int | None = None
     nodes: list[str] = field(default_factory=list)
     env: dict[str, Any] | None = None
     ok_from: str | None = None
@@ -354,8 +357,9 @@ class RayExecutor:
         kind = self.kinds.get(cell.id)
         return self.request(cell, kind)[0], self.driver_env(kind)
 
-    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> RayJob:
-        job = RayJob(cell, Attempt())
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None,
+               until: int | None = None) -> RayJob:
+        job = RayJob(cell, Attempt(until))
         job.thread = threading.Thread(target=self.follow_job, args=(job, CellStore(out, cell.id), resume),
                                       daemon=True, name=f"harness-fleet-{cell.id}")
         job.thread.start()
@@ -463,7 +467,7 @@ class RayExecutor:
             if self._remote is None:
                 self._remote = self.ray.remote(node_cell)
             gen = self._remote.options(**options).remote(cell.describe(), kind, resume, seed, launch, self.data,
-                                                         self.build, self.hint)
+                                                         self.build, self.hint, attempt.until)
             attempt.tasks.add(gen)
         return gen
 
@@ -511,7 +515,7 @@ class RayExecutor:
             if rel == "result.json":
                 if attempt.ok_from not in (None, node):
                     continue
-                if results.status_of(blob) == "ok":
+                if results.status_of(blob) in ("ok", "paused"):
                     attempt.ok_from = node
             write_bytes(store.dir / safe(rel), blob)
 

@@ -41,10 +41,13 @@ def nodes(cell: CellSpec) -> int:
     return int(cell.backend_params.get("nnodes", 1))
 
 
-def cell_args(cell_json: Path, out: Path, nproc: int, resume: bool, launch: Sequence[str] = ()) -> list[str]:
+def cell_args(cell_json: Path, out: Path, nproc: int, resume: bool, launch: Sequence[str] = (),
+              until: int | None = None) -> list[str]:
     """The arguments of ``python -m harness.cell`` (with ``nproc > 1`` it starts the ranks through torchrun,
-    in-process; ``launch`` adds its multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``)."""
-    return [str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch, *(["--resume"] if resume else [])]
+    in-process; ``launch`` adds its multi-node options, e.g. ``--nnodes=2 --rdzv-endpoint=HOST:PORT``; ``until``
+    stops it after that epoch, a race's rung)."""
+    return [str(cell_json), "--out", str(out), f"--nproc={nproc}", *launch, *(["--resume"] if resume else []),
+            *([f"--until={until}"] if until else [])]
 
 
 def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
@@ -110,13 +113,13 @@ class CellProcess:
     @classmethod
     def start(cls, cell: CellSpec, cell_json: Path, out: Path, resume: bool, python: str = sys.executable,
               launch: Sequence[str] = (), cpus: Collection[int] = (), env: Mapping[str, str] | None = None,
-              prefix: str = "", launcher: warm.Launcher | None = None) -> CellProcess:
+              prefix: str = "", launcher: warm.Launcher | None = None, until: int | None = None) -> CellProcess:
         """Start ``cell`` (``cpus``: pin it to these CPUs; ``env``: variables to add; ``prefix``: before each
         line it prints; ``launcher``: fork a single-process cell from a warm interpreter where it can, else a cold
-        start)."""
+        start; ``until``: stop after that epoch, a race's rung)."""
         scratch = scratch_folder()
         environ = {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch, **(env or {})}
-        argv = cell_args(cell_json, out, cell.nproc, resume, launch)
+        argv = cell_args(cell_json, out, cell.nproc, resume, launch, until)
         if launcher is None or cell.nproc * nodes(cell) > 1:  # torchrun's agent and its ranks start cold
             proc = warm.start_cold(python, argv, environ, text=False, cpus=cpus)
         else:

@@ -29,8 +29,9 @@ from typing import Any, TypeVar
 from harness.api import EpochRecord
 
 SCHEMA_VERSION = 1
-#: What ``result.json`` may record. Readers derive one more, :data:`INCOMPLETE`.
-STATUSES = ("ok", "skipped", "failed", "interrupted")
+#: What ``result.json`` may record. Readers derive one more, :data:`INCOMPLETE`. ``paused`` and ``eliminated`` are a
+#: race's (:mod:`harness.race`): a cell stopped at a rung, to go on or to be eliminated there.
+STATUSES = ("ok", "skipped", "failed", "interrupted", "paused", "eliminated")
 #: A cell without a usable ``result.json`` (still running, killed, or its result unreadable).
 INCOMPLETE = "incomplete"
 REPORT_STATUSES = (*STATUSES, INCOMPLETE)
@@ -50,6 +51,17 @@ SUMMARY_FIELDS: dict[str, type] = {
     "epochs": int, "best_val_acc": float, "best_epoch": int, "optimizer_steps_per_epoch": float,
     "nominal_optimizer_steps_per_epoch": float, "train_flops_per_image": float, "warnings": list, "loader_info": dict,
     "extra": dict,
+}  # fmt: skip
+#: What ``result.json``'s ``race`` holds for a raced cell (written by :mod:`harness.race`).
+RACE_FIELDS: dict[str, Any] = {
+    "rungs": ("array", "the epochs after which the race compared its cells, the last being the full training"),
+    "first": ("integer", "the first rung's epochs"),
+    "factor": ("number", "each rung's epochs are the previous one's times this"),
+    "margin": ("number", "eliminated as slower only when surely more than this share slower"),
+    "stopped_at": (["integer", "null"], "the rung (1, 2, ...) the cell was eliminated at; null when it was not"),
+    "kept": ("boolean", "the user kept the cell to the end (--keep): never eliminated"),
+    "evidence": ("object", "why it was eliminated: against (the configuration that beat it), metric, ratio, "
+                           "low and high (95 % interval of ratio), accuracy and its rival's, epochs, text"),
 }  # fmt: skip
 #: The environment fingerprint's name for the CPU model (pytest-benchmark's ``cpu.brand_raw`` is read as it).
 CPU_MODEL = "cpu_model"
@@ -289,6 +301,7 @@ class Cell:
     spec: dict[str, Any]  # the CellSpec (result.json's, else the first epoch's, else cell.json)
     env: dict[str, Any]  # the environment fingerprint, from the same place
     summary: dict[str, Any]  # SUMMARY_FIELDS, validated; unknown keys kept as written
+    race: dict[str, Any]  # the cell's part in a race (RACE_FIELDS); empty when it was not raced
     started_at: str | None = None
     finished_at: str | None = None
     problems: list[str] = field(default_factory=list)
@@ -441,13 +454,14 @@ def read_cell(cell_dir: Path) -> Cell:
             or read_json(spec_path) or {})
     env = _mapping(result, "env", where, problems) or _mapping(first, "env", where, problems)
     summary = _summary(_mapping(result, "summary", where, problems), where, problems)
+    race = _mapping(result, "race", where, problems)
     status, reason = ((INCOMPLETE, problem or "no result.json: run interrupted or still running")
                       if problem or not result else (str(result["status"]), result.get("reason")))
     corrupt = sum(1 for _ in iter_lines(cell_dir / CORRUPT_EPOCHS, refuse_newer=False))
     if corrupt:
         problems.append(f"{corrupt} unreadable line(s) of epochs.jsonl were set aside in {cell_dir / CORRUPT_EPOCHS}")
     cell_id = result.get("cell_id") or spec.get("id") or cell_dir.name
-    return Cell(cell_dir, str(cell_id), status, reason, spec, env, summary, result.get("started_at"),
+    return Cell(cell_dir, str(cell_id), status, reason, spec, env, summary, race, result.get("started_at"),
                 result.get("finished_at"), problems)
 
 
@@ -493,7 +507,10 @@ def json_schema() -> dict[str, Any]:
                                       "reason": {"type": ["string", "null"]},
                                       "started_at": {"type": ["string", "null"]},
                                       "finished_at": {"type": ["string", "null"]},
-                                      "summary": {"type": "object", "properties": summary}}},
+                                      "summary": {"type": "object", "properties": summary},
+                                      "race": {"type": "object", "description": "the cell's part in a race",
+                                               "properties": {name: {"type": kind, "description": text}
+                                                              for name, (kind, text) in RACE_FIELDS.items()}}}},
         },
     }
 

@@ -1,7 +1,8 @@
 """Runs a suite's cells and owns each cell's life: which cells run (``--resume`` keeps finished ones), where
-(placed in their environment), and what came of each (ok / skipped / failed / interrupted, recorded here and
-nowhere else), with retries, time limits, progress and signals. An executor (:class:`harness.api.Executor`, a
-plugin: this machine one cell at a time, a local pool, a Ray cluster) only launches and watches."""
+(placed in their environment), how far (to the end, or to a race's rung: :mod:`harness.race`), and what came of
+each (ok / skipped / failed / interrupted / paused / eliminated, recorded here and nowhere else), with retries, time
+limits, progress and signals. An executor (:class:`harness.api.Executor`, a plugin: this machine one cell at a
+time, a local pool, a Ray cluster) only launches and watches."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
@@ -24,6 +25,9 @@ from harness.envs.placement import Placer
 from harness.launch import nodes
 from harness.plugins import Manager, PluginError
 from harness.store import CellStore, StoreError, write_json
+
+if TYPE_CHECKING:
+    from harness.race import RaceSettings
 
 #: Handled like Ctrl-C: forwarded to the running cells, which are recorded ``interrupted``.
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -107,9 +111,9 @@ def prepare_resume(cells: Sequence[CellSpec], out: Path, rerun_changed: bool) ->
 
 
 def finished(store: CellStore) -> dict[str, Any] | None:
-    """The cell's result when a resumed run keeps it (``ok`` or ``skipped``), else None."""
+    """The cell's result when a resumed run keeps it (``ok``, ``skipped`` or ``eliminated``), else None."""
     result = store.result()
-    return result if result and result["status"] in ("ok", "skipped") else None
+    return result if result and result["status"] in ("ok", "skipped", "eliminated") else None
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -129,11 +133,13 @@ def executor_named(manager: Manager, name: str, args: argparse.Namespace) -> Exe
 
 
 def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool = False, build: bool = True,
-              hint: str = DEFAULT_HINT, executor: Executor | None = None, rerun_changed: bool = False) -> list[Outcome]:
-    """Run every cell with ``executor`` (default: the ``local`` one, one cell after another); finished cells of an
-    earlier run are kept when resuming (``rerun_changed``: cells whose settings changed are moved aside and run
-    again). Environments the cells need are built as they are reached (with ``build``; without, their cells are
-    skipped naming ``hint``, the command that builds them).
+              hint: str = DEFAULT_HINT, executor: Executor | None = None, rerun_changed: bool = False,
+              race: RaceSettings | None = None) -> list[Outcome]:
+    """Run every cell with ``executor`` (default: the ``local`` one, one cell after another): each to the end, or
+    as a race (``race``: :mod:`harness.race`); finished cells of an earlier run are kept when resuming
+    (``rerun_changed``: cells whose settings changed are moved aside and run again). Environments the cells need
+    are built as they are reached (with ``build``; without, their cells are skipped naming ``hint``, the command
+    that builds them). One outcome per cell, in the order they were first reached.
 
     SIGINT, SIGTERM and SIGHUP (unless ignored, as under nohup) raise :class:`Interrupted` once the running
     cells are stopped and recorded.
@@ -147,21 +153,21 @@ def run_suite(cells: list[CellSpec], out: Path, manager: Manager, resume: bool =
     if resume:
         prepare_resume(cells, out, rerun_changed)
     executor = executor or executor_named(manager, "local", argparse.Namespace(build=build, hint=hint))
-    write_json(out / "run.json", {"cells": [c.id for c in cells]})
-    outcomes: list[Outcome] = []
+    write_json(out / "run.json", {"cells": [c.id for c in cells], **({"race": race.describe()} if race else {})})
+    outcomes: dict[str, Outcome] = {}
     previous_handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
     for sig, handler in previous_handlers.items():
         if handler != signal.SIG_IGN:
             signal.signal(sig, interrupt)
     try:
-        Runner(cells, out, manager, executor, resume, build, hint, outcomes).run()
+        Runner(cells, out, manager, executor, resume, build, hint, outcomes).run(race)
     except Interrupted as exc:
-        exc.outcomes = outcomes
+        exc.outcomes = list(outcomes.values())
         raise
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
-    return outcomes
+    return list(outcomes.values())
 
 
 @dataclass
@@ -175,6 +181,7 @@ class Running:
     python: str | None
     bar: tqdm
     deadline: float
+    until: int | None = None  # the epoch it stops after (a race's rung); None: the cell's last
     attempt: int = 1
     lost_on: list[str] = field(default_factory=list)
     stopped: tuple[str, str] | None = None  # the status and reason to record when the runner stopped it
@@ -184,7 +191,7 @@ class Running:
 @dataclass
 class Runner:
     """One run's loop: up to ``executor.slots`` cells at a time; each cell is placed, submitted, watched, and
-    its outcome recorded when it ends (a strategy could stop a cell in :meth:`watch` as a time limit does)."""
+    its outcome recorded when it ends. A race (:class:`harness.race.Race`) runs the loop once per rung."""
 
     cells: list[CellSpec]
     out: Path
@@ -193,33 +200,56 @@ class Runner:
     resume: bool
     build: bool
     hint: str
-    outcomes: list[Outcome]
+    outcomes: dict[str, Outcome]  # the latest per cell id
     running: list[Running] = field(default_factory=list)
     placer: Placer | None = None
+    ended: list[Outcome] = field(default_factory=list)  # of the current :meth:`run_cells`
 
-    def run(self) -> None:
-        pending = deque(self.cells)
+    def run(self, race: RaceSettings | None = None) -> None:
+        """Run the cells to the end, or as a race."""
+        from harness.race import Race
+
         self.executor.open([c for c in self.cells if not (self.resume and finished(CellStore(self.out, c.id)))],
                            self.out)
         try:
-            while pending or self.running:
-                while pending and len(self.running) < max(1, self.executor.slots):
-                    self.start(pending.popleft())
-                for running in list(self.running):
-                    self.watch(running)
-                if self.running:
-                    time.sleep(POLL_S)
+            if race:
+                Race(self, race).run()
+            else:
+                self.run_cells(self.cells)
         except Interrupted as exc:
             self.stop_all(exc.signum)
             raise
         finally:
             self.executor.close()
 
-    def start(self, cell: CellSpec) -> None:
-        """Keep the cell's earlier result (resuming), record it skipped, or submit it."""
+    def run_cells(self, cells: Sequence[CellSpec], until: int | None = None, resume: bool | None = None
+                  ) -> list[Outcome]:
+        """Run ``cells`` (each to epoch ``until`` where that is before its last; ``resume``: continue what they
+        recorded, default the run's ``--resume``); their outcomes."""
+        pending, self.ended = deque(cells), []
+        resume = self.resume if resume is None else resume
+        while pending or self.running:
+            while pending and len(self.running) < max(1, self.executor.slots):
+                cell = pending.popleft()
+                self.start(cell, until if until and until < cell.epochs else None, resume)
+            for running in list(self.running):
+                self.watch(running)
+            if self.running:
+                time.sleep(POLL_S)
+        return self.ended
+
+    def outcome(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.cell.id] = outcome
+        self.ended.append(outcome)
+
+    def start(self, cell: CellSpec, until: int | None, resume: bool) -> None:
+        """Keep the cell's earlier result (resuming: a finished one, or a pause at or past ``until``), record it
+        skipped, or submit it."""
         store = CellStore(self.out, cell.id)
-        if self.resume and (previous := finished(store)):
-            self.outcomes.append(Outcome(cell, previous["status"], previous["reason"]))
+        previous = store.result() if resume else None
+        if previous and (finished(store) or (previous["status"] == "paused" and until
+                                             and recorded_epochs(store) >= until)):
+            self.outcome(Outcome(cell, previous["status"], previous["reason"]))
             return
         env: dict[str, Any] = {}
         try:
@@ -228,11 +258,11 @@ class Runner:
                 store.write_cell(cell)
                 store.write_result(cell, env, "skipped", reason)
                 tqdm.write(f"[{cell.id}] skipped: {reason}")
-                self.outcomes.append(Outcome(cell, "skipped", reason))
+                self.outcome(Outcome(cell, "skipped", reason))
                 return
             store.write_cell(cell)
             store.result_path.unlink(missing_ok=True)  # a failed earlier attempt's result must not outlive this one
-            self.submit(cell, store, env, python, self.resume)
+            self.submit(cell, store, env, python, resume, until)
         except OSError as exc:  # e.g. the disk filled up: this cell fails, the suite goes on
             self.failed_recording(cell, store, env, exc)
 
@@ -250,12 +280,13 @@ class Runner:
         return reason or (None if place.python else "no environment to run it in"), place.env, place.python
 
     def submit(self, cell: CellSpec, store: CellStore, env: dict[str, Any], python: str | None, resume: bool,
-               attempt: int = 1, lost_on: Sequence[str] = ()) -> None:
+               until: int | None = None, attempt: int = 1, lost_on: Sequence[str] = ()) -> None:
         bar = tqdm(total=cell.epochs, initial=recorded_epochs(store), desc=cell.id, leave=True, unit="epoch",
                    dynamic_ncols=True, disable=None)
         deadline = time.monotonic() + (cell.timeout_s or math.inf)
-        job = self.executor.submit(cell, self.out, resume, python)
-        self.running.append(Running(cell, job, store, env, python, bar, deadline, attempt, list(lost_on)))
+        # ``until`` only when set: an executor written before races keeps working for full runs
+        job = self.executor.submit(cell, self.out, resume, python, **({"until": until} if until else {}))
+        self.running.append(Running(cell, job, store, env, python, bar, deadline, until, attempt, list(lost_on)))
 
     def watch(self, running: Running) -> None:
         """Move the cell's bar, stop it past its time limit, and record it once it has ended."""
@@ -285,7 +316,7 @@ class Runner:
         self.running.remove(running)
         result = store.result()
         if result:
-            self.outcomes.append(Outcome(cell, result["status"], result["reason"]))
+            self.outcome(Outcome(cell, result["status"], result["reason"]))
 
     def retry(self, running: Running, ended: CellExit) -> bool:
         """After a lost machine: run the cell again (from its checkpoint) while retries are left and a machine
@@ -306,7 +337,7 @@ class Runner:
         for message in store.prepare_resume():
             log.warning(message)
         store.result_path.unlink(missing_ok=True)
-        self.submit(cell, store, running.env, running.python, True, running.attempt + 1, lost_on)
+        self.submit(cell, store, running.env, running.python, True, running.until, running.attempt + 1, lost_on)
         return True
 
     def stop_all(self, signum: int) -> None:
@@ -324,11 +355,11 @@ class Runner:
             reason = f"interrupted by {signal.Signals(signum).name}; its executor did not confirm the stop"
             with suppress(OSError):
                 record(running.store, running.cell, running.env, CellExit(None), ("interrupted", reason))
-            self.outcomes.append(Outcome(running.cell, "interrupted", reason))
+            self.outcome(Outcome(running.cell, "interrupted", reason))
 
     def failed_recording(self, cell: CellSpec, store: CellStore, env: dict[str, Any], exc: OSError) -> None:
         failure = f"{type(exc).__name__} while recording the cell: {exc}"
         tqdm.write(f"[{cell.id}] failed: {failure}")
         with suppress(OSError):
             store.write_result(cell, env, "failed", failure)
-        self.outcomes.append(Outcome(cell, "failed", failure))
+        self.outcome(Outcome(cell, "failed", failure))

@@ -217,7 +217,8 @@ class CellStore:
 
     def write_result(self, cell: CellSpec, env: dict[str, Any], status: str, reason: str | None = None,
                      summary: dict[str, Any] | None = None, started_at: str | None = None,
-                     finished_at: str | None = None) -> None:
+                     finished_at: str | None = None, race: dict[str, Any] | None = None) -> None:
+        """Write ``result.json`` (``race``: the cell's part in a race, :mod:`harness.race`)."""
         if status not in STATUSES:
             raise ValueError(f"status {status!r}: expected one of {', '.join(STATUSES)}")
         reason = self.brief(reason)
@@ -231,6 +232,7 @@ class CellStore:
             "summary": summary or {},
             "started_at": started_at,
             "finished_at": finished_at or now(),
+            **({"race": race} if race else {}),
         })
 
     def brief(self, reason: str | None) -> str | None:

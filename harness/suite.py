@@ -14,6 +14,7 @@ from harness import capability, recipes
 from harness.api import CellSpec, Recipe
 from harness.envs.spec import DEFAULT, Environment, declared_by, for_cell, of_cell
 from harness.plugins import Manager, PluginError
+from harness.race import RaceError, RaceSettings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,6 +45,8 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "allow_emulated": ((bool,), False),
     "strict": ((bool,), False),  # a failed sanity check (harness/sanity.py) fails the cell
     "timeout_s": ((int, float), False),
+    "strategy": ((str,), False),  # "full" (every cell to the end, the default) or "race" (harness/race.py)
+    "race": ((dict,), False),  # the race's first rung, factor and kept cells
     "matrix": ((dict,), True),
     "models": ((dict,), False),
     "loaders": ((dict,), False),
@@ -51,6 +54,8 @@ TOP_LEVEL: dict[str, tuple[tuple[type, ...], bool]] = {
     "environments": ((dict,), False),
 }
 DEVICES = ("auto", "cpu", "cuda")
+STRATEGIES = ("full", "race")
+RACE_KEYS = ("first", "factor", "margin", "keep")
 #: Counts and sizes, with their smallest allowed value (checked wherever they appear). Recipe values: recipes.LIMITS.
 COUNTS = {"epochs": 1, "image_size": 1, "subset": 1, "seed": 0, "repeat": 1, "nproc": 1, "workers": 0}
 #: Largest allowed values: a 32-bit seed keeps the seeds derived from it (seed * 1009 + epoch, seed + 104729 * rank)
@@ -82,6 +87,8 @@ class Suite:
     cells: list[CellSpec] = field(default_factory=list)
     description: str = ""
     environments: dict[str, list[str]] = field(default_factory=dict)  # who declared each environment its cells use
+    strategy: str = "full"  # "race": run as a race (harness/race.py) unless the command line says otherwise
+    race: RaceSettings = field(default_factory=RaceSettings)  # the suite's [race] settings, for a race
 
 
 def load(path: Path, manager: Manager) -> dict[str, Any]:
@@ -131,12 +138,28 @@ class Validator:
         target = raw.get("target_acc")
         if target is not None and not 0 < target <= 1:
             self.fail("target_acc", f"expected a validation accuracy in (0, 1], e.g. 0.6; got {target!r}")
+        if raw.get("strategy", "full") not in STRATEGIES:
+            self.fail("strategy", f"got {raw['strategy']!r}; allowed: {', '.join(STRATEGIES)}")
+        self.check_race(raw.get("race", {}))
         self.check_recipes(raw)
         self.check_variants(raw, "loaders", self.manager.loaders())
         self.check_variants(raw, "backends", self.manager.backends())
         self.check_models(raw)
         self.check_environments(raw)
         self.check_matrix(raw)
+
+    def check_race(self, table: dict[str, Any]) -> None:
+        for key in table:
+            if key not in RACE_KEYS:
+                self.fail(f"race.{key}", f"unknown key; allowed: {', '.join(RACE_KEYS)}")
+        keep = table.get("keep", [])
+        if not isinstance(keep, list) or not all(isinstance(k, str) and "=" in k for k in keep):
+            self.fail("race.keep", f"expected a list of KEY=VALUE filters (as --only takes), got {keep!r}")
+        try:
+            race_settings(table)
+        except RaceError as exc:
+            key, _, message = str(exc).partition(": ")
+            self.fail(key, message)
 
     def check_recipes(self, raw: dict[str, Any]) -> None:
         axis = raw["matrix"].get(RECIPE) if isinstance(raw["matrix"], dict) else None
@@ -415,7 +438,15 @@ def expand(path: Path, manager: Manager, **overrides: Any) -> Suite:
         raise SuiteError(f"{path}: key 'repeat': the repeats' seeds run to {last_seed}, past the largest seed "
                          f"{MAXIMA['seed']}; lower the seed or the repeat count")
     cells = [replace(c, id=f"{c.id}-r{r + 1}" if r else c.id, seed=c.seed + r) for r in range(repeats) for c in cells]
-    return Suite(raw["name"], path, cells, raw.get("description", ""), declarers)
+    return Suite(raw["name"], path, cells, raw.get("description", ""), declarers, raw.get("strategy", "full"),
+                 race_settings(raw.get("race", {})))
+
+
+def race_settings(table: dict[str, Any]) -> RaceSettings:
+    """A suite's ``[race]`` table as settings (defaults for what it leaves out)."""
+    defaults = RaceSettings()
+    return RaceSettings(table.get("first", defaults.first), table.get("factor", defaults.factor),
+                        table.get("margin", defaults.margin), tuple(table.get("keep", ())))
 
 
 def _pick(override: Any, value: Any) -> Any:

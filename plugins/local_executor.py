@@ -38,12 +38,12 @@ class LocalExecutor:
     def place(self, cell: CellSpec) -> None:
         return None  # the runner places cells in their environments on this machine
 
-    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> Any:
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None, until: int | None = None) -> Any:
         from harness.launch import CellProcess  # imported here: cell processes load this plugin too
 
         assert python is not None, "the runner places local cells"
         return CellProcess.start(cell, CellStore(out, cell.id).dir / "cell.json", out, resume, python,
-                                 launcher=self.launcher)
+                                 launcher=self.launcher, until=until)
 
     def poll(self, job: Any) -> CellExit | None:
         return job.poll()
@@ -86,7 +86,8 @@ class PoolExecutor(LocalExecutor):
     def __post_init__(self) -> None:
         self.free = list(range(self.slots))
 
-    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None) -> PoolJob:
+    def submit(self, cell: CellSpec, out: Path, resume: bool, python: str | None,
+               until: int | None = None) -> PoolJob:
         from harness.launch import CellProcess
 
         assert python is not None, "the runner places local cells"
@@ -97,7 +98,7 @@ class PoolExecutor(LocalExecutor):
         try:
             process = CellProcess.start(cell, CellStore(out, cell.id).dir / "cell.json", out, resume, python,
                                         cpus=self.cpus[worker], env=env, prefix=f"[{worker}] ",
-                                        launcher=self.launcher)
+                                        launcher=self.launcher, until=until)
         except BaseException:
             self.free.insert(0, worker)
             raise

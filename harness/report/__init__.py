@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.exitcode import ExitCode, unforeseen_input
+from harness.report import race
 from harness.report.aggregate import SUMMARY_COLUMNS, aggregate
 from harness.report.compare_devices import compare, group_column, ordered_groups
 from harness.report.decision import accuracy_step, caveats, decide, effects, with_accuracy_intervals
@@ -58,7 +59,7 @@ def build_report(results: Results, sources: Sequence[str], target_acc: float | N
         comparison=comparison,
         boards=decide(summary, devices, targets),
         effects=effects(summary, base_device),
-        caveats=caveats(summary, steps),
+        caveats=[*caveats(summary, steps), *filter(None, [race.caveat(runs)])],
         steps=steps,
         references=published_references(summary["suite"]),
         sources=[str(s) for s in sources],

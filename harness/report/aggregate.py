@@ -89,7 +89,7 @@ def _aggregate_group(group: pd.DataFrame) -> dict:
             notes.append(f"{len(runs)} of {len(group)} runs {status}: {reason}")
     warnings = dict.fromkeys(w for text in used["warnings"] if text for w in text.split("; "))
     row = {column: lead[column] for column in [*ROW, "device_short", "source_index", "device_type", "env", "cell",
-                                               "nproc", "cell_id", "train_flops_per_image"]}
+                                               "nproc", "cell_id", "train_flops_per_image", "race"]}
     row.update(
         status=lead["status"],
         reason=lead["reason"],
@@ -130,7 +130,8 @@ def aggregate(runs: pd.DataFrame, extra_keys: Sequence[str] = ()) -> pd.DataFram
     extra = [k for k in extra_keys if k not in SUMMARY_COLUMNS]
     summary = pd.DataFrame(rows, columns=[*SUMMARY_COLUMNS, *extra, "device_short", "source_index",
                                           "device_type", "settings", "finished_at", "notes", "env", "cell",
-                                          "throughput_samples", "time_to_acc_samples", "extra", "disqualified"])
+                                          "throughput_samples", "time_to_acc_samples", "extra", "disqualified",
+                                          "race"])
     summary = _drop_superseded_skips(summary)
     summary["best_epoch"] = pd.to_numeric(summary["best_epoch"]).round().astype("Int64")  # median over repeats
     return summary.sort_values([*CONFIG, "source_index", "device", "environment"], ignore_index=True)

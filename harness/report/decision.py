@@ -369,7 +369,7 @@ def caveats(summary: pd.DataFrame, steps: Mapping[str, float | None]) -> list[st
     software = _software(ok)
     if software:
         out.append(software)
-    failed = summary[~summary["status"].isin(["ok", "skipped"])]
+    failed = summary[~summary["status"].isin(["ok", "skipped", "eliminated"])]
     if len(failed):
         statuses = ", ".join(sorted(set(failed["status"])))
         out.append(f"{plural(len(failed), 'cell')} did not finish ({statuses}): see below")

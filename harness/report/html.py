@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
+from harness.report.race import spent
 from harness.report.render import (
     DEFINITIONS,
     EFFECTS_NOTE,
@@ -30,6 +31,8 @@ from harness.report.render import (
     failed_table,
     leaderboard,
     plural,
+    race_note,
+    race_table,
     reference_table,
     results_table,
     skipped_table,
@@ -225,6 +228,10 @@ def _sections(report: Report) -> list[str]:
         table_html(results_table(report), "summary"),
         "</section>",
     ]
+    if spent(report.runs):
+        body += ['<section id="race"><h2>Race</h2>', f'<p class="muted">{html.escape(race_note(report))}</p>']
+        body += [table_html(race_table(report), "race")] if len(race_table(report).frame) else []
+        body += ["</section>"]
     failed = failed_table(report)
     if len(failed.frame):
         body += [f'<section id="unfinished"><h2>Did not finish: {plural(len(failed.frame), "cell")}</h2>',

@@ -83,6 +83,7 @@ def _load_cell(cell_dir: Path, source: Path, index: int) -> tuple[dict[str, Any]
         "warning_codes": [str(w.get("code")) for w in warnings if isinstance(w, dict)],
         "disqualified": [str(w.get("message")) for w in warnings if isinstance(w, dict) and w.get("disqualifies")],
         "extra": summary.get("extra") or {},
+        "race": cell.race,
         "cell": spec,
         "env": cell.env,
     }
@@ -93,7 +94,7 @@ CELL_COLUMNS = [
     "run", "source", "source_index", "cell_id", "suite", "model", "recipe", "loader", "backend", "precision", "nproc",
     "seed", "environment", "status", "reason",
     "started_at", "finished_at", "optimizer_steps_per_epoch_recorded", "train_flops_per_image",
-    "recorded_warnings", "warning_codes", "disqualified", "extra", "cell", "env",
+    "recorded_warnings", "warning_codes", "disqualified", "extra", "race", "cell", "env",
 ]  # fmt: skip
 
 

@@ -15,6 +15,7 @@ from harness.devices import match_device
 from harness.report.aggregate import CONFIG
 from harness.report.compare_devices import FLAGS, RATIO_BOUNDS, Comparison, incomparable
 from harness.report.decision import LOADER_BOUND_PCT, Board, Effect, images, label, plural, task
+from harness.report.race import spent, stopped_at
 from harness.report.summary import SPEC_KEYS, describe, device_short
 
 #: How each column is measured (the HTML shows them as header tooltips too).
@@ -233,14 +234,37 @@ def _time_to_target(row: dict[str, Any]) -> str:
 
 
 def failed_table(report: Report) -> Table:
-    """Cells that started but did not finish: failed, interrupted, incomplete."""
-    s = report.summary[~report.summary["status"].isin(["ok", "skipped"])]
+    """Cells that started but did not finish: failed, interrupted, paused, incomplete (a race's eliminated cells
+    are :func:`race_table`'s)."""
+    s = report.summary[~report.summary["status"].isin(["ok", "skipped", "eliminated"])]
     table = _id_columns(report, s)
     frozen = len(table.columns)
     table["status"] = s["status"]
     table["epochs done"] = s["epochs"].astype(str)
     table["reason"] = s["reason"].fillna("")
     return Table(table.reset_index(drop=True), frozen=frozen)
+
+
+def race_table(report: Report) -> Table:
+    """The cells a race eliminated: where, and on what evidence (:mod:`harness.race`)."""
+    s = report.summary[report.summary["status"] == "eliminated"]
+    table = _id_columns(report, s)
+    frozen = len(table.columns)
+    table["runs"] = s["runs"].astype(str)
+    table["eliminated at"] = s["race"].map(lambda race: stopped_at(race or {}))
+    table["evidence"] = s["reason"].fillna("")
+    return Table(table.reset_index(drop=True), frozen=frozen)
+
+
+def race_note(report: Report) -> str:
+    """What the race spent against the full matrix, in one sentence."""
+    found = spent(report.runs)
+    if found is None:
+        return ""
+    return (f"{found.eliminated} of {found.raced} cells eliminated; the race trained {found.epochs} cell-epochs of "
+            f"the full matrix's {found.full_epochs} ({100 * found.share:.0f} %). A cell is eliminated when another "
+            "configuration of its board is faster beyond the race's margin, or more accurate, at 95 % and not worse "
+            "on the other (docs/race.md); ties stay in.")
 
 
 def config_label(row: pd.Series | dict[str, Any], model: bool = False, environment: bool = False) -> str:
@@ -492,6 +516,10 @@ def to_markdown(report: Report, image_dir: str = "plots") -> str:
     parts += [f"## Results: {plural(len(ok), 'cell')} that ran ({plural(int(ok['runs'].sum()), 'run')})", ""]
     parts += [*_bullets(definitions(report)), "", _markdown(Table(table.frame.drop(columns=table.more))), "",
               "<details><summary>More columns</summary>", "", _markdown(table), "", "</details>", ""]
+    if spent(report.runs):
+        parts += ["## Race", "", escape(race_note(report)), ""]
+        if len(race_table(report).frame):
+            parts += [_markdown(race_table(report)), ""]
     if len(failed.frame):
         parts += [f"## Did not finish: {plural(len(failed.frame), 'cell')}", "", _markdown(failed), ""]
     if len(skipped):

@@ -157,7 +157,7 @@ def summarize(results: Results, target_acc: float | Mapping[str, float] | None =
         row["settings"] = describe({key: cell.get(key) for key in SPEC_KEYS})
         rows.append(row)
     frame = pd.DataFrame(rows, columns=[*RUN_COLUMNS, "device_short", "source_index", "device_type", "settings", "env",
-                                        "cell", "epoch_throughputs", "extra", "disqualified"])
+                                        "cell", "epoch_throughputs", "extra", "disqualified", "race"])
     frame["device_type"] = [env.get("device_type") for env in frame["env"]]
     frame[["epochs", "timed_epochs"]] = frame[["epochs", "timed_epochs"]].fillna(0).astype(int)
     frame["best_epoch"] = frame["best_epoch"].astype("Int64")
