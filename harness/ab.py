@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -49,6 +50,7 @@ from harness.compare import (
 from harness.exitcode import ExitCode, unforeseen_input
 from harness.paths import AB_SIDE
 
+logger = logging.getLogger(__name__)
 #: Where each run writes its pytest-benchmark JSON, in COMMAND.
 PLACEHOLDER = "{json}"
 SIDES = ("base", "candidate")
@@ -206,7 +208,7 @@ def run_rounds(command: Sequence[str], trees: dict[str, Path], rounds: int, out:
     for i, side in enumerate(order(rounds)):
         runs.append(run_once(command, side, i // 2 + 1, trees[side], out))
         if i % 2:
-            print(progress(runs, rounds, time.monotonic() - started), file=sys.stderr, flush=True)
+            logger.info(progress(runs, rounds, time.monotonic() - started))
     return runs
 
 
@@ -404,9 +406,9 @@ def _command(args: argparse.Namespace) -> int:
     if (out / "runs").exists():
         raise AbError(f"{out} already holds runs: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    print(f"harness ab: base {args.base} ({commits['base'][:10]}), candidate {args.candidate} "
-          f"({commits['candidate'][:10]}); {args.rounds} rounds, order base candidate candidate base ...; "
-          f"results in {out}", file=sys.stderr, flush=True)
+    logger.info(f"ab: base {args.base} ({commits['base'][:10]}), candidate {args.candidate} "
+                f"({commits['candidate'][:10]}); {args.rounds} rounds, order base candidate candidate base ...; "
+                f"results in {out}")
     with worktrees(repo, commits) as trees:
         if args.setup:
             for side, tree in trees.items():

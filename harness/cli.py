@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> int:
         check_apart(args.data, out)
     check_data(args.data, cells, manager)
     for line in shared_names(cells, manager):  # before any cell starts: who builds a name others know too
-        print(f"harness: warning: {line}", file=sys.stderr)
+        log.warning(line)
     args.build = not args.no_build
     args.hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     executor = executor_named(manager, args.executor, args)  # before anything is written: an unusable one exits 2
@@ -341,7 +341,7 @@ def parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
                                        "error, 130 / 143 / 129 stopped by SIGINT / SIGTERM / SIGHUP")
     p.add_argument("--version", action=Versions, nargs=0, help="show the harness's, torch's and plugins' versions")
     p.add_argument("--traceback", action="store_true", help="show the stack of an internal error")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages (-vv: debug)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug)")
     p.add_argument("-q", "--quiet", action="count", default=0, dest="quietness",
                    help="fewer messages (warnings and errors only)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -367,11 +367,11 @@ class Formatter(logging.Formatter):
 
 def configure_logging(verbosity: int) -> None:
     """Messages of the ``harness`` logger on stderr: warnings and up with ``-q``, info by default, debug with
-    ``-vv``."""
+    ``-v``."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(Formatter())
     log.handlers[:] = [handler]
-    log.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity < 2 else logging.DEBUG)
+    log.setLevel(logging.WARNING if verbosity < 0 else logging.INFO if verbosity == 0 else logging.DEBUG)
     log.propagate = False
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import json
+import logging
 import math
 import statistics
 import sys
@@ -26,6 +27,8 @@ from typing import Any, TypeVar
 from harness import results
 from harness.exitcode import ExitCode, unforeseen_input
 from harness.store import spec_changes
+
+logger = logging.getLogger(__name__)
 
 #: Harness per-epoch metrics compared by default, with their good direction.
 HARNESS_METRICS: dict[str, bool] = {"throughput_img_s": True, "epoch_time_s": False}
@@ -557,7 +560,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--fail-on-missing", action="store_true", help="exit 1 also when a baseline benchmark is missing"
     )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the comparison as JSON to PATH")
+    parser.add_argument("--json", action="store_true",
+                        help="print the comparison as JSON on stdout (the table and summary then go to stderr)")
     parser.add_argument(  # calibration: the last section of this module
         "--reference",
         metavar="NAME",
@@ -603,6 +607,8 @@ def _command(args: argparse.Namespace) -> int:
     try:
         options = options_from(args)
         baseline, candidate = load_side(args.baseline, options), load_side(args.candidate, options)
+        for side in (baseline, candidate):
+            logger.debug("%s: %s, %d series", side.path, side.kind, len(side.series))
         if baseline.kind != candidate.kind:
             raise CompareError(
                 f"cannot compare a {baseline.kind} input ({baseline.path}) with a "
@@ -615,15 +621,17 @@ def _command(args: argparse.Namespace) -> int:
         print(f"harness compare: error: {exc}", file=sys.stderr)
         return ExitCode.USAGE
     _warn_env(baseline, candidate)
-    print(table(rows))
     counts = summary(rows)
+    human = sys.stderr if args.json else sys.stdout  # --json: the JSON alone on stdout
+    print(table(rows), file=human)
     print(
         "\n"
         + ", ".join(f"{n} {v}" for v, n in counts.items())
-        + f" (threshold {options.threshold:.0%}, alpha {options.alpha:g}, Mann-Whitney U on raw samples)"
+        + f" (threshold {options.threshold:.0%}, alpha {options.alpha:g}, Mann-Whitney U on raw samples)",
+        file=human,
     )
     if args.json:
-        args.json.write_text(json.dumps(to_json(rows, baseline, candidate, options), indent=2) + "\n")
+        print(json.dumps(to_json(rows, baseline, candidate, options), indent=2))
     failed = counts["regressed"] or (args.fail_on_missing and counts["missing"])
     return ExitCode.FAILED if failed else ExitCode.OK
 
@@ -634,15 +642,18 @@ def _warn_env(baseline: Side, candidate: Side) -> None:
         return
     machine = [d for d in diffs if d[0] in MACHINE_KEYS or d[0].split(".")[0] in ("cpu",)]
     what = "different machines" if machine else "different environments"
-    print(f"warning: baseline and candidate ran on {what}; timings may not be comparable:", file=sys.stderr)
+    logger.warning("baseline and candidate ran on %s; timings may not be comparable:", what)
     for key, b, c in diffs:
-        print(f"warning:   {key}: {b} -> {c}", file=sys.stderr)
+        logger.warning("  %s: %s -> %s", key, b, c)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m harness.compare``: the same as ``harness compare``."""
+    from harness.cli import configure_logging
+
     parser = argparse.ArgumentParser(prog="harness compare")
     configure(parser)
+    configure_logging(0)
     results.show_warnings_briefly()
     return command(parser.parse_args(argv))
 
@@ -704,7 +715,7 @@ def calibrate_pair(baseline: Side, candidate: Side, name: str) -> tuple[Side, Si
     if baseline.kind != "pytest-benchmark":
         raise CompareError(f"--reference: calibration is for pytest-benchmark files, not {baseline.path}")
     (baseline, b_ref), (candidate, c_ref) = (drop_reference(calibrate(s, name), name) for s in (baseline, candidate))
-    print(f"{shift(b_ref, c_ref)}; calibrated: per-round times / its median in the same file", file=sys.stderr)
+    logger.info("%s; calibrated: per-round times / its median in the same file", shift(b_ref, c_ref))
     return baseline, candidate
 
 

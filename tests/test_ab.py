@@ -268,10 +268,9 @@ def test_reference_cancels_a_busier_machine(tmp_path: Path, capsys: pytest.Captu
 
 def test_reference_still_catches_a_real_slowdown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base, cand = files(tmp_path, load=1.6, slowdown=0.2)
-    code, _, _ = run_compare(base, cand, "--reference", "t.py::test_reference", "--json", tmp_path / "c.json",
-                             capsys=capsys)
+    code, stdout, _ = run_compare(base, cand, "--reference", "t.py::test_reference", "--json", capsys=capsys)
     assert code == 1
-    (row,) = json.loads((tmp_path / "c.json").read_text())["rows"]
+    (row,) = json.loads(stdout)["rows"]
     assert (row["key"], row["verdict"]) == ("t.py::test_hash/time_vs_reference", "regressed")
     assert row["ratio"] == pytest.approx(1.2, abs=0.02)
 

@@ -113,11 +113,15 @@ def test_an_internal_error_exits_3_in_one_line_and_traceback_shows_the_stack(
     assert "Traceback (most recent call last)" in err and "in reads_data" in err
 
 
-def test_quiet_hides_info_messages_and_keeps_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+def test_quiet_hides_info_messages_verbose_shows_debug(capsys: pytest.CaptureFixture[str]) -> None:
     cli.configure_logging(-1)
     cli.log.getChild("runner").info("moved aside")
     cli.log.getChild("runner").warning("a torn line")
     assert capsys.readouterr().err == "harness: warning: a torn line\n"
     cli.configure_logging(0)
     cli.log.getChild("runner").info("moved aside")
+    cli.log.getChild("envs.build").debug("asking")
     assert capsys.readouterr().err == "harness: moved aside\n"
+    cli.configure_logging(1)  # -v
+    cli.log.getChild("envs.build").debug("asking")
+    assert capsys.readouterr().err == "harness: asking\n"

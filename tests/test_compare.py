@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import compare
+from harness import cli, compare
 from harness.api import CellSpec, EpochRecord, Recipe
 from harness.results import ResultWarning
 from harness.store import CellStore
@@ -147,13 +147,29 @@ def test_environment_difference_warns(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--json``: the comparison as JSON alone on stdout; the table, summary and warnings on stderr."""
     write_cell(tmp_path / "a", cell(), 100.0)
-    write_cell(tmp_path / "b", cell(), 70.0, seed=3)
-    code, _, _ = run(tmp_path / "a", tmp_path / "b", "--json", tmp_path / "cmp.json", capsys=capsys)
-    data = json.loads((tmp_path / "cmp.json").read_text())
+    write_cell(tmp_path / "b", cell(), 70.0, seed=3, env={**ENV, "torch": "2.5.0"})
+    code, out, err = run(tmp_path / "a", tmp_path / "b", "--json", capsys=capsys)
+    data = json.loads(out)
     assert code == 1 and data["summary"]["regressed"] == 2
     row = next(r for r in data["rows"] if r["metric"] == "throughput_img_s")
     assert row["better"] == "higher" and row["ratio"] == pytest.approx(0.7, abs=0.03) and row["p_value"] < 0.05
+    assert data["env_differences"] == [{"key": "torch", "baseline": "2.4.0", "candidate": "2.5.0"}]
+    assert "2 regressed" in err and "throughput_img_s" in err and "torch: 2.4.0 -> 2.5.0" in err
+
+
+def test_quiet_keeps_warnings_and_verbose_shows_what_was_read(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Through ``harness -q`` / ``-v``: the environment warning stays under -q; -v adds what each side holds."""
+    write_cell(tmp_path / "a", cell(), 100.0)
+    write_cell(tmp_path / "b", cell(), 100.0, env={**ENV, "torch": "2.5.0"})
+    read = f"harness: {tmp_path / 'a'}: harness, 2 series"
+    for flags, shown in (["-q"], False), ([], False), (["-v"], True):
+        assert cli.main([*flags, "compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+        out = capsys.readouterr()
+        assert "harness: warning:   torch: 2.4.0 -> 2.5.0" in out.err and "unchanged" in out.out
+        assert (read in out.err) == shown, out.err
 
 
 # ---------------------------------------------------------------- bad input: exit 2 and a message naming the culprit

@@ -4,6 +4,7 @@ same answer from ``harness env``, ``harness run`` and ``harness run --no-build``
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -69,7 +70,7 @@ def suite_with_envs(tmp_path_factory: pytest.TempPathFactory, envs_dir: Path) ->
     suite = write_suite(tmp_path_factory.mktemp("suite") / "envs.toml", SUITE)
     done = harness("envs", "build", "--suite", suite, "old-timm", env={paths.ENVS: str(envs_dir)})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "built environment old-timm in" in done.stdout
+    assert "built environment old-timm in" in done.stderr  # the build's messages are log messages (-q hides them)
     return suite
 
 
@@ -249,6 +250,27 @@ def test_an_environment_whose_interpreter_is_gone_is_not_taken_as_built(tmp_path
                        "harness envs build old-timm")
 
 
+
+def test_a_hung_interpreter_skips_its_environments_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An environment whose interpreter never answers ``harness.cell --check``: past the time limit it is killed
+    and its cells get a one-line reason naming it (the run goes on), instead of hanging ``harness run``."""
+    monkeypatch.setenv(paths.ENVS, str(tmp_path))
+    monkeypatch.setattr(build, "CHECK_TIMEOUT_S", 0.5)
+    manager = get_manager()
+    (cell,) = select(expand(write_suite(tmp_path / "s.toml", SUITE), manager).cells, ["environment=old-timm"])
+    spec = Spec.for_cells(of_cell(cell), [cell], manager)
+    (spec.path / "bin").mkdir(parents=True)
+    (spec.path / "harness-env.json").write_text(json.dumps({"name": "old-timm", "layer_over": None}))
+    pid = tmp_path / "pid"
+    spec.python.write_text(f"#!/bin/sh\necho $$ > {pid}\nexec sleep 60\n")  # a real process that never answers
+    spec.python.chmod(0o755)
+    assert layers.ready(spec.path)
+    blocker = placement.Placer([cell], manager, build=False).place(cell).blocker
+    assert blocker == (f"environment old-timm: its interpreter {spec.python} did not say within 0.5 s whether its "
+                       "cells can run (harness.cell --check hung)")
+    with pytest.raises(ProcessLookupError):  # killed and reaped, not left sleeping
+        os.kill(int(pid.read_text()), 0)
+
 # -- secrets ------------------------------------------------------------------------------------------------
 def test_redact_hides_url_credentials_and_secret_variables() -> None:
     text = "uv pip install --extra-index-url https://me:pa55word@pkgs.example/simple x; token=abcd1234efgh"
@@ -358,5 +380,5 @@ def test_an_environment_whose_interpreter_was_deleted_is_rebuilt(envs_dir: Path,
     (folder / "bin" / "python").unlink()  # the marker stays
     assert "broken (its interpreter" in harness("envs", "list", env=variables).stdout
     done = harness("envs", "build", "--suite", suite_with_envs, "old-timm", env=variables)
-    assert done.returncode == 0 and "built environment old-timm in" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "built environment old-timm in" in done.stderr, done.stderr[-3000:]
     assert "[Errno 2]" not in done.stdout + done.stderr and layers.ready(folder)

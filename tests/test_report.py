@@ -969,6 +969,11 @@ def test_observer_extra_fields_are_columns_behind_the_toggle(tmp_path: Path) -> 
     assert table.frame["extra.energy.joules"][0] == "1,234.500"
     assert table.frame["extra.gpu_util.mean_pct"][0] == "87.500"
     assert "throughput (img/s)" not in table.more and "MFU (%)" in table.more
+    write_report([tmp_path], tmp_path / "csv", formats=["csv"])  # the CSVs: one column per field, not a dict
+    epochs, runs = (pd.read_csv(tmp_path / "csv" / name) for name in ("epochs.csv", "runs.csv"))
+    assert epochs["extra.gpu_util.mean_pct"].tolist() == [87.5] * 3 and "extra" not in epochs
+    assert runs[["extra.energy.joules", "extra.gpu_util.mean_pct"]].values.tolist() == [[1234.5, 87.5]]
+    assert list(runs.columns[:len(RUN_COLUMNS)]) == RUN_COLUMNS and len(runs.columns) == len(RUN_COLUMNS) + 2
 
 
 def test_plot_lines_differ_in_every_factor_that_differs() -> None:

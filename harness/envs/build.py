@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shlex
@@ -26,7 +27,11 @@ from harness.envs.spec import BuildError, Spec, base_python
 from harness.redact import redact
 from harness.store import now, write_json
 
+logger = logging.getLogger(__name__)
 KEPT_LINES = 60  # of a build's output, for the message of a failure
+#: How long an environment's interpreter gets to answer about its cells (start, import torch and the plugins, ask
+#: each cell's plugins, each within ``capability.PLUGIN_TIMEOUT_S``); past it, its cells are skipped with the reason.
+CHECK_TIMEOUT_S = 300.0
 
 
 def steps(spec: Spec, uv: str | None, layer: list[str] | None = None) -> tuple[list[list[str]], dict[str, str]]:
@@ -95,7 +100,7 @@ def locked(path: Path, log: Log) -> Iterator[None]:
         yield
 
 
-def build(spec: Spec, log: Log = print) -> None:
+def build(spec: Spec, log: Log = logger.info) -> None:
     """Build ``spec`` unless it is built: as a layer over the default environment when it keeps its torch and
     breaks nothing there, else whole. A folder left unfinished, a stale layer or one whose interpreter is gone is
     built again. BuildError with the installer's message if that fails."""
@@ -137,15 +142,23 @@ def build(spec: Spec, log: Log = print) -> None:
 
 
 def ask(spec: Spec, cells: list[CellSpec]) -> dict[str, Any]:
-    """The environment's own answers about ``cells``: ``fingerprints`` per device and ``blockers`` per cell id."""
+    """The environment's own answers about ``cells``: ``fingerprints`` per device and ``blockers`` per cell id;
+    BuildError when its interpreter fails, says nothing readable, or hangs past :data:`CHECK_TIMEOUT_S`."""
+    name = spec.environment.name
     with tempfile.TemporaryDirectory() as tmp:
         listing = Path(tmp) / "cells.json"
         listing.write_text(json.dumps([c.describe() for c in cells], default=str))
-        done = subprocess.run([str(spec.python), "-m", "harness.cell", "--check", str(listing)], capture_output=True,
-                              text=True, errors="replace", env=activated(spec.path, os.environ))
+        command = [str(spec.python), "-m", "harness.cell", "--check", str(listing)]
+        logger.debug("asking environment %s about %d cell(s): %s", name, len(cells), shlex.join(command))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, errors="replace",
+                                  env=activated(spec.path, os.environ), timeout=CHECK_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # run() has killed it
+            raise BuildError(f"environment {name}: its interpreter {spec.python} did not say within "
+                             f"{CHECK_TIMEOUT_S:g} s whether its cells can run (harness.cell --check hung)") from None
     try:
         return dict(json.loads(done.stdout))
     except ValueError:
         said = redact(" ".join(done.stderr.strip().splitlines()[-3:]))
-        raise BuildError(f"environment {spec.environment.name} could not check its cells (exit code "
+        raise BuildError(f"environment {name} could not check its cells (exit code "
                          f"{done.returncode}): {said}") from None

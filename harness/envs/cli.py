@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -18,6 +19,8 @@ from harness.exitcode import ExitCode
 from harness.plugins import Manager, get_manager, suite_path
 from harness.redact import redact
 from harness.suite import expand, select
+
+logger = logging.getLogger(__name__)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +114,7 @@ def remove_command(args: argparse.Namespace) -> int:
     missing = sorted(set(args.names) - {r["folder"] for r in rows} - {r["name"] for r in rows})
     for row in rows:
         path = Path(row["path"])
-        with locked(path, print):
+        with locked(path, logger.info):
             shutil.rmtree(path)
         print(f"removed {path}")
     if missing:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
@@ -15,6 +16,8 @@ from harness.envs.build import ask, build
 from harness.envs.layers import Log, layered, problem, ready
 from harness.envs.spec import BuildError, Environment, Spec, of_cell
 from harness.plugins import Manager
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Placer:
     once about all its cells."""
 
     def __init__(self, cells: Iterable[CellSpec], manager: Manager, build: bool = True,
-                 hint: str = "harness envs build --suite SUITE", log: Log = print) -> None:
+                 hint: str = "harness envs build --suite SUITE", log: Log = logger.info) -> None:
         self.cells, self.manager, self.build, self.hint, self.log = list(cells), manager, build, hint, log
         self.probes: dict[str, tuple[DeviceInfo, dict[str, Any]]] = {}  # one probe per device, not per cell
         self.elsewhere: dict[Environment, Callable[[CellSpec], Placement]] = {}

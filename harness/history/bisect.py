@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from typing import Any
 from harness import ab, compare
 from harness.compare import Options, Row
 from harness.history.records import HistoryError, git
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,9 +109,9 @@ def bisect(repo: Path, good: str, bad: str, command: Sequence[str], out: Path, o
                      options, max_rounds, reference, fastest, setup)
         steps.append(step)
         low, high = (low, middle) if step.decision == "bad" else (middle, high)
-        print(f"step {len(steps)}: {step.commit[:10]} {step.decision} ({step.worse:+.1%} vs GOOD, {step.rounds} "
-              f"round{'s' * (step.rounds > 1)}{', undecided by the noise' if step.undecided else ''}); "
-              f"{high - low - 1} commits left", file=sys.stderr, flush=True)
+        logger.info(f"bisect step {len(steps)}: {step.commit[:10]} {step.decision} ({step.worse:+.1%} vs GOOD, "
+                    f"{step.rounds} round{'s' * (step.rounds > 1)}"
+                    f"{', undecided by the noise' if step.undecided else ''}); {high - low - 1} commits left")
     return commits[high], steps
 
 

@@ -105,11 +105,11 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     if "csv" in formats:
         report.summary[SUMMARY_COLUMNS].to_csv(out / "summary.csv", index=False)
-        report.runs[RUN_COLUMNS].to_csv(out / "runs.csv", index=False)
+        flat_extra(report.runs[[*RUN_COLUMNS, "extra"]]).to_csv(out / "runs.csv", index=False)
         report.comparison.flat(target=bool(report.targets)).to_csv(out / "comparison.csv", index=False)
         keys = report.runs[["run", "cell_id", "device", "environment", "seed", "model", "loader", "backend",
                             "precision", "recipe"]]
-        results.epochs.merge(keys, on="run").to_csv(out / "epochs.csv", index=False)
+        flat_extra(results.epochs.merge(keys, on="run")).to_csv(out / "epochs.csv", index=False)
     if "md" in formats or "html" in formats:
         _plots(report, results.epochs, out)
     if "md" in formats:
@@ -119,6 +119,12 @@ def write_report(
 
         (out / "report.html").write_text(to_html(report))
     return report.summary[SUMMARY_COLUMNS]
+
+
+def flat_extra(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its ``extra`` dicts (observers' fields) as ``extra.<plugin>.<field>`` columns, for a CSV."""
+    extra = pd.DataFrame([e or {} for e in frame["extra"]], index=frame.index).add_prefix("extra.")
+    return pd.concat([frame.drop(columns="extra"), extra], axis=1)
 
 
 CONSOLE_COLUMNS = ["model", "recipe", "loader", "backend", "precision", "device", "environment", "status", "runs",
