@@ -8,7 +8,7 @@ eliminated only when another one beats it at 95 % with the report's own interval
 (:mod:`harness.report.stats`) and is not worse on the other axis:
 
 - **slower**: its throughput over its timed epochs (all repeats pooled), as a ratio to the other's, has an
-  interval entirely below ``1 - margin`` (Welch's t on logarithms, or the bootstrap from 10 samples a side; the
+  interval entirely below ``1 - margin`` (a Welch t interval on its log, or the bootstrap from 10 samples a side; the
   margin, 5 % by default, because cells run one after another and the machine's drift between them is not in
   any one cell's samples), and its best validation accuracy so far is not significantly above the other's; or
 - **less accurate**: its best validation accuracy so far has a Wilson interval (on the validation images, all

@@ -110,10 +110,12 @@ def prepare_resume(cells: Sequence[CellSpec], out: Path, rerun_changed: bool) ->
                 log.warning(message)
 
 
-def finished(store: CellStore) -> dict[str, Any] | None:
-    """The cell's result when a resumed run keeps it (``ok``, ``skipped`` or ``eliminated``), else None."""
+def finished(store: CellStore, racing: bool = False) -> dict[str, Any] | None:
+    """The cell's result when a resumed run keeps it (``ok``, ``skipped``, and in a race ``eliminated``: a full
+    run trains an eliminated cell on from its checkpoint), else None."""
     result = store.result()
-    return result if result and result["status"] in ("ok", "skipped", "eliminated") else None
+    kept = ("ok", "skipped", "eliminated") if racing else ("ok", "skipped")
+    return result if result and result["status"] in kept else None
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -204,13 +206,15 @@ class Runner:
     running: list[Running] = field(default_factory=list)
     placer: Placer | None = None
     ended: list[Outcome] = field(default_factory=list)  # of the current :meth:`run_cells`
+    racing: bool = False
 
     def run(self, race: RaceSettings | None = None) -> None:
         """Run the cells to the end, or as a race."""
         from harness.race import Race
 
-        self.executor.open([c for c in self.cells if not (self.resume and finished(CellStore(self.out, c.id)))],
-                           self.out)
+        self.racing = race is not None
+        self.executor.open([c for c in self.cells
+                            if not (self.resume and finished(CellStore(self.out, c.id), self.racing))], self.out)
         try:
             if race:
                 Race(self, race).run()
@@ -247,7 +251,7 @@ class Runner:
         skipped, or submit it."""
         store = CellStore(self.out, cell.id)
         previous = store.result() if resume else None
-        if previous and (finished(store) or (previous["status"] == "paused" and until
+        if previous and (finished(store, self.racing) or (previous["status"] == "paused" and until
                                              and recorded_epochs(store) >= until)):
             self.outcome(Outcome(cell, previous["status"], previous["reason"]))
             return

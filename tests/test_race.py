@@ -208,6 +208,18 @@ def test_keep_without_a_race_and_a_bad_race_setting_exit_2_naming_them(work: Pat
 
 
 @pytest.mark.slow
+def test_repeats_race_as_one_configuration(work: Path) -> None:
+    run = race(work, "--race", "--repeat", "2", "--only", "loader=stripes", "--only", "backend=fast",
+               "--only", "backend=slow")
+    assert run.returncode == 0, run.stderr[-3000:]
+    found = results(work / "out")
+    assert {c: r["status"] for c, r in found.items()} == {FAST: "ok", f"{FAST}-r2": "ok", SLOW: "eliminated",
+                                                          f"{SLOW}-r2": "eliminated"}
+    assert found[SLOW]["reason"] == found[f"{SLOW}-r2"]["reason"]  # one verdict for both repeats
+    assert "2 of 4 cells eliminated" in (work / "out" / "summary.md").read_text()
+
+
+@pytest.mark.slow
 def test_an_interrupted_race_resumes_where_it_stopped(work: Path) -> None:
     """A suite that says ``strategy = "race"`` races without --race; Ctrl-C in the second rung, then --resume goes
     on with the survivors from their checkpoints and never reruns an eliminated cell."""
@@ -242,6 +254,12 @@ def test_an_interrupted_race_resumes_where_it_stopped(work: Path) -> None:
     assert {c: found[c]["finished_at"] for c in (SLOW, WASHED_OUT)} == eliminated_at  # not run again
     assert [e["epoch"] for e in CellStore(out, FAST).epochs()] == list(range(1, 41))
     assert found[FAST]["race"]["rungs"] == [4, 8, 16, 32, 40]
+    # --full-matrix on a resumed race trains the eliminated cells on, from their checkpoints at the rung
+    run = run_harness("run", "--suite", path, "--out", out, "--resume", "--full-matrix",
+                      plugin_modules=["tiny_plugin", "race_plugin"], pythonpath=[work], env=PLUGINS, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {c: r["status"] for c, r in results(out).items()} == dict.fromkeys((FAST, FAST_TOO, SLOW, WASHED_OUT), "ok")
+    assert [e["epoch"] for e in CellStore(out, SLOW).epochs()] == list(range(1, 41))
 
 
 # -- the rules, on racers built here

@@ -34,7 +34,7 @@ DEFINITIONS = {
     "data wait (%)": "share of the training loop spent waiting for the next batch",
     "GFLOP / image": "forward + backward, counted once with torch.utils.flop_counter",
     "vs leader": "the headline metric over the leader's, with a 95 % interval over runs (with one run each, over its "
-    "timed epochs: timing noise only); Welch's t on logarithms below 10 values, else a bootstrap",
+    "timed epochs: timing noise only); a Welch t interval on the log of the ratio below 10 values, else a bootstrap",
 }
 SEP = " · "
 
