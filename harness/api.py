@@ -344,6 +344,15 @@ class RunContext(Protocol):
 
 
 @dataclass
+class Outcome:
+    """What came of a cell in a run (``harness.runner.run_suite`` returns one per cell)."""
+
+    cell: CellSpec
+    status: str  # ok, skipped, failed, interrupted, paused, eliminated (harness.results.STATUSES)
+    reason: str | None
+
+
+@dataclass
 class CellExit:
     """How a launched cell's processes ended, as its executor saw them. The runner decides the cell's outcome
     from what the cell recorded, and from this only where it recorded nothing."""

@@ -200,9 +200,9 @@ def run(args: argparse.Namespace) -> int:
     args.hint = shlex.join(["harness", "envs", "build", "--suite", args.suite, *(f"--only={o}" for o in args.only)])
     executor = executor_named(manager, args.executor, args)  # before anything is written: an unusable one exits 2
     race = chosen_race(args, suite, out)
-    if race and race.keep:
-        select(cells, list(race.keep))  # a bad filter exits 2 before anything runs
     cells = executor.expand(cells)
+    if race and race.keep:  # a bad filter exits 2 before anything runs
+        race = replace(race, kept=frozenset(c.id for c in select(cells, list(race.keep))))
     _lock = OutputLock(out, shlex.join(sys.argv))  # held until cmd_run returns; a second run on OUT exits 2
     interrupted = None
     try:

@@ -28,16 +28,13 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from harness.api import CellSpec
+from harness.api import CellSpec, Outcome
 from harness.results import WARMUP_EPOCHS, iter_epochs, latest_per_epoch, read_json, timed_epochs
 from harness.store import CellStore, write_json
-
-if TYPE_CHECKING:
-    from harness.runner import Runner
 
 #: At least this many timed epochs a side before any ratio has an interval (:data:`harness.report.stats.MIN_SAMPLES`).
 TIMED_EPOCHS = 3
@@ -48,6 +45,19 @@ FACTOR = 2.0
 MARGIN = 0.05
 
 
+class Runner(Protocol):
+    """What a race asks of the runner (:class:`harness.runner.Runner`): run cells to a rung, record outcomes."""
+
+    cells: list[CellSpec]
+    out: Path
+    resume: bool
+
+    def run_cells(self, cells: Sequence[CellSpec], until: int | None = None, resume: bool | None = None
+                  ) -> list[Outcome]: ...
+
+    def outcome(self, outcome: Outcome) -> None: ...
+
+
 class RaceError(ValueError):
     """Race settings that cannot work; the message names the setting (exit code 2)."""
 
@@ -55,12 +65,14 @@ class RaceError(ValueError):
 @dataclass(frozen=True)
 class RaceSettings:
     """How a race runs: its first rung, the factor between rungs, the margin a slower configuration must be
-    surely beyond, and the cells kept to the end (``--keep`` filters, as ``--only`` takes them)."""
+    surely beyond, and the cells kept to the end (``keep``: ``--keep`` filters, as ``--only`` takes them;
+    ``kept``: the ids of the cells they select, resolved by the caller with :func:`harness.suite.select`)."""
 
     first: int = FIRST
     factor: float = FACTOR
     margin: float = MARGIN
     keep: tuple[str, ...] = ()
+    kept: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not isinstance(self.first, int) or self.first < FIRST:
@@ -185,11 +197,8 @@ class Race:
     schedule: list[int] = field(default_factory=list)
 
     def run(self) -> None:
-        from harness.suite import select
-
-        cells = self.runner.cells
+        cells, kept = self.runner.cells, set(self.settings.kept)
         self.schedule = rungs(max(c.epochs for c in cells), self.settings.first, self.settings.factor)
-        kept = {c.id for c in select(cells, list(self.settings.keep))} if self.settings.keep else set()
         tqdm.write(f"harness: racing {len(cells)} cells: rungs at {', '.join(map(str, self.schedule))} epochs"
                    + (f"; {len(kept)} kept to the end" if kept else ""))
         racing = list(cells)
@@ -208,8 +217,6 @@ class Race:
 
     def eliminate(self, paused: list[CellSpec], epochs: int, rung: int, kept: set[str]) -> set[str]:
         """Compare the paused cells after ``epochs``; record the eliminated ones. Their ids."""
-        from harness.runner import Outcome
-
         racers = self.racers(paused, epochs, kept)
         eliminated: set[str] = set()
         for index, evidence in verdicts(racers, epochs, self.settings.margin).items():

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from harness.api import CellExit, CellSpec, Executor
+from harness.api import CellExit, CellSpec, Executor, Outcome
 from harness.envs.placement import Placer
 from harness.launch import nodes
 from harness.plugins import Manager, PluginError
@@ -48,13 +48,6 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
         self.outcomes: list[Outcome] = []
-
-
-@dataclass
-class Outcome:
-    cell: CellSpec
-    status: str
-    reason: str | None
 
 
 def recorded_epochs(store: CellStore) -> int:
