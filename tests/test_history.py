@@ -101,6 +101,12 @@ def test_step_is_found_at_its_commit_and_fails_only_while_new(tmp_path: Path, re
     assert "FAIL " in out and repo[1][25][:10] in out and "regression +1" in out
     assert check(history, "--recent", "4")[0] == 0  # an older change point is reported, no longer fails
     assert check(history, "--threshold", "20%")[0] == 0  # smaller than the stated size
+    capsys.readouterr()
+    assert check(history, "--json")[0] == 1
+    printed = capsys.readouterr()
+    machine = json.loads(printed.out)  # stdout holds the JSON alone; the readable lines went to stderr
+    assert [(c["first_after"], c["fails"]) for c in machine["changes"]] == [(repo[1][25], True)]
+    assert "FAIL " in printed.err and machine["threshold"] == 0.05
 
 
 def test_improvement_is_reported_and_passes(tmp_path: Path, repo: tuple[Path, list[str]]) -> None:

@@ -449,7 +449,8 @@ def test_corrupt_files_are_named_and_everything_readable_is_kept(two_machines: t
     assert row["status"] == "incomplete" and "result.json unreadable" in row["reason"]
     assert row["epochs"] == 4  # its epoch rows are all kept
     result.write_text(json.dumps({**json.loads(original), "status": "exploded"}))
-    bad_status = f"{result}: field 'status' must be one of ok, skipped, failed, interrupted, paused, eliminated, got 'exploded'"
+    bad_status = (f"{result}: field 'status' must be one of ok, skipped, failed, interrupted, paused, eliminated, "
+                  "got 'exploded'")
     with pytest.warns(ResultWarning, match=re.escape(bad_status)):
         row = _row(summarize(load_results(two_machines)), "fp16", "Tesla T4")
     assert row["status"] == "incomplete" and "got 'exploded'" in row["reason"] and "got 'exploded'" in row["warnings"]

@@ -41,7 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--threshold", default="5%", help="a regression at least this large fails (default 5%%)")
     check.add_argument("--recent", type=int, default=5,
                        help="a change point is new when it starts within its series' newest N commits (default 5)")
-    check.add_argument("--json", type=Path, help="write the change points as JSON")
+    check.add_argument("--json", action="store_true",
+                       help="print the change points as JSON on stdout (the readable lines go to stderr)")
     sub.choices["page"].add_argument("--out", type=Path, required=True, help="folder for index.html")
     sub.choices["page"].add_argument("--title", default="Benchmark history", help="the page's title")
     bisect.configure(sub.add_parser("bisect", help="find the first commit of a change by interleaved A/B runs"))
@@ -86,16 +87,18 @@ def _check(args: argparse.Namespace) -> int:
     series = selected(args)
     found = [c for s in series for c in found_changes(args, [s])[s.name]]
     fail = changes.failing(found, threshold, args.recent)
+    readable = sys.stderr if args.json else sys.stdout
     for c in found:
-        print(("FAIL " if c in fail else "") + c.describe())
+        print(("FAIL " if c in fail else "") + c.describe(), file=readable)
     print(f"{len(series)} series, {len(found)} change points, {len(fail)} new regressions of at least "
-          f"{threshold:.0%} (in the newest {args.recent} commits); significance p <= {args.max_pvalue:g}")
+          f"{threshold:.0%} (in the newest {args.recent} commits); significance p <= {args.max_pvalue:g}",
+          file=readable)
     if args.json:
-        args.json.write_text(json.dumps({"threshold": threshold, "recent": args.recent, "changes": [
+        print(json.dumps({"threshold": threshold, "recent": args.recent, "changes": [
             {"machine": c.series.machine, "key": c.series.key, "metric": c.series.metric,
              "last_before": c.before.commit, "first_after": c.first.commit, "change": c.change,
              "mean_before": c.mean_before, "mean_after": c.mean_after, "p_value": c.p_value,
-             "regression": c.regression, "fails": c in fail} for c in found]}, indent=2) + "\n")
+             "regression": c.regression, "fails": c in fail} for c in found]}, indent=2))
     return ExitCode.FAILED if fail else ExitCode.OK
 
 
