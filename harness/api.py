@@ -42,6 +42,7 @@ __all__ = [
     "ExecutorPlugin",
     "LoaderPlugin",
     "ModelPlugin",
+    "Outcome",
     "Recipe",
     "RunContext",
     "Sample",
