@@ -107,8 +107,12 @@ def finished(store: CellStore, racing: bool = False) -> dict[str, Any] | None:
     """The cell's result when a resumed run keeps it (``ok``, ``skipped``, and in a race ``eliminated``: a full
     run trains an eliminated cell on from its checkpoint), else None."""
     result = store.result()
-    kept = ("ok", "skipped", "eliminated") if racing else ("ok", "skipped")
-    return result if result and result["status"] in kept else None
+    return result if result and keeps(result, racing) else None
+
+
+def keeps(result: dict[str, Any], racing: bool) -> bool:
+    """Whether a resumed run keeps this result as the cell's outcome (see :func:`finished`)."""
+    return result["status"] in (("ok", "skipped", "eliminated") if racing else ("ok", "skipped"))
 
 
 def interrupt(signum: int, frame: object) -> None:
@@ -244,7 +248,7 @@ class Runner:
         skipped, or submit it."""
         store = CellStore(self.out, cell.id)
         previous = store.result() if resume else None
-        if previous and (finished(store, self.racing) or (previous["status"] == "paused" and until
+        if previous and (keeps(previous, self.racing) or (previous["status"] == "paused" and until
                                              and recorded_epochs(store) >= until)):
             self.outcome(Outcome(cell, previous["status"], previous["reason"]))
             return

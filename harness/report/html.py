@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from harness.report.race import spent
 from harness.report.render import (
     DEFINITIONS,
     EFFECTS_NOTE,
@@ -228,10 +227,11 @@ def _sections(report: Report) -> list[str]:
         table_html(results_table(report), "summary"),
         "</section>",
     ]
-    if spent(report.runs):
-        body += ['<section id="race"><h2>Race</h2>', f'<p class="muted">{html.escape(race_note(report))}</p>']
-        body += [table_html(race_table(report), "race")] if len(race_table(report).frame) else []
-        body += ["</section>"]
+    note = race_note(report)
+    if note:
+        eliminated = race_table(report)
+        body += ['<section id="race"><h2>Race</h2>', f'<p class="muted">{html.escape(note)}</p>',
+                 *([table_html(eliminated, "race")] if len(eliminated.frame) else []), "</section>"]
     failed = failed_table(report)
     if len(failed.frame):
         body += [f'<section id="unfinished"><h2>Did not finish: {plural(len(failed.frame), "cell")}</h2>',

@@ -516,10 +516,10 @@ def to_markdown(report: Report, image_dir: str = "plots") -> str:
     parts += [f"## Results: {plural(len(ok), 'cell')} that ran ({plural(int(ok['runs'].sum()), 'run')})", ""]
     parts += [*_bullets(definitions(report)), "", _markdown(Table(table.frame.drop(columns=table.more))), "",
               "<details><summary>More columns</summary>", "", _markdown(table), "", "</details>", ""]
-    if spent(report.runs):
-        parts += ["## Race", "", escape(race_note(report)), ""]
-        if len(race_table(report).frame):
-            parts += [_markdown(race_table(report)), ""]
+    note = race_note(report)
+    if note:
+        eliminated = race_table(report)
+        parts += ["## Race", "", escape(note), "", *([_markdown(eliminated), ""] if len(eliminated.frame) else [])]
     if len(failed.frame):
         parts += [f"## Did not finish: {plural(len(failed.frame), 'cell')}", "", _markdown(failed), ""]
     if len(skipped):
