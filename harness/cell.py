@@ -3,8 +3,9 @@
 Started by the runner, once per cell, under the interpreter of the cell's environment
 (:mod:`harness.envs`), so CUDA, DALI and Colossal-AI global state, crashes and
 out-of-memory stay contained. With ``--nproc N > 1`` it runs torchrun in-process, which starts
-the N ranks (each again ``python -m harness.cell``). Every one of these processes dies with its
-parent, even when the parent is SIGKILLed.
+the N ranks (each again ``python -m harness.cell``); the local executors instead start the ranks
+themselves, each ``python -m harness.cell`` with torchrun's variables (:mod:`harness.launch`).
+Every one of these processes dies with its parent, even when the parent is SIGKILLed.
 
 ``python -m harness.cell --check CELLS_JSON`` (a list of cells) answers for an environment the
 runner does not run in: it prints, as JSON, this environment's fingerprint per device and each
@@ -98,11 +99,11 @@ def run(cell: CellSpec, out: Path, resume: bool, until: int | None = None) -> in
             store.write_result(cell, env, "skipped", str(exc), started_at=started)
         return 0
     except Exception as exc:
+        with suppress(OSError):  # the reason below matters more than the log (e.g. on a full disk)
+            store.dir.mkdir(parents=True, exist_ok=True)
+            store.write_log(f"error-rank{rank}.log" if rank else "error.log", traceback.format_exc())
         if rank == 0:
-            with suppress(OSError):  # the reason below matters more than the log (e.g. on a full disk)
-                store.dir.mkdir(parents=True, exist_ok=True)
-                store.write_log("error.log", traceback.format_exc())
-            store.write_result(cell, env, "failed", failure_reason(exc, out), started_at=started)
+            store.write_result(cell, env, "failed", failure_reason(exc, out, store), started_at=started)
         traceback.print_exc()
         return 1
     finally:
@@ -116,14 +117,18 @@ def run(cell: CellSpec, out: Path, resume: bool, until: int | None = None) -> in
     return 0
 
 
-def failure_reason(exc: Exception, out: Path) -> str:
+def failure_reason(exc: Exception, out: Path, store: CellStore) -> str:
     """The exception, its first line saying whether the disk holding the results is full (torch reports a full
-    disk as an unexplained ``RuntimeError`` from its zip writer); the store records that first line."""
+    disk as an unexplained ``RuntimeError`` from its zip writer) and, before it, the errors other ranks logged
+    (their failure usually is the cause, rank 0's a broken collective); the store records that first line."""
     first, newline, rest = f"{type(exc).__name__}: {exc}".partition("\n")
     with suppress(OSError):
         free = shutil.disk_usage(out).free
         if free < FULL_DISK_BYTES:
             first += f" (the disk holding {out} is full: {free} bytes free)"
+    for log in sorted(store.dir.glob("error-rank*.log"), key=lambda path: path.stat().st_mtime, reverse=True):
+        said = log.read_text(errors="replace").strip().splitlines()
+        first = f"rank {log.stem.removeprefix('error-rank')} failed: {said[-1] if said else '?'}; rank 0: {first}"
     return first + newline + rest
 
 

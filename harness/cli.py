@@ -81,7 +81,7 @@ def configure_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=count(0), help="override the suite's seed")
     p.add_argument("--repeat", type=count(1), metavar="N",
                    help="run each cell N times, seeds seed, seed+1, ... (ids ID, ID-r2, ...); the report aggregates")
-    p.add_argument("--nproc", type=count(1), help="processes per cell (torchrun when > 1)")
+    p.add_argument("--nproc", type=count(1), help="processes (DDP ranks) per cell")
     p.add_argument("--only", action="append", default=[], metavar="KEY=VALUE",
                    help="run only matching cells (id, model, loader, backend, precision, recipe, environment); "
                         "repeatable: a cell matches every key given and one of the values given for a key")

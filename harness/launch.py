@@ -1,6 +1,11 @@
-"""Starting, watching and stopping one cell process on this machine: its command line, environment, temporary
-folder and output. The local executors (:mod:`harness_plugins.local_executor`) and a Ray node
-(:mod:`harness.fleet`) start cells through it; what the outcome is, the runner decides."""
+"""Starting, watching and stopping one cell's processes on this machine: their command lines, environment,
+temporary folder and output. The local executors (:mod:`harness_plugins.local_executor`) and a Ray node
+(:mod:`harness.fleet`) start cells through it; what the outcome is, the runner decides.
+
+A multi-process cell started with a :class:`~harness.warm.Launcher` (the local executors) on one node is a
+*gang*: its ranks are forked from the environment's warm interpreter with the variables torchrun would give them,
+and watched here as torchrun's agent would watch them (one rank failing stops the others). Without a launcher (a
+Ray node, which may join a multi-node rendezvous) ``python -m harness.cell --nproc N`` starts them under torchrun."""
 
 from __future__ import annotations
 
@@ -60,9 +65,15 @@ def cell_env(nproc: int, python: str = sys.executable) -> dict[str, str]:
     # then starve them (measured here: a DALI cell at 4 img/s spinning vs 35 img/s passive).
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if nproc == 1:
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        env.update(rank_env(0, 1, free_port()))
     return env
+
+
+def rank_env(rank: int, nproc: int, port: int) -> dict[str, str]:
+    """The variables torchrun ``--standalone --nproc_per_node=NPROC`` gives rank ``rank`` on one node."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc),
+            "GROUP_RANK": "0", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port)}
 
 
 def relay(stream: Iterable[bytes], tail: deque[str], prefix: str = "") -> None:
@@ -101,55 +112,81 @@ def scratch_folder() -> str:
 
 @dataclass
 class CellProcess:
-    """A cell process in a session of its own: the runner's signals reach the whole group (cell or torchrun,
-    loader workers), the terminal's Ctrl-C only the runner, which forwards it."""
+    """A cell's processes (one, torchrun's agent, or a gang of ranks), each in a session of its own: the runner's
+    signals reach each whole group (cell or torchrun, loader workers), the terminal's Ctrl-C only the runner,
+    which forwards it."""
 
-    proc: subprocess.Popen[bytes] | warm.WarmProcess
+    procs: Sequence[subprocess.Popen[bytes] | warm.WarmProcess]
     scratch: str
-    reader: threading.Thread
+    readers: list[threading.Thread]
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
     signalled_at: float | None = None
+    failed: int | None = None  # the first non-zero exit code among a gang's ranks
 
     @classmethod
     def start(cls, cell: CellSpec, cell_json: Path, out: Path, resume: bool, python: str = sys.executable,
               launch: Sequence[str] = (), cpus: Collection[int] = (), env: Mapping[str, str] | None = None,
               prefix: str = "", launcher: warm.Launcher | None = None, until: int | None = None) -> CellProcess:
         """Start ``cell`` (``cpus``: pin it to these CPUs; ``env``: variables to add; ``prefix``: before each
-        line it prints; ``launcher``: fork a single-process cell from a warm interpreter where it can, else a cold
-        start; ``until``: stop after that epoch, a race's rung)."""
+        line it prints; ``launcher``: fork its processes from a warm interpreter where it can, a multi-process
+        cell's ranks as a gang, else a cold start; ``until``: stop after that epoch, a race's rung)."""
+        for log in cell_json.parent.glob("error-rank*.log"):  # an earlier attempt's: not this one's cause
+            log.unlink()
         scratch = scratch_folder()
-        environ = {**cell_env(cell.nproc * nodes(cell), python), "TMPDIR": scratch, **(env or {})}
-        argv = cell_args(cell_json, out, cell.nproc, resume, launch, until)
-        if launcher is None or cell.nproc * nodes(cell) > 1:  # torchrun's agent and its ranks start cold
-            proc = warm.start_cold(python, argv, environ, text=False, cpus=cpus)
+        ranks = cell.nproc * nodes(cell)
+        environ = {**cell_env(ranks, python), "TMPDIR": scratch, **(env or {})}
+        if launcher is None or nodes(cell) > 1:  # torchrun: a Ray node's cell may join a multi-node rendezvous
+            procs = [warm.start_cold(python, cell_args(cell_json, out, cell.nproc, resume, launch, until), environ,
+                                     text=False, cpus=cpus)]
         else:
-            proc = launcher.start(python, argv, environ, text=False, cpus=cpus)
+            argv, port = cell_args(cell_json, out, 1, resume, until=until), free_port()
+            # torchrun's default too: one OpenMP thread per rank unless the environment says otherwise
+            gang = [{**environ, "OMP_NUM_THREADS": environ.get("OMP_NUM_THREADS", "1"), **rank_env(r, ranks, port)}
+                    for r in range(ranks)] if ranks > 1 else [environ]
+            procs = []
+            try:
+                for rank_environ in gang:
+                    procs.append(launcher.start(python, argv, rank_environ, text=False, cpus=cpus))
+            except BaseException:
+                for proc in procs:
+                    with suppress(ProcessLookupError, PermissionError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                raise
         tail: deque[str] = deque(maxlen=20)
-        reader = threading.Thread(target=relay, args=(proc.stdout, tail, prefix), daemon=True)
-        reader.start()
-        return cls(proc, scratch, reader, tail)
+        readers = [threading.Thread(target=relay, args=(proc.stdout, tail, prefix), daemon=True) for proc in procs]
+        for reader in readers:
+            reader.start()
+        return cls(procs, scratch, readers, tail)
 
     def poll(self) -> CellExit | None:
-        """None while the process runs (SIGKILLing its group ``GRACE_S`` after a signal), else how it ended."""
-        if self.proc.poll() is None:
+        """None while a process runs (SIGKILLing the groups ``GRACE_S`` after a signal; SIGTERMing a gang's other
+        ranks when one fails), else how the cell ended: the first failure's exit code, else 0."""
+        codes = [proc.poll() for proc in self.procs]
+        if self.failed is None:
+            self.failed = next((code for code in codes if code), None)
+        if None in codes:
             if self.signalled_at is not None and time.monotonic() - self.signalled_at > GRACE_S:
                 self.kill(signal.SIGKILL)
+            elif self.failed is not None and self.signalled_at is None:
+                self.signal(signal.SIGTERM)  # one rank failed: the others would wait for it in a collective
             return None
         if self.signalled_at is not None:
-            self.kill(signal.SIGKILL)  # what is left of the group (loader workers)
-        self.reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
+            self.kill(signal.SIGKILL)  # what is left of the groups (loader workers)
+        for reader in self.readers:
+            reader.join(timeout=GRACE_S)  # orphaned loader workers may hold the pipe open a little longer
         shutil.rmtree(self.scratch, ignore_errors=True)
-        return CellExit(self.proc.returncode, list(self.tail))
+        return CellExit(self.failed or 0, list(self.tail))
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the group; :meth:`poll` SIGKILLs what is left ``GRACE_S`` later."""
+        """Send ``signum`` to the groups; :meth:`poll` SIGKILLs what is left ``GRACE_S`` later."""
         self.kill(signum)
         if self.signalled_at is None:
             self.signalled_at = time.monotonic()
 
     def kill(self, signum: int) -> None:
-        with suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signum)
+        for proc in self.procs:
+            with suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signum)
 
     def wait(self, every: float = 0.5) -> CellExit:
         while (ended := self.poll()) is None:

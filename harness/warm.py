@@ -1,8 +1,8 @@
 """Warm processes: one interpreter per environment imports torch, torchvision, timm and the harness once, then
-forks each single-process cell's process from that state, so a cell starts in milliseconds instead of seconds of
-imports (a multi-process cell's torchrun agent and ranks start cold). The
-same fork server starts ``harness`` commands for :func:`harness.testing.run_harness` (a test suite's hundred
-command lines would otherwise spend most of their time importing).
+forks each cell's process (each rank of a multi-process cell: :mod:`harness.launch`) from that state, so a cell
+starts in milliseconds instead of seconds of imports. The same fork server starts ``harness`` commands for
+:func:`harness.testing.run_harness` (a test suite's hundred command lines would otherwise spend most of their time
+importing).
 
 A forked cell is the process a cold ``python -m harness.cell`` would be, minus the imports: a session and process
 group of its own (the runner signals it with ``os.killpg``), the cell's environment variables and working
@@ -51,8 +51,9 @@ IMPORT_TIME = ("OMP_", "KMP_", "GOMP_", "MKL_", "OPENBLAS_", "PYTHONHASHSEED", "
                "PYTHONDONTWRITEBYTECODE", "TORCH_", "PYTORCH_", "TIMM_")
 #: Environment variables that may differ between the zygote and the cells it forks (set per cell by the runner;
 #: read by libraries only after the cell starts, never at import).
-PER_CELL = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TMPDIR",
-                      PARENT_ENV, "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS"})  # the thread count: fresh_process_state
+PER_CELL = frozenset({"RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                      "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TMPDIR", PARENT_ENV, "CUDA_VISIBLE_DEVICES",
+                      "OMP_NUM_THREADS"})  # the thread count: fresh_process_state
 READY = b"ready\n"
 ZYGOTE_PATH: list[str] = []  # the zygote's sys.path without what its working folder and PYTHONPATH put first
 REAP_S = 0.1  # how often the zygote looks for finished cells while no request comes

@@ -60,7 +60,7 @@ precision = ["fp32"]
 #: An inline plugin (write it into a folder on PYTHONPATH, load it with HARNESS_PLUGIN_MODULES): model ``tiny-net``
 #: (8 px) and loader ``tiny`` (generated batches, no data). Loader parameters: ``hold`` (a file) with ``hold_epoch``
 #: and ``hold_processes``: block at the start of that epoch while the file exists; ``garble = N``: print N lines of
-#: bytes that are not UTF-8.
+#: bytes that are not UTF-8; ``fail_rank = R``: that rank raises at the start of epoch 2.
 TINY_PLUGIN = '''
 import os, time
 import torch
@@ -73,8 +73,8 @@ def batch(generator):
 
 
 class Batches:
-    def __init__(self, params):
-        self.hold, self.hold_epoch, self.epoch = params.get("hold"), params.get("hold_epoch", 1), 1
+    def __init__(self, params, fail=False):
+        self.hold, self.hold_epoch, self.epoch, self.fail = params.get("hold"), params.get("hold_epoch", 1), 1, fail
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -83,6 +83,8 @@ class Batches:
         return 2
 
     def __iter__(self):
+        if self.fail and self.epoch == 2:
+            raise RuntimeError(f"planted failure on rank {os.environ['RANK']}")
         while self.hold and self.epoch >= self.hold_epoch and os.path.exists(self.hold):
             time.sleep(0.1)
         generator = torch.Generator().manual_seed(self.epoch)
@@ -99,7 +101,7 @@ class Loader:
         if spec.params.get("garble"):  # far more than a pipe holds, none of it UTF-8
             os.write(1, b"\\xff\\xfe not UTF-8 \\xc3\\x28\\n" * spec.params["garble"])
         held = spec.world_size >= spec.params.get("hold_processes", 1)
-        return DataSplits(train=Batches(spec.params if held else {}),
+        return DataSplits(train=Batches(spec.params if held else {}, spec.rank == spec.params.get("fail_rank")),
                           validation=[batch(torch.Generator().manual_seed(0))], classes=["a", "b"], train_size=16,
                           validation_size=8)
 

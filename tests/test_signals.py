@@ -104,9 +104,8 @@ def test_sigterm_stops_a_ddp_cell_records_it_interrupted_and_resume_finishes_it(
     done, held = CellStore(out, "tiny-net-held-torch-fp32"), CellStore(out, "tiny-net-held-torch-ddp2-fp32")
     runner = start(work, "--suite", path, "--out", out)
     wait_until(lambda: len(held.epochs()) == 1, 120, "first epoch of the held cell", runner)
-    ranks = [cmd for cmd in processes_of(work).values()  # less the runner, its warm interpreter and torchrun
-             if "--nproc" not in cmd and "harness.cli" not in cmd and "harness.warm" not in cmd]
-    assert len(ranks) == 2, processes_of(work)  # torchrun's two ranks are up
+    ranks = [cmd for cmd in processes_of(work).values() if "harness.cell" in cmd]
+    assert len(ranks) == 2, processes_of(work)  # the two ranks are up, forked by the runner's warm interpreter
     os.kill(runner.pid, signal.SIGTERM)
     signalled = time.monotonic()
     assert runner.wait(timeout=60) == 143, (work / "run.log").read_text()
@@ -143,12 +142,29 @@ def test_cell_timeout_must_be_positive(capsys: pytest.CaptureFixture[str]) -> No
     assert exit_.value.code == 2 and "0: give a positive number of seconds" in capsys.readouterr().err
 
 
+def test_a_failing_rank_stops_its_gang_and_the_cell_fails_with_its_error(work: Path) -> None:
+    """The runner watches a multi-process cell's ranks as torchrun's agent would: rank 1 raising leaves rank 0
+    blocked in a collective, so the runner stops it; the cell fails with rank 1's error, well before gloo's
+    30-minute timeout, and the next cell runs."""
+    path = suite(work, '["tiny", "dies"]', '["torch-ddp2"]', hold_epoch=1)
+    path.write_text(path.read_text() + '[loaders.dies]\nuse = "tiny"\nfail_rank = 1\n')
+    started = time.monotonic()
+    done = run(work, "--suite", path, "--out", work / "out")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert time.monotonic() - started < 100
+    failed, ok = (results(work / "out")[f"tiny-net-{loader}-torch-ddp2-fp32"] for loader in ("dies", "tiny"))
+    assert failed["status"] == "failed"
+    assert failed["reason"].startswith("rank 1 failed: RuntimeError: planted failure on rank 1; rank 0: ")
+    assert ok["status"] == "ok"
+    assert not processes_of(work)
+
+
 def test_cell_processes_die_with_a_killed_runner(work: Path) -> None:
     out = work / "out"
     runner = start(work, "--suite", suite(work, '["held"]', '["torch-ddp2"]', hold_epoch=2), "--out", out)
     wait_until(lambda: len(CellStore(out, "tiny-net-held-torch-ddp2-fp32").epochs()) == 1, 120, "first epoch",
                runner)
-    assert len(processes_of(work)) == 4  # the runner, torchrun (in `harness.cell --nproc=2`) and two ranks
+    assert len(processes_of(work)) == 4  # the runner, its warm interpreter and the two ranks it forked
     runner.kill()
     runner.wait()
     assert_all_gone(work, within=5)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+from harness.plugins import MODULES_ENV
 from harness.store import CellStore
 from harness.testing import run_harness
 
@@ -87,3 +89,32 @@ def test_warm_cells_get_fresh_random_states(tmp_path: Path, generated_photos: Pa
     first, second = (json.loads(line) for line in probe.read_text().splitlines())
     assert first["random"] != second["random"] and first["pid"] != second["pid"]
     assert " ".join(first["cmdline"]).startswith(f"{sys.executable} -m harness.cell ")
+
+
+def test_a_gang_of_warm_ranks_is_what_torchrun_starts_and_trains_identically(tmp_path: Path,
+                                                                             generated_photos: Path) -> None:
+    """A two-process cell under the runner (each rank forked from the warm interpreter, with torchrun's variables)
+    against the same cell under torchrun (``python -m harness.cell --nproc=2``, cold ranks): the same metrics, the
+    same rank variables and one OpenMP thread per rank."""
+    (tmp_path / "warm_probe.py").write_text(PROBE)
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE.replace('backend = ["torch"]', 'backend = ["ddp2"]')
+                     + '[backends.ddp2]\nuse = "torch"\nnproc = 2\n')
+    cell, env = "resnet10t-torchvision-ddp2-fp32", {"PROBE_OUT": str(tmp_path / "gang.jsonl"), "PROBE_VALUE": "x"}
+    done = run_harness("run", "--suite", suite, "--data", generated_photos, "--out", tmp_path / "gang",
+                       plugin_modules=["warm_probe"], pythonpath=[tmp_path], env=env)
+    assert done.returncode == 0, done.stderr
+    environ = {**os.environ, **env, "PROBE_OUT": str(tmp_path / "torchrun.jsonl"), MODULES_ENV: "warm_probe",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-m", "harness.cell", tmp_path / "gang" / "cells" / cell / "cell.json", "--out",
+                    tmp_path / "torchrun", "--nproc=2"], env=environ, check=True, timeout=300)
+    learned = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "optimizer_steps", "train_images")
+    rows = {run: [[r[k] for k in learned] for r in CellStore(tmp_path / run, cell).epochs()]
+            for run in ("gang", "torchrun")}
+    assert rows["gang"] == rows["torchrun"] and len(rows["gang"]) == 2
+    facts = {run: sorted((json.loads(line) for line in (tmp_path / f"{run}.jsonl").read_text().splitlines()),
+                         key=lambda fact: fact["rank"]) for run in ("gang", "torchrun")}
+    for gang, torchrun in zip(facts["gang"], facts["torchrun"], strict=True):
+        assert gang["rank"] == torchrun["rank"] and gang["threads"] == torchrun["threads"] == 1
+        assert gang["sid"] == gang["pid"]  # each rank a session of its own: the runner signals each group
+    assert [fact["rank"] for fact in facts["gang"]] == ["0", "1"]
