@@ -328,6 +328,8 @@ class EpochRecord:
     train_images: int
     wall_time_s: float  # since the cell's training started, for time-to-accuracy
     val_images: int = 0  # validation images evaluated, all processes (0: not counted)
+    epoch_in_process: int = 0  # its place among the epochs its process trained (1: the first after a start or a
+    # resume, whose timings include warm-up: left out of timings); 0: not counted
     extra: dict[str, float] = field(default_factory=dict)  # observers' fields, "<plugin>.<field>": number
 
 
@@ -364,6 +366,8 @@ class CellExit:
     lost: str | None = None  # the machine under it was lost: the runner may run it again (``retries``)
     nodes: Sequence[str] = ()  # the machines it ran on, named in reasons
     retry_on: str = "another node"  # where a retry after ``lost`` goes, for the message
+    skipped: str | None = None  # why the machine it was sent to cannot run it (judged there): recorded skipped
+    env: Mapping[str, Any] | None = None  # that machine's fingerprint, for the runner's record
 
 
 class Executor(Protocol):

@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     args.summary = {"out": str(out), "cells": len(outcomes), **counts,
                     "interrupted_by": interrupted and str(interrupted),
                     "outcomes": [{"id": o.cell.id, "status": o.status, "reason": o.reason} for o in outcomes]}
-    print(f"{len(outcomes)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()
+    print(f"{len(outcomes)} cell{'s' * (len(outcomes) != 1)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()
                                                  if n or s not in ("eliminated", "paused")))
     if outcomes:  # none when interrupted before the first cell
         try:

@@ -119,9 +119,11 @@ def _load_cell(cell: results.Cell, side: Side, options: Options) -> None:
     """Stream one cell's epochs (linear time, the last record of each epoch kept) into ``side``'s series."""
     side.settings.setdefault(cell.cell_id, cell.spec)
     by_epoch: dict[int, list[float]] = {}
+    in_process: dict[int, float] = {}
     last_env: dict[str, Any] | None = None
     for record in cell.epochs():
         by_epoch[record.epoch] = [record.metrics.get(m, record.extra.get(m, math.nan)) for m in options.metrics]
+        in_process[record.epoch] = record.metrics.get("epoch_in_process", math.nan)
         if record.env is not None and record.env != last_env:
             _add_env(side.env, record.env)
             last_env = record.env
@@ -129,7 +131,7 @@ def _load_cell(cell: results.Cell, side: Side, options: Options) -> None:
         side.absent[cell.cell_id] = f"{cell.status}{': ' + cell.reason if cell.reason else ''}"
         return
     rows = [by_epoch[e] for e in sorted(by_epoch)]
-    timed = rows if options.keep_warmup else results.timed_epochs(rows)
+    timed = rows if options.keep_warmup else results.timed_epochs(rows, [in_process[e] for e in sorted(by_epoch)])
     for i, metric in enumerate(options.metrics):
         values = [row[i] for row in timed if math.isfinite(row[i])]
         if len(values) < len(timed):

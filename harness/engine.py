@@ -434,7 +434,7 @@ class Trainer:
         wall_start = time.perf_counter() - self.restored_wall
         last = min(until or self.cell.epochs, self.cell.epochs)
         for epoch in range(first, last + 1):
-            self.end_epoch(self.run_epoch(epoch, wall_start))
+            self.end_epoch(self.run_epoch(epoch, wall_start, epoch - first + 1))
         if last < self.cell.epochs:
             return self.summary(last)
         self.flag(self.checks.run_end(self.best_acc, self.val_images, self.cell.epochs))
@@ -444,8 +444,8 @@ class Trainer:
         self.manager.call("harness_run_end", cell=self.cell, summary=summary, context=self.context)
         return summary
 
-    def run_epoch(self, epoch: int, wall_start: float) -> EpochRecord:
-        """Train and evaluate one epoch; its record."""
+    def run_epoch(self, epoch: int, wall_start: float, in_process: int) -> EpochRecord:
+        """Train and evaluate one epoch (the ``in_process``-th this process trains); its record."""
         torch.manual_seed(self.cell.seed * 1009 + epoch)  # dropout etc.: a function of (seed, epoch)
         reset_peak_memory(self.device)
         lr = self.set_lr(epoch)
@@ -456,7 +456,8 @@ class Trainer:
             self.best_acc, self.best_epoch = val_acc, epoch
         return EpochRecord(epoch=epoch, val_loss=val_loss, val_acc=val_acc, lr=lr,
                            epoch_time_s=time.perf_counter() - start, peak_mem_gb=peak_memory_gb(self.device),
-                           wall_time_s=time.perf_counter() - wall_start, val_images=self.val_images, **train)
+                           wall_time_s=time.perf_counter() - wall_start, val_images=self.val_images,
+                           epoch_in_process=in_process, **train)
 
     def end_epoch(self, record: EpochRecord) -> None:
         """Add the observers' fields, write the epoch's row, checkpoint, check, fire ``harness_epoch_end``."""

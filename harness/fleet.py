@@ -219,7 +219,8 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
     here, yielding its files as they change.
 
     Yields ``("node", identity)`` first, ``("env", fingerprint)``, then ``("files" | "checkpoint",
-    {path: bytes})`` as they change, and last ``("exit", {"code": int, "tail": [lines]})``.
+    {path: bytes})`` as they change, and last ``("exit", {"code": int, "tail": [lines]})``, with ``"skipped":
+    reason`` where the cell cannot run on this node.
     """
     import ray
 
@@ -251,10 +252,8 @@ def node_cell(cell_data: dict[str, Any], kind: str | None, resume: bool, seed: d
         if not reason and cell.data and not Path(cell.data).exists():
             reason = (f"--data {cell.data} does not exist on node {identity['ip']}: use a shared filesystem "
                       "mounted at the same path on every node, or --data-copy")
-        if reason or place.python is None:
-            store.write_result(cell, env, "skipped", reason)
-            yield from changes(store.dir, {})
-            yield "exit", {"code": 0, "tail": []}
+        if reason or place.python is None:  # the runner records it skipped
+            yield "exit", {"code": 0, "tail": [], "skipped": reason}
             return
         process = CellProcess.start(cell, store.dir / "cell.json", root, resume, place.python, options, until=until)
         seen: dict[str, tuple[int, int]] = {}
@@ -294,6 +293,7 @@ class Attempt:
     ok_from: str | None = None
     codes: list[int | None] = field(default_factory=list)
     tail: list[str] = field(default_factory=list)
+    skipped: str | None = None  # why a node cannot run the cell
     stopping: threading.Event = field(default_factory=threading.Event)
     tasks: set[Any] = field(default_factory=set)
 
@@ -398,9 +398,11 @@ class RayExecutor:
             seed, again = self.seed(store, resume)
             self.attempt(cell, kind, self.request(cell, kind)[1], store, attempt, seed, again)
             code = next((c for c in attempt.codes if c), 0)
-            error = None if store.result() else (f"no result came home from node(s) {', '.join(attempt.nodes)} "
-                                                 f"(exit {', '.join(map(str, attempt.codes))})")
-            ended = CellExit(code, attempt.tail, error=error, nodes=attempt.nodes)
+            codes = ", ".join(map(str, attempt.codes))
+            error = None if store.result() or attempt.skipped else (
+                f"no result came home from node(s) {', '.join(attempt.nodes)} (exit {codes})")
+            ended = CellExit(code, attempt.tail, error=error, nodes=attempt.nodes, skipped=attempt.skipped,
+                             env=attempt.env)
         except NodeLost as exc:
             ended = CellExit(None, lost=str(exc), nodes=[exc.node], retry_on=f"another {kind or 'node'}")
         except Cancelled:
@@ -485,6 +487,7 @@ class RayExecutor:
                     attempt.env = attempt.env or payload
                 elif message == "exit":
                     attempt.codes.append(payload["code"])
+                    attempt.skipped = attempt.skipped or payload.get("skipped")
                     attempt.tail = payload["tail"] if payload["code"] or not attempt.tail else attempt.tail
                 else:
                     with self.lock:

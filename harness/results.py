@@ -65,7 +65,7 @@ RACE_FIELDS: dict[str, Any] = {
 }  # fmt: skip
 #: The environment fingerprint's name for the CPU model (pytest-benchmark's ``cpu.brand_raw`` is read as it).
 CPU_MODEL = "cpu_model"
-#: The leading epochs that are warm-up (compilation, caches, loader start) and left out of timings.
+#: The epochs a process trains first that are warm-up (compilation, caches, loader start) and left out of timings.
 WARMUP_EPOCHS = 1
 
 Rows = TypeVar("Rows", bound=Sequence[Any])
@@ -387,13 +387,24 @@ def latest_per_epoch(records: Iterator[Epoch] | Sequence[Epoch]) -> list[Epoch]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def timed_epochs(epochs: Rows) -> Rows:
-    """The epochs that count for timings: all but the :data:`WARMUP_EPOCHS` first when there are more.
+def timed_epochs(epochs: Rows, in_process: Sequence[float] | None = None) -> Rows:
+    """The epochs that count for timings: neither the first :data:`WARMUP_EPOCHS` of the cell nor those of any later
+    process (``epoch_in_process``: a resumed cell, a race's next rung), whose timings include warm-up; when that
+    leaves none, all but the cell's first when there are more.
 
-    ``epochs`` is sorted by epoch: a list, or a DataFrame (sliced by position).
+    ``epochs`` is sorted by epoch: a DataFrame (its ``epoch_in_process`` column, if any) or a list of metric
+    mappings or of rows (``in_process``: each row's ``epoch_in_process``, NaN where unknown).
     """
-    skip = WARMUP_EPOCHS if len(epochs) > WARMUP_EPOCHS else 0
-    return typing.cast(Rows, getattr(epochs, "iloc", epochs)[skip:])
+    frame: Any = epochs if hasattr(epochs, "columns") else None
+    if in_process is None and frame is not None:
+        in_process = list(frame.get("epoch_in_process", [math.nan] * len(epochs)))
+    elif in_process is None:
+        in_process = [row.get("epoch_in_process", math.nan) if isinstance(row, Mapping) else math.nan
+                      for row in epochs]
+    keep = [i for i, n in enumerate(in_process) if i >= WARMUP_EPOCHS and not 1 <= n <= WARMUP_EPOCHS]
+    if not keep:
+        keep = list(range(WARMUP_EPOCHS if len(epochs) > WARMUP_EPOCHS else 0, len(epochs)))
+    return typing.cast(Rows, frame.iloc[keep] if frame is not None else [epochs[i] for i in keep])
 
 
 def _first_epoch_record(path: Path) -> dict[str, Any]:

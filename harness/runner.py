@@ -62,10 +62,13 @@ def record(store: CellStore, cell: CellSpec, env: dict[str, Any], ended: CellExi
            stopped: tuple[str, str] | None) -> None:
     """Decide the cell's outcome from what it recorded: a result it wrote stands (an ``ok`` one whatever its exit
     code: the exit problem becomes a warning), unless the runner stopped a cell that had not finished; a cell that
-    left no result failed, with its executor's reason or its exit code and last lines."""
+    left no result is skipped where its executor found it cannot run where it was sent, else failed, with its
+    executor's reason or its exit code and last lines."""
     result = store.result()
     if stopped and (result is None or result["status"] == "failed"):  # a cell that finished first keeps its result
         store.write_result(cell, env, *stopped)
+    elif result is None and ended.skipped:
+        store.write_result(cell, dict(ended.env or env), "skipped", ended.skipped)
     elif result is None:
         store.write_result(cell, env, "failed", ended.error or f"cell process exited with code {ended.code}: "
                            + " | ".join(list(ended.tail)[-5:]))

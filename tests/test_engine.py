@@ -90,6 +90,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(generated_photos: Path, t
     assert len(epochs(tmp_path / "resumed", cell)) == 2
     assert run(cell, tmp_path / "resumed", resume=True) == 0
     assert metrics(epochs(tmp_path / "resumed", cell)) == metrics(epochs(tmp_path / "straight", cell))
+    # the resumed process's first epoch is marked: its timings include the new process's warm-up
+    assert [e["epoch_in_process"] for e in epochs(tmp_path / "resumed", cell)] == [1, 2, 1]
+    assert [e["epoch_in_process"] for e in epochs(tmp_path / "straight", cell)] == [1, 2, 3]
 
 
 def test_restarts_never_duplicate_epoch_rows(tmp_path: Path) -> None:

@@ -511,7 +511,7 @@ def test_a_full_disk_fails_the_cell_the_run_says_so_and_resume_finishes(photos: 
     full = run_harness("run", "--suite", suite(tmp_path, epochs=2), "--data", photos, "--out", out,
                        env={"FAULTS_FILLER": str(filler)}, **plugin)
     assert full.returncode == 1, full.stderr[-2000:]
-    assert "1 cells: 0 ok, 0 skipped, 1 failed" in full.stdout
+    assert "1 cell: 0 ok, 0 skipped, 1 failed" in full.stdout
     # Recorded by the cell, by the runner from the cell's last words, or (no byte left) only in the runner's output.
     failed = CellStore(out, CELL).result()
     if failed is None:

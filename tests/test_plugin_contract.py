@@ -366,7 +366,7 @@ def register_models(register):
     kwargs = {"plugin_modules": ["refusing", "broken_on_import"], "pythonpath": [tmp_path / "mods"]}
     done = run_harness("run", "--suite", suite(tmp_path / "suite.toml"), "--out", tmp_path / "out", **kwargs)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "1 cells: 0 ok, 1 skipped, 0 failed" in done.stdout
+    assert "1 cell: 0 ok, 1 skipped, 0 failed" in done.stdout
     assert results(tmp_path / "out")["tiny-squares-torch-fp32"]["reason"] == "refused on purpose"
     env = run_harness("env", "--device", "cpu", **kwargs)
     assert "BROKEN plugin broken_on_import: RuntimeError: deliberately broken" in env.stdout, env.stdout + env.stderr

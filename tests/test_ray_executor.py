@@ -155,6 +155,23 @@ def test_a_suite_runs_once_per_device_kind_across_the_fleet(cluster: Any, tmp_pa
 
 
 @pytest.mark.slow
+def test_a_cell_its_node_cannot_run_is_recorded_skipped_by_the_runner_with_the_nodes_reason(
+        cluster: Any, tmp_path: Path, generated_photos: Path) -> None:
+    """Capability is judged on the node (fp16 is emulated on these CPUs): the node only says why, the runner
+    records the cell skipped, with the node's reason and fingerprint; the run exits 0 and the cell stays
+    skipped on --resume."""
+    path = suite(tmp_path, 1, '["torch"]')
+    path.write_text(path.read_text().replace('precision = ["fp32"]', 'precision = ["fp16"]'))
+    out, args = tmp_path / "out", ["--suite", path, "--data", generated_photos, "--devices", "T4"]
+    run = subprocess.run(harness_cli(cluster, *args, "--out", out), capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    record = results(out)["resnet10t-torchvision-torch-fp16-T4"]
+    assert record["status"] == "skipped" and record["reason"].startswith("fp16 on ") and "emulated" in record["reason"]
+    assert record["env"]["fleet_kind"] == "T4" and cluster.kinds[node_of(record, cluster).node_id][0] == "T4"
+    assert "1 cell: 0 ok, 1 skipped, 0 failed" in run.stdout, run.stdout
+
+
+@pytest.mark.slow
 def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_running(
         cluster: Any, tmp_path: Path, generated_photos: Path) -> None:
     out = tmp_path / "out"

@@ -109,6 +109,21 @@ def test_the_warm_up_rule_is_the_same_for_lists_and_frames() -> None:
     assert results.timed_epochs(frame.iloc[:1])["epoch"].tolist() == [1]
 
 
+def test_the_first_epoch_of_every_process_of_a_cell_is_warm_up() -> None:
+    """A cell resumed after epoch 2 and again after epoch 4 (a race's rungs): epochs 3 and 5 warmed a new process up.
+    Records written before ``epoch_in_process`` existed (NaN, missing) leave out epoch 1 only."""
+    in_process = [1, 2, 1, 2, 1, 2]
+    frame = pd.DataFrame({"epoch": range(1, 7), "epoch_in_process": in_process})
+    assert results.timed_epochs(frame)["epoch"].tolist() == [2, 4, 6]
+    rows = [{"epoch": e, "epoch_in_process": n} for e, n in zip(range(1, 7), in_process, strict=True)]
+    assert [r["epoch"] for r in results.timed_epochs(rows)] == [2, 4, 6]
+    assert results.timed_epochs(["a", "b", "c"], [1, 1, 2]) == ["c"]
+    assert results.timed_epochs(["a", "b"], [1, 1]) == ["b"]  # nothing but warm-ups: all but epoch 1, as before
+    old = pd.DataFrame({"epoch": [1, 2, 3], "epoch_in_process": [math.nan] * 3})
+    assert results.timed_epochs(old)["epoch"].tolist() == [2, 3]
+    assert [r["epoch"] for r in results.timed_epochs([{"epoch": 1}, {"epoch": 2}])] == [2]
+
+
 def test_a_result_in_transit_is_read_by_the_model() -> None:
     assert results.status_of(json.dumps({"schema_version": 1, "status": "ok"}).encode()) == "ok"
     assert results.status_of(b'{"status": "exploded"}') is None and results.status_of(b"{torn") is None
