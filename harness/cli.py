@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from harness import __version__
 from harness.exitcode import ExitCode
+from harness.text import plural
 
 if TYPE_CHECKING:
     from harness.api import CellSpec
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace) -> int:
     args.summary = {"out": str(out), "cells": len(outcomes), **counts,
                     "interrupted_by": interrupted and str(interrupted),
                     "outcomes": [{"id": o.cell.id, "status": o.status, "reason": o.reason} for o in outcomes]}
-    print(f"{len(outcomes)} cell{'s' * (len(outcomes) != 1)}: " + ", ".join(f"{n} {s}" for s, n in counts.items()
+    print(f"{plural(len(outcomes), 'cell')}: " + ", ".join(f"{n} {s}" for s, n in counts.items()
                                                  if n or s not in ("eliminated", "paused")))
     if outcomes:  # none when interrupted before the first cell
         try:
@@ -256,7 +257,7 @@ def cmd_suites(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
     for row in [] if args.json else rows:
         print(f"{row['name']:24} invalid: {row['error']}" if row["error"] else
-              f"{row['name']:24} {row['cells']:4} cells  {row['description']}")
+              f"{row['name']:24} {plural(row['cells'], 'cell'):>10}  {row['description']}")
     return ExitCode.OK
 
 

@@ -16,6 +16,7 @@ from harness.datasets import DataError
 from harness.envs.placement import Placer, gigabytes, overview
 from harness.exitcode import ExitCode
 from harness.plugins import Manager, get_manager, suite_path
+from harness.text import plural
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -113,11 +114,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  BROKEN plugin {name}: {error}")
     if "suite" in report:
         plan = report["suite"]
-        lines.append(f"Suite {plan['suite']}: {plan['cells']} cells, {plan['run']} run here, {plan['skipped']} skipped")
+        lines.append(f"Suite {plan['suite']}: {plural(plan['cells'], 'cell')}, {plan['run']} run here, "
+                     f"{plan['skipped']} skipped")
         lines += [f"  {n:4} x {reason}" for reason, n in plan["reasons"].items()]
         if plan["oversized"]:
-            lines.append(f"  {plan['oversized']} cells need more processes than this machine has {plan['slots']} "
-                         "(on a GPU they are skipped; on the CPU they run oversubscribed)")
+            lines.append(f"  {plural(plan['oversized'], 'cell')} need more processes than this machine has "
+                         f"{plan['slots']} (on a GPU they are skipped; on the CPU they run oversubscribed)")
         lines += [f"  warning: {line}" for line in plan["shared_model_names"]]
         if plan["estimate_s"] is not None:
             lines.append(f"  estimated duration from earlier results: {plan['estimate_s'] / 60:.1f} min")
@@ -127,7 +129,7 @@ def render(report: dict[str, Any]) -> str:
             declared = f" (declared by {', '.join(env['declared_by'])})" if env["declared_by"] else ""
             state = ("the harness's own" if env["hash"] is None else
                      f"built{layer}, {gigabytes(env['size_bytes'])}" if env["built"] else "not built yet")
-            lines.append(f"  {env['name']:16} {len(env['cells']):4} cells{declared}: {state}, "
+            lines.append(f"  {env['name']:16} {plural(len(env['cells']), 'cell'):>10}{declared}: {state}, "
                          f"{env['path']}" + (f" [{' '.join(env['requires'])}]" if env["requires"] else ""))
     return "\n".join(lines)
 

@@ -20,6 +20,7 @@ from harness.report.aggregate import CONFIG, interval
 from harness.report.compare_devices import ENV_KEYS, differences
 from harness.report.stats import accuracy_interval, ratio_interval, wilson
 from harness.report.summary import installed
+from harness.text import plural
 
 #: Classes of the tutorial's task (its suites are ``flowers`` and ``flowers-*``): chance is 1 / classes.
 TASK_CLASSES = {"flowers": 5}
@@ -55,11 +56,6 @@ def accuracy_step(values: Iterable[float], min_distinct: int = 5, max_images: in
 def images(step: float | None) -> int | None:
     """Validation images implied by an accuracy step."""
     return round(1 / step) if step else None
-
-
-def plural(count: int, word: str, many: str | None = None) -> str:
-    """``1 cell``, ``2 cells``."""
-    return f"{count} {word if count == 1 else many or word + 's'}"
 
 
 def with_accuracy_intervals(summary: pd.DataFrame, steps: Mapping[str, float | None]) -> pd.DataFrame:

@@ -29,13 +29,13 @@ from harness.report.render import (
     facts_table,
     failed_table,
     leaderboard,
-    plural,
     race_note,
     race_table,
     reference_table,
     results_table,
     skipped_table,
 )
+from harness.text import plural
 
 CSS = """
 * { box-sizing: border-box; }

@@ -14,9 +14,10 @@ import pandas as pd
 from harness.devices import match_device
 from harness.report.aggregate import CONFIG
 from harness.report.compare_devices import FLAGS, RATIO_BOUNDS, Comparison, incomparable
-from harness.report.decision import LOADER_BOUND_PCT, Board, Effect, images, label, plural, task
+from harness.report.decision import LOADER_BOUND_PCT, Board, Effect, images, label, task
 from harness.report.race import spent, stopped_at
 from harness.report.summary import SPEC_KEYS, describe, device_short
+from harness.text import plural
 
 #: How each column is measured (the HTML shows them as header tooltips too).
 DEFINITIONS = {
