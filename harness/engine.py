@@ -1,7 +1,7 @@
 """The one training loop every backend, loader and model runs through.
 
 Per epoch: train, evaluate, ask observers for extra fields (``harness_epoch_metrics``), write the epoch's
-record, checkpoint, run the sanity checks (:mod:`harness.sanity`), fire ``harness_epoch_end``. Epochs count
+record, run the sanity checks (:mod:`harness.sanity`), checkpoint, fire ``harness_epoch_end``. Epochs count
 from 1 everywhere. The engine knows backends, loaders and models only through the
 protocols in :mod:`harness.api`.
 """
@@ -460,7 +460,7 @@ class Trainer:
                            epoch_in_process=in_process, **train)
 
     def end_epoch(self, record: EpochRecord) -> None:
-        """Add the observers' fields, write the epoch's row, checkpoint, check, fire ``harness_epoch_end``."""
+        """Add the observers' fields, write the epoch's row, check, checkpoint, fire ``harness_epoch_end``."""
         record.extra = self.manager.metrics("harness_epoch_metrics", cell=self.cell, record=record,
                                             context=self.context)
         if self.is_main:
@@ -468,11 +468,11 @@ class Trainer:
             print(f"[{self.cell.id}] epoch {record.epoch}/{self.cell.epochs} loss {record.train_loss:.4f} "
                   f"val_acc {record.val_acc:.4f} {record.throughput_img_s:.1f} img/s "
                   f"{record.epoch_time_s:.1f}s", flush=True)
-        self.checkpoint(record)
         self.flag(self.checks.epoch_end(self.model, self.steps, record.epoch == self.cell.epochs,
                                         record.throughput_img_s, self.flops, self.env.get("device_name")
                                         if self.device.type == "cuda" else None, self.cell.precision,
                                         self.backend.world_size))
+        self.checkpoint(record)  # after the checks: a resumed run goes on with them as they are now
         self.manager.call("harness_epoch_end", cell=self.cell, record=record, context=self.context)
 
     def checkpoint(self, record: EpochRecord) -> None:
@@ -481,11 +481,12 @@ class Trainer:
             self.backend.save(directory, self.model, self.optimizer)
             if self.is_main:
                 torch.save({"epoch": record.epoch, "steps": self.steps, "best_acc": self.best_acc,
-                            "best_epoch": self.best_epoch, "wall_time_s": record.wall_time_s},
-                           directory / "trainer.pt")
+                            "best_epoch": self.best_epoch, "wall_time_s": record.wall_time_s,
+                            "checks": self.checks.state(), "warnings": self.warnings}, directory / "trainer.pt")
 
     def restore(self) -> int:
-        """Load the last complete checkpoint, drop the epoch rows after it; return its epoch (0 when none).
+        """Load the last complete checkpoint (the training state, the sanity checks' state and the warnings so
+        far), drop the epoch rows after it; return its epoch (0 when none).
 
         A process killed inside ``checkpoint``'s rename window leaves only ``.old``: that one is used.
         """
@@ -497,6 +498,9 @@ class Trainer:
             state = checkpoints.load_weights(found[0] / "trainer.pt")
             self.steps, self.best_acc, self.best_epoch = state["steps"], state["best_acc"], state["best_epoch"]
             self.restored_wall, epoch = state["wall_time_s"], state["epoch"]
+            if "checks" in state:  # checkpoints written before these were kept start the checks afresh
+                self.checks.restore(state["checks"])
+                self.warnings = list(state["warnings"])  # the setup's, as this process made them, and what was flagged
         if self.is_main:
             self.store.truncate_epochs(epoch)
         return epoch

@@ -20,8 +20,10 @@ and epoch ends, never at every step:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from statistics import fmean
+from typing import Any
 
 import torch
 
@@ -111,6 +113,17 @@ class Checks:
 
     def start(self, model: torch.nn.Module) -> None:
         self.initial = fingerprint(model)
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a resumed run (a race's next rung) goes on with the checks where they
+        were: a settled check is not run again, and the first optimizer steps' losses are those of the run's start,
+        not of the restart (a converged loss over 50 later steps is flat, not a broken backend)."""
+        return {"losses": list(self.losses), "labels": sorted(self.labels), "label_batches": self.label_batches,
+                "done": sorted(self.done)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.losses, self.labels = list(state["losses"]), set(state["labels"])
+        self.label_batches, self.done = state["label_batches"], set(state["done"])
 
     @property
     def watching_batches(self) -> bool:

@@ -110,6 +110,22 @@ def test_restarts_never_duplicate_epoch_rows(tmp_path: Path) -> None:
         assert [e["epoch"] for e in store.epochs()] == [1, 2]
 
 
+def test_a_resumed_run_goes_on_with_the_sanity_checks_and_warnings_where_they_were(tmp_path: Path) -> None:
+    """A race's next rung or a --resume: the first steps' loss check, settled before the restart, is not judged
+    again on the later (flat, converged) steps, and what was flagged before the restart stays in the result."""
+    torch.manual_seed(2)
+    batches = [(torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))) for _ in range(60)]  # 60 steps an epoch
+    first = linear_trainer(tmp_path, 4, 1, batches, epochs=3)
+    first.flag([("image-range", "planted before the restart")])
+    first.run(until=1)
+    assert "loss-not-decreasing" in first.checks.done and len(first.checks.losses) == 50
+    resumed = linear_trainer(tmp_path, 4, 1, batches, epochs=3)
+    assert resumed.restore() == 1
+    assert resumed.checks.done == first.checks.done and resumed.checks.losses == first.checks.losses
+    assert resumed.warnings == first.warnings
+    assert any(w["message"] == "planted before the restart" for w in resumed.warnings)
+
+
 def test_mixup_mixes_images_and_targets() -> None:
     torch.manual_seed(0)
     images = torch.arange(8.0).view(8, 1, 1, 1).expand(8, 3, 2, 2)  # image i: every pixel i

@@ -172,6 +172,31 @@ def test_a_cell_its_node_cannot_run_is_recorded_skipped_by_the_runner_with_the_n
 
 
 @pytest.mark.slow
+def test_a_race_on_the_fleet_pauses_each_cell_at_its_rung_and_resumes_it_from_its_checkpoint(
+        cluster: Any, tmp_path: Path, generated_photos: Path) -> None:
+    """``--race`` through the Ray executor: each cell trains to the first rung on a node (``paused``), its checkpoint
+    comes home, and the next rung continues from it on a node again; every process's first epoch is marked. Both
+    cells are kept (``--keep``), so the test does not depend on which of two equal configurations a shared machine
+    happens to slow down."""
+    path = suite(tmp_path, 8, '["torch", "torch-too"]')
+    path.write_text(path.read_text() + '[backends.torch-too]\nuse = "torch"\n')
+    out = tmp_path / "out"
+    run = subprocess.run(harness_cli(cluster, "--suite", path, "--data", generated_photos, "--out", out, "--devices",
+                                     "T4", "--race", "--keep", "model=resnet10t"),
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "race rung 1 (4 epochs): 0 eliminated, 2 go on" in run.stderr + run.stdout
+    for backend in ("torch", "torch-too"):
+        cell = CELL.format(backend=backend, kind="T4")
+        record = results(out)[cell]
+        assert record["status"] == "ok" and record["race"]["rungs"] == [4, 8] and record["race"]["kept"] is True
+        epochs = CellStore(out, cell).epochs()
+        assert [e["epoch"] for e in epochs] == list(range(1, 9))
+        assert [e["epoch_in_process"] for e in epochs] == [1, 2, 3, 4, 1, 2, 3, 4]  # two processes, two warm-ups
+        assert {e["env"]["fleet_kind"] for e in epochs} == {"T4"}
+
+
+@pytest.mark.slow
 def test_a_lost_node_retries_the_cell_elsewhere_and_ctrl_c_leaves_no_task_running(
         cluster: Any, tmp_path: Path, generated_photos: Path) -> None:
     out = tmp_path / "out"
