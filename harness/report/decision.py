@@ -123,6 +123,16 @@ def _samples(row: pd.Series, metric: str) -> list[float]:
     return list(row["time_to_acc_samples"] if metric == "time_to_acc_s" else row["throughput_samples"])
 
 
+def _ratio_interval(row: pd.Series, leader: pd.Series, metric: str) -> tuple[float, float, float]:
+    """``row``'s metric over ``leader``'s with its 95 % interval. One run each resamples the timed epochs: their
+    seconds per image, whose mean ratio is the ratio of the throughputs shown (training images / training seconds),
+    so that a few slow epochs weigh by the time they took and the interval holds the ratio printed beside it."""
+    if metric == "throughput_img_s" and row["runs"] == 1 and leader["runs"] == 1:
+        return ratio_interval([1 / v for v in _samples(leader, metric) if v > 0],
+                              [1 / v for v in _samples(row, metric) if v > 0])
+    return ratio_interval(_samples(row, metric), _samples(leader, metric))
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.1f} %"
 
@@ -180,7 +190,7 @@ def _board(suite: str, device: str, model: str, rows: pd.DataFrame, target: floa
         if leader is not None and i == leader.name:
             standing.relative = 1.0
         elif leader is not None and pd.notna(row[metric]):
-            _, standing.low, standing.high = ratio_interval(_samples(row, metric), _samples(leader, metric))
+            _, standing.low, standing.high = _ratio_interval(row, leader, metric)
             standing.relative = float(row[metric]) / float(leader[metric])
         if not standing.status:
             if i in less_accurate:
