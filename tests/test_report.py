@@ -632,7 +632,7 @@ def test_factor_effects_over_matched_cells(matrix_report: Report) -> None:
 def test_caveats_say_what_limits_the_numbers(matrix_report: Report) -> None:
     caveats = "\n".join(matrix_report.caveats)
     assert "3 runs per cell" in caveats
-    assert "3 timed epochs per run (of 4; the first is warm-up" in caveats
+    assert "3 timed epochs per run (of 4; the first of each process" in caveats
     assert "GPU: T4, P40" in caveats
     assert "bf16 is emulated on P40 (16 cells): shown, never picked" in caveats
     (software,) = [c for c in matrix_report.caveats if c.startswith("software differs")]

@@ -357,7 +357,7 @@ def caveats(summary: pd.DataFrame, steps: Mapping[str, float | None]) -> list[st
     epochs = ok["epochs"]
     if epochs.max() > 1:
         out.append(f"{_span(timed)} timed epoch{'s' if timed.max() > 1 else ''} per run (of {_span(epochs)}; the "
-                   "first is warm-up and not timed)")
+                   "first of each process, a resumed run's or a race's next rung's too, is warm-up and not timed)")
     else:
         out.append("1 epoch per run: timings include warm-up")
     out.append(_hardware(ok))

@@ -22,10 +22,10 @@ from harness.text import plural
 #: How each column is measured (the HTML shows them as header tooltips too).
 DEFINITIONS = {
     "runs": "repeats of the cell (distinct seeds, `harness run --repeat N`); values are means over them",
-    "throughput (img/s)": "training images / training-loop seconds, epochs after the first (warm-up); mean over runs "
-    "[Student-t 95 % interval over runs, none from one run]",
-    "epoch time (s)": "median wall time of train + validation per epoch after the first, mean over runs "
-    "[95 % interval]",
+    "throughput (img/s)": "training images / training-loop seconds, epochs after the first of each process "
+    "(warm-up); mean over runs [Student-t 95 % interval over runs, none from one run]",
+    "epoch time (s)": "median wall time of train + validation per epoch after the first of each process, mean over "
+    "runs [95 % interval]",
     "best val. accuracy (%)": "best validation top-1 accuracy over the epochs, mean over runs [95 % interval: the "
     "wider of the Student-t interval over runs and the Wilson interval on the validation images]",
     "time to target (s)": "wall time from the start of training until validation accuracy first reached the target",
