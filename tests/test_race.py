@@ -226,9 +226,10 @@ def test_an_interrupted_race_resumes_where_it_stopped(work: Path) -> None:
     out = work / "out"
     path = suite(work, epochs=40, strategy='strategy = "race"')
     env = {**os.environ, MODULES_ENV: "tiny_plugin,race_plugin", "PYTHONPATH": str(work), **PLUGINS}
+    # SIG_DFL first: a background job of a non-interactive shell (as CI may run us) inherits SIGINT ignored.
     proc = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", "--suite", str(path), "--out", str(out)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while (CellStore(out, SLOW).result() or {}).get("status") != "eliminated":
