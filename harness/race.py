@@ -7,7 +7,8 @@ cells of one board (suite, device, model: what the report ranks together) are co
 eliminated only when another one beats it at 95 % with the report's own intervals
 (:mod:`harness.report.stats`) and is not worse on the other axis:
 
-- **slower**: its throughput over its timed epochs (all repeats pooled), as a ratio to the other's, has an
+- **slower**: its throughput over its timed epochs (all repeats pooled; timed images over timed seconds, as the
+  report's, so the interval is over the epochs' seconds per image), as a ratio to the other's, has an
   interval entirely below ``1 - margin`` (a Welch t interval on its log, or the bootstrap from 10 samples a side; the
   margin, 5 % by default, because cells run one after another and the machine's drift between them is not in
   any one cell's samples), and its best validation accuracy so far is not significantly above the other's; or
@@ -124,8 +125,15 @@ class Racer:
     kept: bool
 
     @property
+    def seconds_per_image(self) -> list[float]:
+        """Each timed epoch's seconds per training image: their mean is the inverse of :attr:`throughput`."""
+        return [1 / v for v in self.throughputs if v > 0]
+
+    @property
     def throughput(self) -> float:
-        return sum(self.throughputs) / len(self.throughputs) if self.throughputs else math.nan
+        """Training images over training seconds (the epochs' harmonic mean: an epoch weighs by its time)."""
+        spi = self.seconds_per_image
+        return len(spi) / sum(spi) if spi else math.nan
 
 
 @dataclass
@@ -165,7 +173,7 @@ def verdicts(racers: Sequence[Racer], epochs: int, margin: float = MARGIN) -> di
         rivals = sorted((r for r in racers if r is not racer and r.board == racer.board and not r.unpickable),
                         key=lambda r: -r.throughput if math.isfinite(r.throughput) else math.inf)
         for rival in rivals:
-            ratio, low, high = ratio_interval(racer.throughputs, rival.throughputs)
+            ratio, low, high = ratio_interval(rival.seconds_per_image, racer.seconds_per_image)
             more_accurate = racer.accuracy_low > rival.accuracy_high
             less_accurate = racer.accuracy_high < rival.accuracy_low
             accuracies = (f"{_pct(racer.accuracy, racer.accuracy_low, racer.accuracy_high)} vs "

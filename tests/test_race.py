@@ -287,6 +287,17 @@ def test_verdicts_eliminate_only_with_confidence_beyond_the_margin() -> None:
     assert set(verdicts([leader, near], epochs=4, margin=0.0)) == {1}  # no margin: 3 % slower is slower
 
 
+def test_a_slowed_epoch_weighs_by_its_time_as_in_the_report() -> None:
+    """Throughput is images over seconds, as the report's: a racer with one epoch at half speed (another job
+    on the machine) is judged on the time it took, not on a mean of epoch throughputs that hides part of it."""
+    leader = racer("leader", [100.0, 101.0, 99.0, 100.0, 100.5, 99.5, 100.0, 100.0])
+    slowed = racer("slowed", [80.0, 80.0, 40.0, 80.0, 80.0, 80.0, 80.0, 80.0])
+    assert slowed.throughput == pytest.approx(8 / (7 / 80 + 1 / 40))  # 71.1 img/s: the mean of the eight is 75.0
+    evidence = verdicts([leader, slowed], epochs=9)[1]
+    assert evidence.ratio == pytest.approx(slowed.throughput / leader.throughput, rel=1e-3)
+    assert evidence.low < evidence.ratio < evidence.high < 1
+
+
 def test_verdicts_weigh_accuracy_against_speed() -> None:
     leader = racer("leader", [100.0, 101.0, 99.0], accuracy=0.60)
     slower_but_more_accurate = racer("careful", [50.0, 50.5, 49.5], accuracy=0.80)
