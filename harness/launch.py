@@ -110,6 +110,13 @@ def scratch_folder() -> str:
     return folder
 
 
+def kill_groups(procs: Iterable[subprocess.Popen[bytes] | warm.WarmProcess], signum: int) -> None:
+    """Send ``signum`` to each process's group (session), those already gone skipped."""
+    for proc in procs:
+        with suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signum)
+
+
 @dataclass
 class CellProcess:
     """A cell's processes (one, torchrun's agent, or a gang of ranks), each in a session of its own: the runner's
@@ -148,9 +155,7 @@ class CellProcess:
                 for rank_environ in gang:
                     procs.append(launcher.start(python, argv, rank_environ, text=False, cpus=cpus))
             except BaseException:
-                for proc in procs:
-                    with suppress(ProcessLookupError, PermissionError):
-                        os.killpg(proc.pid, signal.SIGKILL)
+                kill_groups(procs, signal.SIGKILL)
                 raise
         tail: deque[str] = deque(maxlen=20)
         readers = [threading.Thread(target=relay, args=(proc.stdout, tail, prefix), daemon=True) for proc in procs]
@@ -184,9 +189,7 @@ class CellProcess:
             self.signalled_at = time.monotonic()
 
     def kill(self, signum: int) -> None:
-        for proc in self.procs:
-            with suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signum)
+        kill_groups(self.procs, signum)
 
     def wait(self, every: float = 0.5) -> CellExit:
         while (ended := self.poll()) is None:

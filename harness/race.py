@@ -29,6 +29,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import harmonic_mean
 from typing import Any, Protocol
 
 from tqdm import tqdm
@@ -125,15 +126,9 @@ class Racer:
     kept: bool
 
     @property
-    def seconds_per_image(self) -> list[float]:
-        """Each timed epoch's seconds per training image: their mean is the inverse of :attr:`throughput`."""
-        return [1 / v for v in self.throughputs if v > 0]
-
-    @property
     def throughput(self) -> float:
         """Training images over training seconds (the epochs' harmonic mean: an epoch weighs by its time)."""
-        spi = self.seconds_per_image
-        return len(spi) / sum(spi) if spi else math.nan
+        return harmonic_mean(self.throughputs) if self.throughputs else math.nan
 
 
 @dataclass
@@ -161,7 +156,7 @@ def _pct(value: float, low: float, high: float) -> str:
 
 def verdicts(racers: Sequence[Racer], epochs: int, margin: float = MARGIN) -> dict[int, Evidence]:
     """The racers (by index) eliminated after ``epochs``, with the evidence (see the module docstring)."""
-    from harness.report.stats import ratio_interval
+    from harness.report.stats import throughput_ratio_interval
 
     out: dict[int, Evidence] = {}
     for i, racer in enumerate(racers):
@@ -173,7 +168,7 @@ def verdicts(racers: Sequence[Racer], epochs: int, margin: float = MARGIN) -> di
         rivals = sorted((r for r in racers if r is not racer and r.board == racer.board and not r.unpickable),
                         key=lambda r: -r.throughput if math.isfinite(r.throughput) else math.inf)
         for rival in rivals:
-            ratio, low, high = ratio_interval(rival.seconds_per_image, racer.seconds_per_image)
+            ratio, low, high = throughput_ratio_interval(racer.throughputs, rival.throughputs)
             more_accurate = racer.accuracy_low > rival.accuracy_high
             less_accurate = racer.accuracy_high < rival.accuracy_low
             accuracies = (f"{_pct(racer.accuracy, racer.accuracy_low, racer.accuracy_high)} vs "

@@ -18,7 +18,7 @@ import pandas as pd
 
 from harness.report.aggregate import CONFIG, interval
 from harness.report.compare_devices import ENV_KEYS, differences
-from harness.report.stats import accuracy_interval, ratio_interval, wilson
+from harness.report.stats import accuracy_interval, ratio_interval, throughput_ratio_interval, wilson
 from harness.report.summary import installed
 from harness.text import plural
 
@@ -124,13 +124,11 @@ def _samples(row: pd.Series, metric: str) -> list[float]:
 
 
 def _ratio_interval(row: pd.Series, leader: pd.Series, metric: str) -> tuple[float, float, float]:
-    """``row``'s metric over ``leader``'s with its 95 % interval. One run each resamples the timed epochs: their
-    seconds per image, whose mean ratio is the ratio of the throughputs shown (training images / training seconds),
-    so that a few slow epochs weigh by the time they took and the interval holds the ratio printed beside it."""
-    if metric == "throughput_img_s" and row["runs"] == 1 and leader["runs"] == 1:
-        return ratio_interval([1 / v for v in _samples(leader, metric) if v > 0],
-                              [1 / v for v in _samples(row, metric) if v > 0])
-    return ratio_interval(_samples(row, metric), _samples(leader, metric))
+    """``row``'s metric over ``leader``'s with its 95 % interval. One run each resamples the timed epochs as
+    :func:`throughput_ratio_interval` does, so that the interval holds the ratio of the throughputs printed."""
+    one_run_each = metric == "throughput_img_s" and row["runs"] == 1 and leader["runs"] == 1
+    return (throughput_ratio_interval if one_run_each else ratio_interval)(_samples(row, metric),
+                                                                           _samples(leader, metric))
 
 
 def _pct(value: float) -> str:

@@ -59,6 +59,13 @@ def ratio_interval(top: Sequence[float], bottom: Sequence[float]) -> tuple[float
     return point, float(low), float(high)
 
 
+def throughput_ratio_interval(top: Sequence[float], bottom: Sequence[float]) -> tuple[float, float, float]:
+    """Epoch throughputs ``top`` over ``bottom`` as images over seconds, with :func:`ratio_interval`'s 95 % interval
+    over the epochs' seconds per image (``bottom``'s mean over ``top``'s): a slow epoch weighs by the time it took,
+    as in a throughput of training images / training seconds, which the interval then holds."""
+    return ratio_interval([1 / v for v in bottom if v > 0], [1 / v for v in top if v > 0])
+
+
 def wilson(accuracy: float, images: int) -> tuple[float, float]:
     """Wilson 95 % interval of an accuracy measured on ``images`` validation images."""
     hits = round(accuracy * images)
