@@ -18,6 +18,8 @@ eliminated only when another one beats it at 95 % with the report's own interval
 
 Configurations that tie stay in; cells the user keeps (``--keep``) are never eliminated. Eliminated cells are
 recorded ``eliminated`` with the rung and the evidence; the survivors run to the end and are reported as usual.
+Each rung runs its cells in the reverse order of the rung before, so drift between cells run one after another
+does not always favour the same ones.
 A race can be wrong where a configuration starts slow and ends fast (compilation, a cache that fills, an LR
 warm-up that holds accuracy back): docs/race.md says how the rung sizes guard against it.
 """
@@ -212,7 +214,9 @@ class Race:
             if last:
                 break
             eliminated = self.eliminate(paused, until, rung, kept)
-            racing = [c for c in paused if c.id not in eliminated]
+            # each rung in the reverse order of the one before (A B, then B A): the machine's drift over a rung
+            # lands on early and late cells alike, instead of always on the same ones
+            racing = [c for c in reversed(paused) if c.id not in eliminated]
             tqdm.write(f"harness: race rung {rung} ({until} epochs): {len(eliminated)} eliminated, "
                        f"{len(racing)} go on")
         for cell in cells:  # every raced cell's result says it was raced, and how far it went

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,6 +179,9 @@ def test_planted_configurations_the_slow_and_the_inaccurate_go_at_the_first_rung
     # what each eliminated cell trained: the first rung, no more; the tie ran to the end
     assert [len(CellStore(work / "out", c).epochs()) for c in (SLOW, WASHED_OUT, FAST, FAST_TOO)] == [4, 4, 8, 8]
     assert found[FAST]["race"]["stopped_at"] is None and found[FAST]["summary"]["epochs"] == 8
+    # each rung in the reverse order of the one before: the survivors' rung-2 epochs came the other way round
+    rung_1, rung_2 = (re.findall(rf"^\[([^\]]+)\] epoch {epoch}/8 ", run.stderr, re.M) for epoch in (4, 5))
+    assert len(rung_1) == 4 and rung_2 == [c for c in reversed(rung_1) if c in (FAST, FAST_TOO)], run.stderr[-3000:]
     # the report: no eliminated cell as a finished result; the race, its evidence and its compute
     report = (work / "out" / "summary.md").read_text()
     answer, results_part = report.split("## Results")[0], report.split("## Results")[1].split("## Race")[0]
